@@ -1,0 +1,1 @@
+"""sleep_jax: offline recurrent passes ("sleep") for Gated DeltaNet / attention hybrids."""
