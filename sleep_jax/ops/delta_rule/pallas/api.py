@@ -1,0 +1,112 @@
+"""The Pallas form of the gated delta rule: layout changes, padding and the custom VJP.
+
+Outside the kernels (plain XLA, cheap next to the kernels): T is padded to a multiple of the chunk
+(padded tokens have k = v = q = 0, g = 0, beta = 0, so they leave the state untouched), K and V
+are padded to powers of two where the backend needs it, the in-chunk cumulative sum of g is taken
+(fla does the same in its own small kernel), and [B, T, HV, D] becomes head-major [B*HV, T, D].
+These steps are differentiated by JAX; the kernels are wrapped in one `jax.custom_vjp`.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from sleep_jax.ops.delta_rule.pallas import backward, forward
+from sleep_jax.ops.delta_rule.pallas.block_sizes import block_sizes
+from sleep_jax.ops.delta_rule.pallas.launch import KernelConfig
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def chunked_kernels(q, k, v, gc, beta, initial_state, cfg: KernelConfig):
+    """Kernel-layout gated delta rule (see `launch.py` for shapes).
+
+    Returns (o [N, Tp, V] in v's dtype, final state [N, K, V] float32).
+    """
+    return _forward(q, k, v, gc, beta, initial_state, cfg)
+
+
+def _forward(q, k, v, gc, beta, initial_state, cfg):
+    w, u = forward.wy_prep(k, v, beta, gc, cfg)
+    h, v_new, final_state = forward.recurrence(w, u, k, gc, initial_state, cfg)
+    o = forward.output(q, k, v_new, h, gc, v.dtype, cfg)
+    return o, final_state
+
+
+def _forward_rule(q, k, v, gc, beta, initial_state, cfg):
+    # Only the inputs are saved: the backward recomputes w, u and the chunk states.
+    return _forward(q, k, v, gc, beta, initial_state, cfg), (q, k, v, gc, beta, initial_state)
+
+
+def _backward_rule(cfg, saved, cotangents):
+    q, k, v, gc, beta, initial_state = saved
+    d_o, d_final_state = cotangents
+    w, u = forward.wy_prep(k, v, beta, gc, cfg)
+    h, v_new, _ = forward.recurrence(w, u, k, gc, initial_state, cfg)
+    dh, d_v_new, d_initial_state = backward.reverse_recurrence(
+        q, k, w, d_o.astype(v.dtype), gc, d_final_state.astype(jnp.float32), cfg)
+    dq, dk, dv, dbeta, dgc = backward.chunk_gradients(q, k, v, beta, gc, h, dh, v_new, d_v_new,
+                                                      d_o.astype(v.dtype), cfg)
+    return dq, dk, dv, dgc, dbeta, d_initial_state.astype(initial_state.dtype)
+
+
+chunked_kernels.defvjp(_forward_rule, _backward_rule)
+
+
+def _backend(platform):
+    return "gpu" if platform in ("cuda", "rocm", "gpu") else platform
+
+
+def _next_pow2(n, minimum=16):
+    p = minimum
+    while p < n:
+        p *= 2
+    return p
+
+
+def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_size=64,
+                            interpret=None, backend=None, sizes=None):
+    """Gated delta rule through the Pallas kernels.
+
+    Args:
+      q, k: [B, T, HV, K] (key heads already repeated to the value heads).
+      v: [B, T, HV, V].  g, beta: [B, T, HV].  initial_state: [B, HV, K, V].
+      scale: multiplier of q.  chunk_size: 16, 32 or 64.
+      interpret: run the kernels in the Pallas interpreter; default: on CPU only.
+      backend: "cpu" | "gpu" | "tpu" picks the block sizes; default: jax's default backend.
+      sizes: overrides of that backend's `block_sizes` entry (tuning, tests), e.g. {"block_v": 32}.
+    Returns:
+      (o [B, T, HV, V] in v's dtype, final state [B, HV, K, V] float32).
+    """
+    if chunk_size not in (16, 32, 64):
+        raise ValueError(f"pallas gated delta rule: `chunk_size`={chunk_size} must be 16, 32 or 64")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise ValueError(f"pallas gated delta rule: `q`, `k`, `v` must share a dtype, got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    backend = _backend(backend or jax.default_backend())
+    if interpret is None:
+        interpret = backend == "cpu"
+    sizes = {**block_sizes(backend), **(sizes or {})}
+    B, T, HV, K = q.shape
+    V = v.shape[-1]
+    c = chunk_size
+    tp = -(-T // c) * c
+    kp, vp = (_next_pow2(K), _next_pow2(V)) if sizes["pad_pow2"] else (K, V)
+    block_v = sizes["block_v"] if vp % sizes["block_v"] == 0 else vp
+    cfg = KernelConfig(chunk=c, block_v=block_v, scale=float(scale), mm_dtype=jnp.dtype(q.dtype).name,
+                       recurrence=sizes["recurrence"], backend=backend, interpret=bool(interpret),
+                       num_warps=sizes.get("num_warps"), num_stages=sizes.get("num_stages"))
+
+    def heads_first(x, width):  # [B, T, HV, D] -> [B*HV, Tp, width]
+        x = jnp.pad(x, ((0, 0), (0, tp - x.shape[1]), (0, 0), (0, width - x.shape[-1])))
+        return jnp.swapaxes(x, 1, 2).reshape(B * HV, tp, width)
+
+    g = jnp.pad(g.astype(jnp.float32), ((0, 0), (0, tp - T), (0, 0)))
+    gc = jnp.cumsum(g.reshape(B, tp // c, c, HV), axis=2).reshape(B, tp, HV, 1)
+    beta = jnp.pad(beta.astype(jnp.float32), ((0, 0), (0, tp - T), (0, 0)))[..., None]
+    state = jnp.pad(initial_state.astype(jnp.float32), ((0, 0), (0, 0), (0, kp - K), (0, vp - V)))
+    o, final_state = chunked_kernels(
+        heads_first(q, kp), heads_first(k, kp), heads_first(v, vp), heads_first(gc, 1),
+        heads_first(beta, 1), state.reshape(B * HV, kp, vp), cfg)
+    o = jnp.swapaxes(o.reshape(B, HV, tp, vp), 1, 2)[:, :T, :, :V]
+    final_state = final_state.reshape(B, HV, kp, vp)[:, :, :K, :V]
+    return o, final_state

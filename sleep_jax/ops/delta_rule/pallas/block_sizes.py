@@ -1,0 +1,32 @@
+"""Block sizes and launch settings of the delta-rule kernels, per backend, kept as data.
+
+Keys of each entry:
+  block_v      width of the value-dimension tile of the recurrence, output and backward-recurrence
+               kernels (the state tile held on chip is [K, block_v] float32). Used when it divides
+               V, else the whole V is one tile.
+  recurrence   "loop": one program per (head, V tile) walks the chunks in a `fori_loop` with the
+               state in registers (GPU: Triton programs cannot carry data across grid steps).
+               "grid": the chunk axis is a sequential ("arbitrary") grid axis and the state is
+               carried in the resident output block (TPU: keeps only one chunk in VMEM).
+  pad_pow2     pad K and V up to a power of two >= 16 (Triton needs power-of-two tiles and dots of
+               at least 16).
+  num_warps, num_stages   Triton launch settings (GPU only).
+
+Nothing here was tuned on hardware: the GPU and TPU entries are starting points for the session
+that first measures them (see `sleep_jax/bench/gpu_check.sh`).
+"""
+BLOCK_SIZES = {
+    "gpu": {"block_v": 64, "recurrence": "loop", "pad_pow2": True, "num_warps": 4, "num_stages": 2},
+    "tpu": {"block_v": 128, "recurrence": "grid", "pad_pow2": False},
+    # CPU runs the kernels with interpret=True (tests); it mirrors the GPU structure.
+    "cpu": {"block_v": 64, "recurrence": "loop", "pad_pow2": False},
+}
+
+
+def block_sizes(backend: str) -> dict:
+    """The entry for `backend` ("cpu", "gpu" or "tpu"; "cuda"/"rocm" count as "gpu")."""
+    backend = "gpu" if backend in ("cuda", "rocm") else backend
+    if backend not in BLOCK_SIZES:
+        raise ValueError(f"delta-rule pallas: no block sizes for backend {backend!r}; "
+                         f"known: {sorted(BLOCK_SIZES)}")
+    return dict(BLOCK_SIZES[backend])
