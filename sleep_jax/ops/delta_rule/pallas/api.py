@@ -75,13 +75,13 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
       backend: "cpu" | "gpu" | "tpu" picks the block sizes; default: jax's default backend.
       sizes: overrides of that backend's `block_sizes` entry (tuning, tests), e.g. {"block_v": 32}.
     Returns:
-      (o [B, T, HV, V] in v's dtype, final state [B, HV, K, V] float32).
+      (o [B, T, HV, V] in v's dtype, final state [B, HV, K, V] float32). q, k, v are promoted to
+      one dtype, which is also the dtype of the kernels' matmul operands.
     """
     if chunk_size not in (16, 32, 64):
         raise ValueError(f"pallas gated delta rule: `chunk_size`={chunk_size} must be 16, 32 or 64")
-    if q.dtype != k.dtype or q.dtype != v.dtype:
-        raise ValueError(f"pallas gated delta rule: `q`, `k`, `v` must share a dtype, got "
-                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    out_dtype = v.dtype
+    q, k, v = (x.astype(jnp.result_type(q, k, v)) for x in (q, k, v))
     backend = _backend(backend or jax.default_backend())
     if interpret is None:
         interpret = backend == "cpu"
@@ -109,4 +109,4 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
         heads_first(beta, 1), state.reshape(B * HV, kp, vp), cfg)
     o = jnp.swapaxes(o.reshape(B, HV, tp, vp), 1, 2)[:, :T, :, :V]
     final_state = final_state.reshape(B, HV, kp, vp)[:, :, :K, :V]
-    return o, final_state
+    return o.astype(out_dtype), final_state
