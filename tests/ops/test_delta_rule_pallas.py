@@ -1,0 +1,164 @@
+"""The Pallas gated delta rule (run with interpret=True on CPU) against the reference vectors and
+the recurrent reference: outputs, final states and every gradient."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sleep_jax.ops import gated_delta_rule
+from sleep_jax.ops.delta_rule.pallas import pallas_gated_delta_rule, sharded
+from sleep_jax.ops.delta_rule.reference import recurrent_gated_delta_rule
+
+GOLDEN = "third_party/golden/gated_delta_rule.npz"
+INPUTS = ("q", "k", "v", "g", "beta", "initial_state")
+
+
+def rel_rms(actual, expected):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.sqrt(np.mean((actual - expected) ** 2) / np.mean(expected ** 2)))
+
+
+def random_inputs(seed, B, T, H, K, V, dtype=jnp.float32, g_value=None):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+    q = jax.random.normal(keys[0], (B, T, H, K))
+    k = jax.random.normal(keys[1], (B, T, H, K))
+    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+    v = jax.random.normal(keys[2], (B, T, H, V))
+    g = -2.0 * jax.random.uniform(keys[3], (B, T, H)) if g_value is None else jnp.full((B, T, H), g_value)
+    beta = jax.nn.sigmoid(jax.random.normal(keys[4], (B, T, H)))
+    state = jax.random.normal(keys[5], (B, H, K, V))
+    return q.astype(dtype), k.astype(dtype), v.astype(dtype), g, beta, state
+
+
+def loss_and_grads(fn, inputs, seed=7):
+    """Outputs and the gradients of sum(o * do) + sum(final_state * d_final_state)."""
+    o_shape = inputs[2].shape
+    s_shape = inputs[5].shape
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    do = jax.random.normal(k1, o_shape)
+    d_final = jax.random.normal(k2, s_shape)
+
+    def loss(*args):
+        o, final_state = fn(*args)
+        return jnp.sum(o.astype(jnp.float32) * do) + jnp.sum(final_state * d_final), (o, final_state)
+
+    (_, (o, final_state)), grads = jax.jit(
+        jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True))(*inputs)
+    return o, final_state, grads
+
+
+def kernels(chunk_size=64, **sizes):
+    def fn(q, k, v, g, beta, state):
+        return pallas_gated_delta_rule(q, k, v, g, beta, scale=q.shape[-1] ** -0.5,
+                                       initial_state=state, chunk_size=chunk_size, sizes=sizes)
+    return fn
+
+
+def recurrent(q, k, v, g, beta, state):
+    f32 = jnp.float32
+    return recurrent_gated_delta_rule(q.astype(f32), k.astype(f32), v.astype(f32), g, beta,
+                                      scale=q.shape[-1] ** -0.5, initial_state=state)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_matches_reference_vectors(case):
+    data = np.load(GOLDEN)
+    get = lambda name: jnp.asarray(data[f"case{case}/{name}"], jnp.float32)
+    q, v = get("q"), get("v")
+    B, T, H, K = q.shape
+    has_state = f"case{case}/initial_state" in data.files
+    state = get("initial_state") if has_state else jnp.zeros((B, H, K, v.shape[-1]))
+    do, d_final = get("do"), get("d_final_state")
+
+    def loss(q, k, v, g, beta, state):
+        o, final_state = gated_delta_rule(q, k, v, g, beta, initial_state=state,
+                                          output_final_state=True, impl="pallas")
+        return jnp.sum(o * do) + jnp.sum(final_state * d_final), (o, final_state)
+
+    (_, (o, final_state)), grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True))(
+        q, get("k"), v, get("g"), get("beta"), state)
+    assert rel_rms(o, data[f"case{case}/o"]) <= 1e-5
+    assert rel_rms(final_state, data[f"case{case}/final_state"]) <= 1e-5
+    for name, grad in zip(INPUTS, grads):
+        if f"case{case}/d_{name}" in data.files:
+            assert rel_rms(grad, data[f"case{case}/d_{name}"]) <= 1e-4, name
+
+
+@pytest.mark.parametrize("recurrence", ["loop", "grid"])
+def test_matches_recurrent_ragged_length_and_v_tiles(recurrence):
+    # T = 37 is not a multiple of the chunk, K != V, and V = 32 is cut into two tiles of 16.
+    inputs = random_inputs(0, B=2, T=37, H=2, K=16, V=32)
+    got = loss_and_grads(kernels(chunk_size=16, block_v=16, recurrence=recurrence), inputs)
+    want = loss_and_grads(recurrent, inputs)
+    assert rel_rms(got[0], want[0]) <= 1e-5
+    assert rel_rms(got[1], want[1]) <= 1e-5
+    for name, a, b in zip(INPUTS, got[2], want[2]):
+        assert rel_rms(a, b) <= 1e-4, name
+
+
+def test_grouped_value_heads_and_chunk_32():
+    # One key head shared by three value heads; T = 45 spans two chunks of 32.
+    q, k, v, g, beta, state = random_inputs(1, B=1, T=45, H=3, K=8, V=16)
+    q, k = q[:, :, :1], k[:, :, :1]
+    common = dict(initial_state=state, output_final_state=True, chunk_size=32)
+    o, final_state = gated_delta_rule(q, k, v, g, beta, impl="pallas", **common)
+    o_ref, final_ref = gated_delta_rule(q, k, v, g, beta, impl="recurrent", **common)
+    assert rel_rms(o, o_ref) <= 1e-5
+    assert rel_rms(final_state, final_ref) <= 1e-5
+
+
+def test_bfloat16_close_to_float32_recurrent():
+    inputs = random_inputs(2, B=1, T=40, H=2, K=16, V=16, dtype=jnp.bfloat16)
+    o, final_state, grads = loss_and_grads(kernels(chunk_size=16), inputs)
+    o_ref, final_ref, grads_ref = loss_and_grads(recurrent, inputs)
+    assert o.dtype == jnp.bfloat16 and final_state.dtype == jnp.float32
+    assert rel_rms(o, o_ref) <= 2e-2
+    assert rel_rms(final_state, final_ref) <= 2e-2
+    for name, a, b in zip(INPUTS, grads, grads_ref):
+        assert a.dtype == inputs[INPUTS.index(name)].dtype, name
+        assert rel_rms(a, b) <= 2e-2, name
+
+
+def test_very_negative_gate_stays_finite():
+    # g = -30 per token: the state is wiped every step; nothing may overflow into inf or nan.
+    inputs = random_inputs(3, B=1, T=20, H=1, K=8, V=8, g_value=-30.0)
+    got = loss_and_grads(kernels(chunk_size=16), inputs)
+    want = loss_and_grads(recurrent, inputs)
+    for a, b in zip((got[0], got[1], *got[2]), (want[0], want[1], *want[2])):
+        assert np.all(np.isfinite(np.asarray(a)))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_sharded_over_batch_and_heads_matches_single_device():
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    q, k, v, g, beta, state = random_inputs(4, B=4, T=24, H=2, K=8, V=8)
+    scale = 8 ** -0.5
+    seq = NamedSharding(mesh, P("data", None, "model", None))
+    gate = NamedSharding(mesh, P("data", None, "model"))
+    state_sharding = NamedSharding(mesh, P("data", "model", None, None))
+    placed = [jax.device_put(x, s) for x, s in
+              zip((q, k, v, g, beta, state), (seq, seq, seq, gate, gate, state_sharding))]
+
+    @jax.jit
+    def run(q, k, v, g, beta, state):
+        return sharded(q, k, v, g, beta, scale=scale, initial_state=state, mesh=mesh,
+                       batch_axis="data", head_axis="model", chunk_size=16)
+
+    o, final_state = run(*placed)
+    o_ref, final_ref = pallas_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=state,
+                                               chunk_size=16)
+    assert o.sharding.is_equivalent_to(seq, o.ndim)
+    np.testing.assert_allclose(np.asarray(o), np.asarray(o_ref), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(final_state), np.asarray(final_ref), rtol=1e-6, atol=1e-6)
+
+
+def test_bad_arguments_raise():
+    q, k, v, g, beta, state = random_inputs(5, B=1, T=4, H=1, K=8, V=8)
+    with pytest.raises(ValueError, match="chunk_size"):
+        pallas_gated_delta_rule(q, k, v, g, beta, scale=1.0, initial_state=state, chunk_size=48)
+    with pytest.raises(ValueError, match="backend"):
+        pallas_gated_delta_rule(q, k, v, g, beta, scale=1.0, initial_state=state, backend="npu")
+    mesh = jax.make_mesh((8,), ("data",))
+    with pytest.raises(ValueError, match="head_axis"):
+        sharded(q, k, v, g, beta, scale=1.0, initial_state=state, mesh=mesh, head_axis="model")
