@@ -1,0 +1,49 @@
+"""Rule 110 (the paper's section on computation during sleep).
+
+    python -m sleep_jax.main --config=configs/rule110.py:tiny --workdir=runs/rule110_tiny
+    python -m sleep_jax.main --config=configs/rule110.py:paper --workdir=runs/rule110 \
+        --config.sleep.passes=4 --config.task.steps='(2,)'
+
+Variants:
+- ``tiny``: 8-bit states (window L = 8, T = 40), a 4-layer AGAG model with d = 64; trains on
+  one CPU in a few minutes. Trained at t = 0 (pure retrieval of the first bit of each evicted
+  state through the fast weights), evaluated at t = 0, 1, 2, 3.
+- ``paper``: 24-bit states (L = 24), 4 layers attention -> GDN -> attention -> GDN, d = 256,
+  batch 512.
+
+The sequence does not say t, so one model is trained per t (``task.steps``, a tuple; a set of
+several t would make the labels ambiguous): sweep t x N with ``python -m sleep_jax.train.sweep``.
+"""
+from sleep_jax.train.config import base_config
+
+VARIANTS = ("tiny", "paper")
+
+
+def get_config(variant: str = "tiny"):
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/rule110.py:{variant}: unknown variant; one of {VARIANTS}")
+    config = base_config("rule110", "tiny" if variant == "tiny" else "paper")
+    config.task.steps = (0,)
+    bits = config.task.bits
+    if variant == "tiny":
+        config.model = dict(
+            vocab_size=None, d_model=64, pattern="AGAG", loop=None,
+            attn_heads=2, attn_kv_heads=2, attn_head_dim=32, attn_output_gate=False,
+            qk_norm=False, rope_theta=10000.0,
+            gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32, conv_kernel=4,
+            mlp_hidden=128, tie_embeddings=True, dtype="float32", param_dtype="float32",
+            delta_rule_impl="auto", chunk_size=8, norm_eps=1e-6)
+        config.train.update(steps=300, batch_size=64, warmup_steps=30, log_every=25,
+                            eval_every=0, checkpoint_every=100, eval_batch_size=128)
+    else:
+        config.model = dict(
+            vocab_size=None, d_model=256, pattern="AGAG", loop=None,
+            attn_heads=4, attn_kv_heads=4, attn_head_dim=64, attn_output_gate=False,
+            qk_norm=False, rope_theta=10000.0,
+            gdn_heads=4, gdn_v_heads=4, gdn_head_dim=64, gdn_v_head_dim=64, conv_kernel=4,
+            mlp_hidden=1024, tie_embeddings=True, dtype="float32", param_dtype="float32",
+            delta_rule_impl="auto", chunk_size=bits, norm_eps=1e-6)
+        config.train.update(steps=20000, batch_size=512, warmup_steps=500, log_every=50,
+                            eval_every=2000, checkpoint_every=1000, eval_batch_size=512)
+    config.sleep = dict(passes=1, window=bits, eviction="hard", remat="none", truncate_passes=0)
+    return config

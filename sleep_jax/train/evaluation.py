@@ -1,0 +1,63 @@
+"""Evaluation: greedy single-pass predictions on the eval split, scored by the task's evaluator.
+
+Writes ``<workdir>/eval.json`` — ``{"task", "passes", "step", "accuracy", "by_difficulty",
+"examples", ...}`` (every key of the evaluator's result is kept) — and ``<workdir>/eval.png``,
+accuracy by difficulty.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from sleep_jax.plot import plot_runs
+from sleep_jax.train.data import eval_batches, host_to_global
+
+
+def evaluate(predict: Callable, params: Any, task: Any, *, batch_size: int, seed: int,
+             batch_sharding: jax.sharding.NamedSharding) -> dict:
+    """Scores the task's eval split; returns the evaluator's result dict.
+
+    Args:
+      predict: jitted ``(params, {"tokens", "loss_mask"}) -> int32 [B, T]``.
+    """
+    evaluator = task.evaluator()
+    for batch in eval_batches(task, batch_size=batch_size, seed=seed):
+        predictions = predict(params, host_to_global(batch, batch_sharding))
+        if jax.process_count() > 1:
+            predictions = multihost_utils.process_allgather(predictions, tiled=True)
+        evaluator.add(batch, np.asarray(predictions))
+    return evaluator.result()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def write_eval(workdir: str, result: dict, *, task_name: str, passes: int, step: int) -> dict:
+    """Writes ``eval.json`` and ``eval.png`` into ``workdir``; returns the JSON dict."""
+    record = {"task": task_name, "passes": int(passes), "step": int(step),
+              **_jsonable(result)}
+    for key in ("accuracy", "by_difficulty", "examples"):
+        if key not in record:
+            raise ValueError(f"evaluator result lacks {key!r}: got keys {sorted(result)}")
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "eval.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+    plot_runs([record], os.path.join(workdir, "eval.png"),
+              title=f"{task_name}, N = {passes}, step {step}")
+    return record

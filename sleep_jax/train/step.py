@@ -1,0 +1,104 @@
+"""The jitted train and predict steps, with explicit shardings on the mesh.
+
+The train state is a dict ``{"step": int32 [], "params": nnx.State, "opt_state": optax state}``.
+Parameters and the optimiser moments that mirror them are sharded by their ``logical_axes``
+(``sleep_jax.parallel.rules``); the batch by the ``batch`` rule; scalars are replicated.
+The state argument is donated: its buffers are reused for the new state.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sleep_jax.parallel.rules import batch_sharding, tree_shardings
+
+LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _state_builder(create_params: Callable[[], Any],
+                   optimizer: optax.GradientTransformation) -> Callable[[], dict]:
+    def create():
+        params = create_params()
+        return {"step": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": optimizer.init(params)}
+    return create
+
+
+def init_train_state(create_params: Callable[[], Any], optimizer: optax.GradientTransformation,
+                     mesh: jax.sharding.Mesh) -> tuple[dict, Any]:
+    """Creates the train state directly in its sharded layout.
+
+    Args:
+      create_params: builds the parameter ``nnx.State`` (e.g. ``nnx.split(HybridModel(...))[1]``).
+    Returns:
+      ``(state, shardings)``: the state and the matching tree of ``NamedSharding``s.
+    """
+    create = _state_builder(create_params, optimizer)
+    shardings = tree_shardings(jax.eval_shape(create), mesh)
+    return jax.jit(create, out_shardings=shardings)(), shardings
+
+
+def abstract_train_state(create_params: Callable[[], Any], optimizer: optax.GradientTransformation,
+                         mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+    """``(abstract state of ShapeDtypeStructs, shardings)`` without allocating anything."""
+    abstract = jax.eval_shape(_state_builder(create_params, optimizer))
+    return abstract, tree_shardings(abstract, mesh)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
+    """``step(state, batch) -> (state, metrics)``, jitted with shardings and a donated state.
+
+    Args:
+      loss_fn: ``(params, batch) -> (loss, metrics)``; ``batch`` holds ``tokens`` and
+        ``loss_mask`` int32 ``[B, T]``. Its metrics dict is returned with ``grad_norm`` added.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch = batch_sharding(mesh, ndim=2)
+
+    def step(state, batch_arrays):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], batch_arrays)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return jax.jit(step, in_shardings=(state_shardings, batch), out_shardings=(state_shardings, replicated),
+                   donate_argnums=0)
+
+
+def make_predict_step(predict_fn: Callable[[Any, dict[str, jax.Array]], jax.Array],
+                      mesh: jax.sharding.Mesh, param_shardings: Any) -> Callable:
+    """``predict(params, batch) -> int32 [B, T]`` greedy predictions, jitted on the mesh."""
+    batch = batch_sharding(mesh, ndim=2)
+    return jax.jit(predict_fn, in_shardings=(param_shardings, batch), out_shardings=batch)
+
+
+def model_loss_fn(graphdef: nnx.GraphDef, *, sleep: Any, kinds: str) -> LossFn:
+    """``(params, batch) -> (loss, metrics)`` for the hybrid model through ``sleep.sequence_loss``."""
+    from sleep_jax.sleep import sequence_loss
+
+    def loss_fn(params, batch_arrays):
+        model = nnx.merge(graphdef, params)
+        return sequence_loss(model, batch_arrays["tokens"], batch_arrays["loss_mask"],
+                             sleep=sleep, kinds=kinds)
+
+    return loss_fn
+
+
+def model_predict_fn(graphdef: nnx.GraphDef, *, sleep: Any, kinds: str) -> Callable:
+    """``(params, batch) -> int32 [B, T]`` through ``sleep.sequence_predictions``."""
+    from sleep_jax.sleep import sequence_predictions
+
+    def predict_fn(params, batch_arrays):
+        model = nnx.merge(graphdef, params)
+        return sequence_predictions(model, batch_arrays["tokens"], batch_arrays["loss_mask"],
+                                    sleep=sleep, kinds=kinds)
+
+    return predict_fn

@@ -1,0 +1,36 @@
+import json
+
+import pytest
+
+from sleep_jax.plot import bucket_order, load_eval, main, plot_runs
+
+
+def write_run(path, passes, by_difficulty):
+    path.mkdir()
+    record = {"task": "rule110", "passes": passes, "accuracy": 0.5,
+              "by_difficulty": by_difficulty, "examples": 64}
+    (path / "eval.json").write_text(json.dumps(record))
+    return str(path)
+
+
+def test_buckets_sort_by_number():
+    assert sorted(["k=16", "k=2", "k=1", "k=8"], key=bucket_order) == ["k=1", "k=2", "k=8", "k=16"]
+
+
+def test_cli_draws_several_runs_on_one_png(tmp_path, capsys):
+    run1 = write_run(tmp_path / "n1", 1, {"t=0": 0.9, "t=1": 0.4})
+    run2 = write_run(tmp_path / "n2", 2, {"t=0": 0.95, "t=1": 0.6})
+    out = tmp_path / "fig" / "fig.png"
+    main([run1, run2, f"--out={out}"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capsys.readouterr().out.strip() == str(out)
+
+
+def test_bad_inputs_raise(tmp_path):
+    with pytest.raises(ValueError, match="no eval.json"):
+        load_eval(str(tmp_path))
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_runs([], str(tmp_path / "x.png"))
+    with pytest.raises(ValueError, match="labels: 1 labels for 2 runs"):
+        record = {"passes": 1, "by_difficulty": {"t=0": 1.0}}
+        plot_runs([record, record], str(tmp_path / "x.png"), labels=["a"])

@@ -1,0 +1,71 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from optax.contrib import MuonDimensionNumbers
+
+from sleep_jax.train.optimizer import (learning_rate_schedule, make_optimizer,
+                                       muon_dimension_numbers, optimizer_labels)
+
+TRAIN = dict(steps=100, warmup_steps=10, schedule="cosine", final_lr_fraction=0.1, muon_lr=2e-3,
+             adamw_lr=5e-5, weight_decay=0.0, grad_clip=1.0, adam_b1=0.9, adam_b2=0.95,
+             muon_beta=0.95)
+
+
+def params():
+    return nnx.State({
+        "embed": nnx.Param(jnp.ones((10, 8)), logical_axes=("vocab", "embed")),
+        "q": nnx.Param(jnp.ones((8, 2, 4)), logical_axes=("embed", "heads", "head_dim")),
+        "o": nnx.Param(jnp.ones((2, 4, 8)), logical_axes=("heads", "head_dim", "embed")),
+        "up": nnx.Param(jnp.ones((8, 16)), logical_axes=("embed", "mlp")),
+        "conv": nnx.Param(jnp.ones((4, 8)), logical_axes=("conv", "embed")),
+        "norm": nnx.Param(jnp.ones((8,)), logical_axes=("embed",)),
+    })
+
+
+def test_muon_takes_hidden_matrices_adamw_the_rest():
+    labels = optimizer_labels(params())
+    assert {name: labels[name] for name in labels} == {
+        "embed": "adamw", "q": "muon", "o": "muon", "up": "muon", "conv": "adamw", "norm": "adamw"}
+
+
+def test_muon_matrix_is_inputs_by_outputs():
+    assert muon_dimension_numbers((8, 2, 4), ("embed", "heads", "head_dim")) == \
+        MuonDimensionNumbers(0, (1, 2))
+    assert muon_dimension_numbers((2, 4, 8), ("heads", "head_dim", "embed")) == \
+        MuonDimensionNumbers((0, 1), 2)
+    assert muon_dimension_numbers((8,), ("embed",)) is None
+    assert muon_dimension_numbers((3, 5), None) == MuonDimensionNumbers(0, 1)
+
+
+def test_schedule_warms_up_then_decays():
+    schedule = learning_rate_schedule(1.0, TRAIN)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(100)) == pytest.approx(0.1)
+    constant = learning_rate_schedule(1.0, dict(TRAIN, schedule="constant", warmup_steps=0))
+    assert float(constant(50)) == 1.0
+    with pytest.raises(ValueError, match="train.schedule='step'"):
+        learning_rate_schedule(1.0, dict(TRAIN, schedule="step"))
+
+
+def test_update_moves_muon_params_at_muon_lr_and_adamw_params_at_adamw_lr():
+    p = params()
+    optimizer = make_optimizer(dict(TRAIN, warmup_steps=0, schedule="constant"))
+    state = optimizer.init(p)
+    keys = iter(jax.random.split(jax.random.key(0), 6))
+    # Huge gradients: clipping must act before both optimisers (neither reacts to scale anyway).
+    grads = jax.tree.map(lambda x: 1e3 * jax.random.normal(next(keys), x.shape), p)
+    updates, _ = optimizer.update(grads, state, p)
+    u = {name: np.asarray(updates[name].get_value()) for name in updates}
+    g = {name: np.asarray(grads[name].get_value()) for name in grads}
+    # AdamW's first step is -lr * sign(g).
+    for name in ("norm", "embed", "conv"):
+        np.testing.assert_allclose(u[name], -5e-5 * np.sign(g[name]), rtol=1e-3)
+    # Muon's is -lr * (g orthogonalised: singular values near 1) * sqrt(max(1, fan_out / fan_in)).
+    singular = np.linalg.svd(u["up"] / (-2e-3 * np.sqrt(16 / 8)), compute_uv=False)
+    assert 0.5 < singular.min() and singular.max() < 1.5
+    assert np.sum(u["up"] * g["up"]) < 0  # a descent direction

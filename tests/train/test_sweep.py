@@ -1,0 +1,28 @@
+import pytest
+
+from sleep_jax.train.sweep import commands, parse_grid, split_values
+
+
+def test_values_split_outside_brackets():
+    assert split_values("1,2, 3") == ["1", "2", "3"]
+    assert split_values("(0,),(1, 2)") == ["(0,)", "(1, 2)"]
+    with pytest.raises(ValueError, match="unbalanced"):
+        split_values("(0,")
+
+
+def test_grid_expands_to_one_command_per_point_and_one_plot_per_t():
+    grid = parse_grid(["sleep.passes=1,2", "task.steps=(0,),(1,)"])
+    lines = commands("configs/rule110.py:tiny", "runs/r", grid, fixed=["train.steps=50"])
+    assert len(lines) == 4 + 2
+    assert lines[0] == ("python -m sleep_jax.main --config=configs/rule110.py:tiny "
+                        "--workdir=runs/r/passes=1_steps=0 --config.train.steps=50 "
+                        "--config.sleep.passes=1 '--config.task.steps=(0,)'")
+    assert lines[4] == ("python -m sleep_jax.plot runs/r/passes=1_steps=0 runs/r/passes=2_steps=0 "
+                        "--out=runs/r/steps=0.png")
+
+
+def test_bad_grid_items_raise():
+    with pytest.raises(ValueError, match="expected 'block.key=v1,v2"):
+        parse_grid(["passes=1,2"])
+    with pytest.raises(ValueError, match="given twice"):
+        parse_grid(["sleep.passes=1", "sleep.passes=2"])
