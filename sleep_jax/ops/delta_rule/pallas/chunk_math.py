@@ -98,14 +98,18 @@ def unit_lower_inverse(lower):
     C x C matmuls each, all in float32.
     """
     c = lower.shape[0]
+    if c & (c - 1):
+        raise ValueError(f"unit_lower_inverse: chunk size {c} must be a power of two")
     rows, cols = _ids(c)
     inverse = (rows == cols).astype(_F32)
-    b = 1
-    while b < c:
-        coupling = (rows // b != cols // b) & (rows // (2 * b) == cols // (2 * b))
+    level = 0  # block size b = 2 ** level; block ids by shifts (integer division lowers poorly)
+    while (1 << level) < c:
+        block = lambda ids, shift: jax.lax.shift_right_logical(ids, shift)
+        coupling = ((block(rows, level) != block(cols, level))
+                    & (block(rows, level + 1) == block(cols, level + 1)))
         lower_b = jnp.where(coupling, lower, 0.0)
         inverse = inverse - mm(inverse, mm(lower_b, inverse))
-        b *= 2
+        level += 1
     return inverse
 
 
