@@ -1,0 +1,194 @@
+"""Benchmark of the gated delta rule: forward and forward+backward median time and TFLOP/s.
+
+    python -m sleep_jax.bench.delta_rule                       # anchor shapes, bf16, H=16, K=V=128
+    python -m sleep_jax.bench.delta_rule --shapes=1x256 --heads=2 --head_dim_k=32 --head_dim_v=32 \
+        --iters=3                                             # a small shape (CPU)
+
+With --check it times nothing and instead compares pallas against float32 chunked (see `check`).
+
+Prints one JSON line per (shape, impl): impl, backend, device, dtype, B, T, H, K, V, chunk_size,
+fwd_ms, fwd_bwd_ms (medians), fwd_tflops, fwd_bwd_tflops, and `interpret` (true where the Pallas
+kernels ran in the interpreter: CPU; those times are not kernel performance). `--impls` may include
+`fla` (flash-linear-attention's Triton `chunk_gated_delta_rule` through torch on the GPU); it is
+measured when torch, triton and fla import, and reported as skipped otherwise.
+
+TFLOP/s use one nominal count for every impl (so ratios are time ratios): the matmul work of the
+chunked algorithm per chunk of C tokens and head, 2*C^2*(3K + 2V) (k k^T, w, u, q k^T, P v_new)
+plus 6*C*K*V (w S, the state update, q S); forward+backward counts 3x the forward.
+The backward differentiates sum(o * do) + sum(final_state * d_final_state) w.r.t. q, k, v, g, beta.
+"""
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from sleep_jax.ops import gated_delta_rule
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("shapes", ["8x4096", "1x32768"], "BxT pairs.")
+flags.DEFINE_integer("heads", 16, "Heads H (key and value heads).")
+flags.DEFINE_integer("head_dim_k", 128, "K.")
+flags.DEFINE_integer("head_dim_v", 128, "V.")
+flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "dtype of q, k, v.")
+flags.DEFINE_integer("chunk_size", 64, "Chunk size of the chunked forms.")
+flags.DEFINE_list("impls", ["chunked", "pallas", "fla"], "Impls: chunked, pallas, recurrent, fla.")
+flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
+flags.DEFINE_integer("iters", 20, "Timed calls; the median is reported.")
+flags.DEFINE_bool("check", False, "Instead of timing: compare `pallas` in --dtype against `chunked` "
+                  "in float32 (outputs, final state, all gradients) at each shape; exit 1 if any "
+                  "relative RMS exceeds --check_tol.")
+flags.DEFINE_float("check_tol", 1e-2, "Largest relative RMS that --check accepts.")
+
+
+def nominal_flops(B, T, H, K, V, chunk):
+    """Forward matmul FLOPs of the chunked algorithm (see module docstring)."""
+    chunks = -(-T // chunk)
+    per_chunk = 2 * chunk * chunk * (3 * K + 2 * V) + 6 * chunk * K * V
+    return B * H * chunks * per_chunk
+
+
+def make_inputs(B, T, H, K, V, dtype, seed=0):
+    """q, k (L2-normalised), v in `dtype`; g = log forget gate and beta as the model makes them."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 7)
+    q = jax.random.normal(keys[0], (B, T, H, K))
+    k = jax.random.normal(keys[1], (B, T, H, K))
+    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+    v = jax.random.normal(keys[2], (B, T, H, V))
+    g = -jax.nn.softplus(jax.random.normal(keys[3], (B, T, H)))
+    beta = jax.nn.sigmoid(jax.random.normal(keys[4], (B, T, H)))
+    do = jax.random.normal(keys[5], (B, T, H, V)).astype(dtype)
+    d_final = jax.random.normal(keys[6], (B, H, K, V))
+    return (q.astype(dtype), k.astype(dtype), v.astype(dtype), g, beta), do, d_final
+
+
+def median_ms(fn, args, warmup, iters):
+    jax.block_until_ready(fn(*args))  # compile
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def time_jax(impl, inputs, do, d_final, chunk, warmup, iters):
+    def forward(q, k, v, g, beta):
+        return gated_delta_rule(q, k, v, g, beta, output_final_state=True, impl=impl,
+                                chunk_size=chunk)
+
+    def loss(q, k, v, g, beta):
+        o, final_state = forward(q, k, v, g, beta)
+        return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32)) + jnp.sum(final_state * d_final)
+
+    fwd = jax.jit(forward)
+    fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+    return median_ms(fwd, inputs, warmup, iters), median_ms(fwd_bwd, inputs, warmup, iters)
+
+
+def time_fla(inputs, do, d_final):
+    """flash-linear-attention on the same values (torch tensors on the GPU); None if unavailable."""
+    try:
+        import numpy as np
+        import torch
+        import triton.testing
+        import fla.ops.common.chunk_o as fla_chunk_o
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    # fla 0.6.0 refuses its gated backward on Hopper with Triton < 3.7.1 (fla issue #640, wrong
+    # gradients there). Timing only: never use these gradients as a reference.
+    fla_chunk_o.TRITON_ABOVE_3_7_1 = True
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[str(inputs[0].dtype)]
+
+    def to_torch(x, dt):
+        return torch.from_numpy(np.asarray(jnp.asarray(x, jnp.float32))).to("cuda", dt)
+
+    q, k, v = (to_torch(x, dtype).requires_grad_() for x in inputs[:3])
+    g, beta = (to_torch(x, torch.float32).requires_grad_() for x in inputs[3:])
+    do_t, d_final_t = to_torch(do, dtype), to_torch(d_final, torch.float32)
+    leaves = [q, k, v, g, beta]
+
+    def forward():
+        return chunk_gated_delta_rule(q=q, k=k, v=v, g=g, beta=beta, output_final_state=True)
+
+    def forward_backward():
+        o, final_state = forward()
+        torch.autograd.backward((o, final_state), (do_t, d_final_t))
+
+    with torch.no_grad():
+        fwd = triton.testing.do_bench(forward, return_mode="median")
+    fwd_bwd = triton.testing.do_bench(forward_backward, grad_to_none=leaves, return_mode="median")
+    return fwd, fwd_bwd
+
+
+def rel_rms(actual, expected):
+    actual, expected = jnp.asarray(actual, jnp.float32), jnp.asarray(expected, jnp.float32)
+    return float(jnp.sqrt(jnp.mean((actual - expected) ** 2) / jnp.mean(expected ** 2)))
+
+
+def check(inputs, do, d_final, chunk):
+    """Relative RMS of pallas (inputs' dtype) against chunked (float32) for o, the final state and
+    the gradients of sum(o * do) + sum(final_state * d_final) w.r.t. q, k, v, g, beta."""
+    def outputs_and_grads(impl, args):
+        def loss(*args):
+            o, final_state = gated_delta_rule(*args, output_final_state=True, impl=impl,
+                                              chunk_size=chunk)
+            value = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
+            return value + jnp.sum(final_state * d_final), (o, final_state)
+        (_, outs), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+        return (*outs, *grads)
+
+    got = outputs_and_grads("pallas", inputs)
+    want = outputs_and_grads("chunked", [x.astype(jnp.float32) for x in inputs])
+    names = ("o", "final_state", "d_q", "d_k", "d_v", "d_g", "d_beta")
+    return {name: rel_rms(a, b) for name, a, b in zip(names, got, want)}
+
+
+def main(argv):
+    del argv
+    backend = jax.default_backend()
+    device = jax.devices()[0].device_kind
+    dtype = jnp.dtype(FLAGS.dtype)
+    H, K, V, C = FLAGS.heads, FLAGS.head_dim_k, FLAGS.head_dim_v, FLAGS.chunk_size
+    failed = False
+    for shape in FLAGS.shapes:
+        B, T = (int(x) for x in shape.lower().split("x"))
+        inputs, do, d_final = make_inputs(B, T, H, K, V, dtype)
+        flops = nominal_flops(B, T, H, K, V, C)
+        if FLAGS.check:
+            errors = check(inputs, do, d_final, C)
+            ok = all(e <= FLAGS.check_tol for e in errors.values())
+            print(json.dumps(dict(check="pallas_vs_chunked_float32", backend=backend, device=device,
+                                  dtype=dtype.name, B=B, T=T, H=H, K=K, V=V, chunk_size=C,
+                                  tol=FLAGS.check_tol, passed=ok, rel_rms=errors)), flush=True)
+            failed = failed or not ok
+            continue
+        for impl in FLAGS.impls:
+            row = dict(impl=impl, backend=backend, device=device, dtype=dtype.name, B=B, T=T, H=H,
+                       K=K, V=V, chunk_size=C, interpret=(impl == "pallas" and backend == "cpu"))
+            if impl == "fla":
+                times = time_fla(inputs, do, d_final)
+                if times is None:
+                    print(json.dumps({**row, "skipped": "torch/triton/fla or CUDA not available"}),
+                          flush=True)
+                    continue
+            else:
+                times = time_jax(impl, inputs, do, d_final, C, FLAGS.warmup, FLAGS.iters)
+            fwd_ms, fwd_bwd_ms = times
+            row.update(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4),
+                       fwd_tflops=round(flops / fwd_ms / 1e9, 3),
+                       fwd_bwd_tflops=round(3 * flops / fwd_bwd_ms / 1e9, 3))
+            print(json.dumps(row), flush=True)
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
