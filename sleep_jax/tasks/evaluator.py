@@ -1,0 +1,75 @@
+"""Exact-match scoring of greedy predictions, overall and per difficulty bucket.
+
+An example holds `A` answer units (Rule 110: 1 unit of 4 labels; Depo: 10 queries; GSM: 1 integer).
+Its features say which positions belong to which unit and how hard each unit is:
+
+- `tokens int32[T]`: the sequence.
+- `answer_id int32[T]`: `a` in `[0, A)` at each scored position of unit `a` (the logits at position
+  `i` predict token `i + 1`), -1 elsewhere. Equals `loss_mask - 1` where `loss_mask` is 0.
+- `difficulty int32[A]`: the difficulty value of each unit, named `<bucket>=<value>` in results.
+
+A unit is right when every one of its positions is predicted exactly. Units with no scored position
+(e.g. the all-padding examples that fill the last eval batch) are not counted.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+class ExactMatchEvaluator:
+    """Accumulates exact-match accuracy over answer units, overall and by difficulty.
+
+    Args:
+      bucket: the difficulty name in result keys, e.g. `"t"` gives buckets `"t=0"`, `"t=1"`, ...
+    """
+
+    def __init__(self, bucket: str):
+        self.bucket = bucket
+        self._right: dict[int, int] = {}
+        self._total: dict[int, int] = {}
+        self._examples = 0
+
+    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray) -> None:
+        """Scores one batch.
+
+        Args:
+          batch: numpy arrays `tokens int[B, T]`, `answer_id int[B, T]`, `difficulty int[B, A]`.
+          predictions: `int[B, T]`, the greedy token predicted at each position (for token i+1).
+        """
+        tokens, answer_id, difficulty = (np.asarray(batch[k]) for k in ("tokens", "answer_id", "difficulty"))
+        predictions = np.asarray(predictions)
+        if predictions.shape != tokens.shape or answer_id.shape != tokens.shape:
+            raise ValueError(f"predictions {predictions.shape} and batch['answer_id'] {answer_id.shape} "
+                             f"must have the shape of batch['tokens'] {tokens.shape}")
+        if difficulty.ndim != 2 or difficulty.shape[0] != tokens.shape[0]:
+            raise ValueError(f"batch['difficulty'] must be [B, A] with B={tokens.shape[0]}, "
+                             f"got {difficulty.shape}")
+        if (answer_id[:, -1] >= 0).any():
+            raise ValueError("batch['answer_id'] scores the last position, which predicts no token")
+        units = difficulty.shape[1]
+        rows, cols = np.nonzero(answer_id[:, :-1] >= 0)
+        unit = answer_id[rows, cols]
+        if unit.size and unit.max() >= units:
+            raise ValueError(f"batch['answer_id'] holds unit {unit.max()} but difficulty has {units} units")
+        wrong_position = predictions[rows, cols] != tokens[rows, cols + 1]
+        present = np.zeros((tokens.shape[0], units), bool)
+        present[rows, unit] = True
+        wrong = np.zeros_like(present)
+        np.logical_or.at(wrong, (rows, unit), wrong_position)
+        for value, is_right in zip(difficulty[present].tolist(), (~wrong[present]).tolist()):
+            self._total[value] = self._total.get(value, 0) + 1
+            self._right[value] = self._right.get(value, 0) + is_right
+        self._examples += int(present.any(axis=1).sum())
+
+    def result(self) -> dict:
+        """`{"accuracy", "by_difficulty": {"<bucket>=<value>": accuracy}, "examples", "answers"}`."""
+        answers = sum(self._total.values())
+        return {
+            "accuracy": sum(self._right.values()) / answers if answers else 0.0,
+            "by_difficulty": {f"{self.bucket}={value}": self._right[value] / self._total[value]
+                              for value in sorted(self._total)},
+            "examples": self._examples,
+            "answers": answers,
+        }

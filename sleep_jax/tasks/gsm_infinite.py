@@ -1,0 +1,368 @@
+"""GSM-Infinite style word problems: a computational graph padded with distractors to a target length.
+
+Our own generator in the spirit of Zhou et al. 2025 (no code taken from theirs). A problem is about
+people owning items (apples, cats, kites, pencils, ...) from four categories. Each statement
+defines one quantity, "Ann has 5 apples." or from others: "Ben has 3 more pears than Ann has
+apples.", "... 2 fewer ...", "... 3 times as many ... as ...", "Cal has as many plums as Ann has
+apples and Ben has pears combined.", "... as Ann has apples more than Ben has pears." (difference).
+A reference can be implicit: "Ben has fruits in total" is the sum of every fruit Ben is said to
+have, a dependency the text never spells out.
+
+Op count (difficulty, 1..8): the number of +, -, * the answer needs: one per derived statement it
+depends on, plus m - 1 additions for each implicit total over m items. The core graph is a chain
+(each operation uses the previous result), so every core statement is needed. Values stay in
+[0, 99].
+
+Distractors are statements about other people (owners disjoint from the core's), defined from
+literals or from any earlier quantity. The core never refers to them and no implicit total counts
+them, so they cannot change the answer. They are added until the problem reaches a length drawn
+from `target_tokens`; then all statements are shuffled.
+
+Text (character tokens, `<eos>` ends the answer):
+
+    How many fruits does Ann have in total?\\n<statements, space separated>\\nAnswer: 42<eos><pad>...
+
+The question comes first, no chain of thought. The problem (question line and statements) is
+`target_tokens[0]..target_tokens[1]` characters; T is the smallest multiple of the window that also
+holds the answer line; the first T - L positions are consolidated and the answer always lies in
+the last window (`target_tokens[0] >= T - L`). Paper scale: L = 2000, problems 2000..3300 tokens,
+T = 4000, kinds "CP". Bucket names `ops=<n>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+from sleep_jax.tasks import config as config_lib
+from sleep_jax.tasks.task import Layout, Task, eval_value, example_rng
+from sleep_jax.tasks.vocab import PAD, Vocab
+
+EOS = "<eos>"
+ANSWER_PREFIX = "\nAnswer: "
+MAX_VALUE = 99     # every quantity, hence every answer, is in [0, MAX_VALUE]
+MAX_LITERAL = 20   # stated quantities and +/- constants are in [1, MAX_LITERAL]
+MAX_FACTOR = 5     # "k times as many": k in [2, MAX_FACTOR]
+CORE_OWNERS = 3    # people in the core graph; every other person is a distractor's
+MAX_MEMBERS = 4    # items summed by one implicit total
+MAX_OPS = 8
+# The answer line: prefix, at most two digits, <eos>.
+ANSWER_TOKENS = len(ANSWER_PREFIX) + len(str(MAX_VALUE)) + 1
+
+OWNERS = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jack", "Kim", "Leo",
+          "Mia", "Ned", "Olga", "Paul", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wes", "Xena",
+          "Yuri", "Zoe", "Abe", "Bea", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ida", "Jon", "Kay",
+          "Lou", "Max", "Nia")
+CATEGORIES = {
+    "fruits": ("apples", "bananas", "cherries", "grapes", "lemons", "mangoes", "oranges", "peaches",
+               "pears", "plums"),
+    "animals": ("cats", "cows", "dogs", "ducks", "goats", "hens", "horses", "pigs", "rabbits", "sheep"),
+    "toys": ("balls", "blocks", "dolls", "drums", "kites", "marbles", "puzzles", "robots", "trains", "yoyos"),
+    "supplies": ("clips", "crayons", "erasers", "folders", "markers", "pencils", "pens", "rulers",
+                 "stamps", "stickers"),
+}
+CATEGORY_NAMES = tuple(CATEGORIES)
+ITEMS = tuple(item for items in CATEGORIES.values() for item in items)
+ITEM_CATEGORY = tuple(c for c, items in enumerate(CATEGORIES.values()) for _ in items)
+
+DEFAULTS = {
+    "ops": tuple(range(1, MAX_OPS + 1)),   # training op counts, drawn uniformly
+    "eval_ops": tuple(range(1, MAX_OPS + 1)),
+    "window": 2000,                        # L
+    "target_tokens": (2000, 3300),         # problem length range (question + statements)
+    "eval_examples": 800,                  # a multiple of len(eval_ops)
+}
+TINY = {"ops": (1, 2, 3), "eval_ops": (1, 2, 3), "window": 256, "target_tokens": (768, 1000),
+        "eval_examples": 240}
+
+# A quantity is named by a reference: ("item", owner, item) or ("total", owner, category).
+Ref = tuple[str, int, int]
+
+
+def _clause(ref: Ref) -> str:
+    kind, owner, what = ref
+    if kind == "item":
+        return f"{OWNERS[owner]} has {ITEMS[what]}"
+    return f"{OWNERS[owner]} has {CATEGORY_NAMES[what]} in total"
+
+
+def _sentence(kind: str, owner: int, item: int, refs: tuple[Ref, ...] = (), constant: int = 0) -> str:
+    """The statement defining (owner, item) by `kind` from `refs` and `constant`."""
+    subject, noun = OWNERS[owner], ITEMS[item]
+    if kind == "literal":
+        return f"{subject} has {constant} {noun}."
+    if kind == "add":
+        return f"{subject} has {constant} more {noun} than {_clause(refs[0])}."
+    if kind == "sub":
+        return f"{subject} has {constant} fewer {noun} than {_clause(refs[0])}."
+    if kind == "mul":
+        return f"{subject} has {constant} times as many {noun} as {_clause(refs[0])}."
+    if kind == "sum":
+        return f"{subject} has as many {noun} as {_clause(refs[0])} and {_clause(refs[1])} combined."
+    if kind == "diff":
+        return f"{subject} has as many {noun} as {_clause(refs[0])} more than {_clause(refs[1])}."
+    raise ValueError(f"unknown statement kind {kind!r}")
+
+
+def _question(ref: Ref) -> str:
+    kind, owner, what = ref
+    if kind == "item":
+        return f"How many {ITEMS[what]} does {OWNERS[owner]} have?"
+    return f"How many {CATEGORY_NAMES[what]} does {OWNERS[owner]} have in total?"
+
+
+def _longest(strings) -> int:
+    return max(len(s) for s in strings)
+
+
+def _longest_sentence() -> int:
+    """Characters in the longest statement any problem can hold (longest names, 2-digit numbers)."""
+    owner = max(range(len(OWNERS)), key=lambda o: len(OWNERS[o]))
+    item = max(range(len(ITEMS)), key=lambda i: len(ITEMS[i]))
+    total = ("total", owner, max(range(len(CATEGORY_NAMES)), key=lambda c: len(CATEGORY_NAMES[c])))
+    ref = max([("item", owner, item), total], key=lambda r: len(_clause(r)))
+    return max(len(_sentence(kind, owner, item, (ref, ref), MAX_VALUE))
+               for kind in ("literal", "add", "sub", "mul", "sum", "diff"))
+
+
+MAX_SENTENCE = _longest_sentence()
+MAX_QUESTION = max(len(_question(("item", 0, 0))) + _longest(OWNERS) + _longest(ITEMS),
+                   len(_question(("total", 0, 0))) + _longest(OWNERS) + _longest(CATEGORY_NAMES))
+
+
+def longest_core(ops: int) -> int:
+    """An upper bound on the characters of a problem with `ops` ops before distractors: the
+    question line and at most 1 + 2 * ops statements (a first literal, then per op at most one
+    derived statement and one new literal)."""
+    return MAX_QUESTION + 1 + (1 + 2 * ops) * (MAX_SENTENCE + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GsmProblem:
+    """One word problem.
+
+    Attributes:
+      ops: the op count of the answer.
+      question: the question line (without the newline).
+      statements: the context statements in text order.
+      is_distractor: per statement, True where it is a distractor.
+      answer: the integer answer.
+    """
+    ops: int
+    question: str
+    statements: tuple[str, ...]
+    is_distractor: tuple[bool, ...]
+    answer: int
+
+    @property
+    def text(self) -> str:
+        """Question line and statements: everything before the answer line."""
+        return self.question + "\n" + " ".join(self.statements)
+
+
+class _Graph:
+    """Builds one problem's quantities and statements; every value stays in [0, MAX_VALUE]."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        people = rng.permutation(len(OWNERS))
+        self.core_owners = people[:CORE_OWNERS].tolist()
+        self.distractor_owners = people[CORE_OWNERS:].tolist()
+        self.values: dict[tuple[int, int], int] = {}   # (owner, item) -> value
+        self.core: list[tuple[int, int]] = []           # core (owner, item)s in creation order
+        self.frozen: set[tuple[int, int]] = set()       # (owner, category)s whose total is referenced
+        self.statements: list[str] = []
+        self.distractors: list[str] = []
+
+    def _pick(self, low: int, high: int) -> int:
+        return int(self.rng.integers(low, high + 1))
+
+    def _new_entity(self, owners: list[int]) -> tuple[int, int]:
+        """An (owner, item) not yet defined, whose category's total is not referenced."""
+        while True:
+            owner = owners[self.rng.integers(len(owners))]
+            item = int(self.rng.integers(len(ITEMS)))
+            if (owner, item) not in self.values and (owner, ITEM_CATEGORY[item]) not in self.frozen:
+                return owner, item
+
+    def _define(self, entity: tuple[int, int], value: int, sentence: str, core: bool) -> None:
+        assert 0 <= value <= MAX_VALUE, (sentence, value)
+        self.values[entity] = value
+        (self.statements if core else self.distractors).append(sentence)
+        if core:
+            self.core.append(entity)
+
+    def literal(self, entity: tuple[int, int], core: bool, high: int = MAX_LITERAL) -> int:
+        value = self._pick(1, high)
+        self._define(entity, value, _sentence("literal", *entity, constant=value), core)
+        return value
+
+    def _operation(self, entity: tuple[int, int], operand: Ref, value: int, others: list[tuple[int, int]],
+                   core: bool) -> None:
+        """Defines `entity` by one operation on `operand` (worth `value`). The second operand of a
+        sum or difference is one of `others` or, in the core only, a new literal (so a distractor
+        is always exactly one statement)."""
+        addable = [e for e in others if self.values[e] <= MAX_VALUE - value]
+        kinds = (["add"] if value < MAX_VALUE else []) + (["sub"] if value >= 1 else [])
+        kinds += ["mul"] if 1 <= value <= MAX_VALUE // 2 else []
+        kinds += ["sum"] if value < MAX_VALUE and (core or addable) else []
+        kinds += ["diff"] if core or others else []
+        kind = kinds[self.rng.integers(len(kinds))]
+        if kind == "add":
+            constant = self._pick(1, min(MAX_LITERAL, MAX_VALUE - value))
+            self._define(entity, value + constant, _sentence(kind, *entity, (operand,), constant), core)
+        elif kind == "sub":
+            constant = self._pick(1, min(MAX_LITERAL, value))
+            self._define(entity, value - constant, _sentence(kind, *entity, (operand,), constant), core)
+        elif kind == "mul":
+            factor = self._pick(2, min(MAX_FACTOR, MAX_VALUE // value))
+            self._define(entity, value * factor, _sentence(kind, *entity, (operand,), factor), core)
+        else:
+            candidates = addable if kind == "sum" else others
+            if candidates and (not core or self.rng.random() < 0.3):
+                other = candidates[self.rng.integers(len(candidates))]
+            else:
+                other = self._new_entity(self.core_owners)
+                room = MAX_VALUE - value if kind == "sum" else MAX_VALUE
+                self.literal(other, core, high=min(MAX_LITERAL, room))
+            second, second_value = ("item", *other), self.values[other]
+            if kind == "sum":
+                self._define(entity, value + second_value,
+                             _sentence(kind, *entity, (operand, second)), core)
+            else:
+                refs, result = (((operand, second), value - second_value) if value >= second_value
+                                else ((second, operand), second_value - value))
+                self._define(entity, result, _sentence(kind, *entity, refs), core)
+
+    def _total_members(self, owner: int, category: int) -> list[tuple[int, int]]:
+        return [e for e in self.core if e[0] == owner and ITEM_CATEGORY[e[1]] == category]
+
+    def _total(self, head: tuple[int, int], members: int) -> tuple[Ref, int]:
+        """Adds literals of head's owner in head's category until `members` of them are defined,
+        freezes that total (no later item may join it) and returns its reference and value."""
+        owner, category = head[0], ITEM_CATEGORY[head[1]]
+        existing = self._total_members(owner, category)
+        free = [i for i in range(len(ITEMS))
+                if ITEM_CATEGORY[i] == category and (owner, i) not in self.values]
+        new = self.rng.permutation(free)[:members - len(existing)].tolist()
+        total = sum(self.values[e] for e in existing)
+        for n, item in enumerate(new):
+            total += self.literal((owner, item), core=True,
+                                  high=min(MAX_LITERAL, MAX_VALUE - total - (len(new) - n - 1)))
+        self.frozen.add((owner, category))
+        return ("total", owner, category), total
+
+    def _total_sizes(self, head: tuple[int, int], low: int, high: int) -> list[int]:
+        """Member counts in [low, high] a total over head's category can have within MAX_VALUE."""
+        owner, category = head[0], ITEM_CATEGORY[head[1]]
+        existing = self._total_members(owner, category)
+        free = sum(1 for i in range(len(ITEMS))
+                   if ITEM_CATEGORY[i] == category and (owner, i) not in self.values)
+        room = MAX_VALUE - sum(self.values[e] for e in existing)
+        return [m for m in range(max(low, len(existing), 2), min(high, MAX_MEMBERS) + 1)
+                if m - len(existing) <= min(free, room)]
+
+    def core_problem(self, ops: int) -> tuple[str, int]:
+        """Builds a chain of exactly `ops` operations; returns the question and its answer."""
+        head = self._new_entity(self.core_owners)
+        self.literal(head, core=True)
+        left = ops
+        while left:
+            # End on an implicit total over m members (m - 1 additions) ...
+            if self.rng.random() < 0.2 and self._total_sizes(head, left + 1, left + 1):
+                ref, answer = self._total(head, left + 1)
+                return _question(ref), answer
+            # ... or take one (m members: m - 1 additions, then one operation on the total) ...
+            sizes = self._total_sizes(head, 2, left) if left >= 2 else []
+            if sizes and self.rng.random() < 0.3:
+                members = sizes[self.rng.integers(len(sizes))]
+                operand, value = self._total(head, members)
+                left -= members
+            else:  # ... or one operation on the last result.
+                operand, value = ("item", *head), self.values[head]
+                left -= 1
+            entity = self._new_entity(self.core_owners)
+            self._operation(entity, operand, value, [e for e in self.core if e != head], core=True)
+            head = entity
+        return _question(("item", *head)), self.values[head]
+
+    def distractor(self) -> str:
+        """Defines one quantity of a distractor person (a literal or from any earlier quantity)."""
+        entity = self._new_entity(self.distractor_owners)
+        known = list(self.values)
+        if self.rng.random() < 0.4:
+            self.literal(entity, core=False)
+        else:
+            operand = known[self.rng.integers(len(known))]
+            self._operation(entity, ("item", *operand), self.values[operand],
+                            [e for e in known if e != operand], core=False)
+        return self.distractors[-1]
+
+
+def generate(rng: np.random.Generator, ops: int, target_length: int) -> GsmProblem:
+    """A problem with `ops` ops, padded with distractors until its text (question line and
+    statements) has at least `target_length` characters (or fewer if the core alone is longer)."""
+    graph = _Graph(rng)
+    question, answer = graph.core_problem(ops)
+    length = len(question) + len(" ".join(graph.statements)) + 1
+    while length < target_length:
+        length += 1 + len(graph.distractor())
+    statements = graph.statements + graph.distractors
+    order = rng.permutation(len(statements)).tolist()
+    core = len(graph.statements)
+    return GsmProblem(ops=ops, question=question, statements=tuple(statements[i] for i in order),
+                      is_distractor=tuple(i >= core for i in order), answer=answer)
+
+
+class GsmInfiniteTask(Task):
+    """GSM-Infinite style problems; see the module docstring for the layout."""
+    name = "gsm_infinite"
+    bucket = "ops"
+    answers = 1
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.config = config_lib.merge(self.name, config, DEFAULTS)
+        self.ops = config_lib.int_tuple(self.config, "ops", low=1, high=MAX_OPS)
+        self.eval_ops = config_lib.int_tuple(self.config, "eval_ops", low=1, high=MAX_OPS)
+        window = config_lib.int_value(self.config, "window", low=ANSWER_TOKENS)
+        low, high = config_lib.int_tuple(self.config, "target_tokens", low=1, length=2)
+        self.eval_examples = config_lib.int_value(self.config, "eval_examples", low=1)
+        config_lib.multiple_of("eval_examples", self.eval_examples, len(self.eval_ops),
+                               "every eval_ops bucket gets the same number of examples")
+        windows = -(-(high + ANSWER_TOKENS) // window)
+        longest = longest_core(max(self.ops + self.eval_ops))
+        if low < (windows - 1) * window:
+            raise ValueError(f"task.target_tokens[0] must be >= {(windows - 1) * window} so that the answer "
+                             f"lies in the last of {windows} windows of {window}, got {low}")
+        if high - low <= MAX_SENTENCE:
+            raise ValueError(f"task.target_tokens must span more than one statement ({MAX_SENTENCE} tokens), "
+                             f"got {(low, high)}")
+        if high < longest:
+            raise ValueError(f"task.target_tokens[1] must be >= {longest}, the longest problem with "
+                             f"ops={max(self.ops + self.eval_ops)} before distractors, got {high}")
+        self.target_tokens = (low, high)
+        characters = tuple(chr(c) for c in range(32, 127)) + ("\n",)   # printable ASCII, newline
+        self.vocab = Vocab((PAD, EOS) + characters, word_level=False, eos=EOS)
+        self.layout = Layout(seq_len=windows * window, window=window, kinds="C" * (windows - 1) + "P")
+
+    def problem(self, split: str, seed: int, index: int) -> GsmProblem:
+        rng = example_rng(seed, split, index)
+        ops = self.ops[rng.integers(len(self.ops))] if split == "train" else eval_value(self.eval_ops, index)
+        low, high = self.target_tokens
+        # Filling stops at the first statement reaching the target, so leave room for one.
+        return generate(rng, ops, int(rng.integers(low, high - MAX_SENTENCE)))
+
+    def features(self, problem: GsmProblem) -> dict[str, np.ndarray]:
+        prompt = self.vocab.encode_array(problem.text + ANSWER_PREFIX)
+        answer = np.append(self.vocab.encode_array(str(problem.answer)), self.vocab.eos_id)
+        tokens = np.full(self.layout.seq_len, self.vocab.pad_id, np.int32)
+        tokens[:prompt.size] = prompt
+        tokens[prompt.size:prompt.size + answer.size] = answer
+        answer_id = np.full(self.layout.seq_len, -1, np.int32)
+        answer_id[prompt.size - 1:prompt.size - 1 + answer.size] = 0
+        return self.pack(tokens, answer_id, [problem.ops])
+
+    def record(self, problem: GsmProblem) -> dict[str, Any]:
+        return {"ops": problem.ops, "question": problem.question, "answer": problem.answer,
+                "statements": len(problem.statements), "distractors": sum(problem.is_distractor)}

@@ -1,0 +1,185 @@
+"""The Task base class: index-addressable examples as grain datasets, in a static window layout.
+
+A task generates example `index` of a split from its own random generator seeded with
+`(seed, split, index)`, so an example never depends on how many processes read the data or in
+which order: process `p` of `P` reads indices `p, p + P, p + 2P, ...` of the same sequence.
+
+Every example is a dict of numpy arrays:
+
+- `tokens int32[T]`, the sequence; `loss_mask int32[T]`, 1 where the logits at position `i`
+  (which predict token `i + 1`) are scored;
+- `answer_id int32[T]` and `difficulty int32[A]`, read by the evaluator (see `evaluator.py`).
+
+Subclasses implement `problem` (the structured example), `features` (its arrays) and `record`
+(a JSON-able description for people and for `show`).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from sleep_jax.tasks.evaluator import ExactMatchEvaluator
+from sleep_jax.tasks.vocab import Vocab
+
+SPLITS = ("train", "eval")
+# The training split is index-addressable and, in practice, endless.
+TRAIN_EXAMPLES = 2**40
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The static window layout shared by every example of a task.
+
+    Attributes:
+      seq_len: T, tokens per example, `window * len(kinds)`.
+      window: L, tokens per window.
+      kinds: one letter per window: `C` (consolidation: loss mask all zero in every example) or
+        `P` (prediction: holds scored positions).
+    """
+    seq_len: int
+    window: int
+    kinds: str
+
+    def __post_init__(self):
+        if self.seq_len != self.window * len(self.kinds) or set(self.kinds) - {"C", "P"}:
+            raise ValueError(f"layout seq_len={self.seq_len} must be window={self.window} times "
+                             f"len(kinds={self.kinds!r}), and kinds only C and P")
+
+
+def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of example `index` of `split`; a pure function of its arguments."""
+    return np.random.default_rng([seed, SPLITS.index(split), index])
+
+
+def eval_value(values: Sequence[int], unit: int) -> int:
+    """Difficulty of eval answer unit number `unit`: the values in turn, so buckets are even."""
+    return values[unit % len(values)]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def _check_read(seed: int, process_index: int, process_count: int) -> None:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, process_count={process_count}), got {process_index}")
+
+
+class Task(abc.ABC):
+    """A task: vocabulary, layout, example generator, datasets and evaluator.
+
+    Subclass attributes: `name`, `bucket` (difficulty name, e.g. "t"), `vocab`, `layout`,
+    `answers` (A, answer units per example), `eval_examples`, `config` (the validated dict).
+    """
+    name: str
+    bucket: str
+    vocab: Vocab
+    layout: Layout
+    answers: int
+    eval_examples: int
+    config: dict[str, Any]
+
+    @abc.abstractmethod
+    def problem(self, split: str, seed: int, index: int) -> Any:
+        """The structured example `index` of `split` (task-specific dataclass)."""
+
+    @abc.abstractmethod
+    def features(self, problem: Any) -> dict[str, np.ndarray]:
+        """The arrays of a problem: tokens, loss_mask, answer_id, difficulty."""
+
+    @abc.abstractmethod
+    def record(self, problem: Any) -> dict[str, Any]:
+        """A JSON-able description of a problem (what `show --json` prints, without "text")."""
+
+    def evaluator(self) -> ExactMatchEvaluator:
+        """A fresh evaluator for this task's batches."""
+        return ExactMatchEvaluator(self.bucket)
+
+    def example(self, split: str, seed: int, index: int) -> dict[str, np.ndarray]:
+        """The features of example `index` of `split`."""
+        _check_split(split)
+        return self.features(self.problem(split, seed, index))
+
+    def describe(self, split: str, seed: int, index: int) -> dict[str, Any]:
+        """`record` of example `index` plus its decoded `"text"` (padding left out)."""
+        problem = self.problem(split, seed, index)
+        tokens = self.features(problem)["tokens"]
+        return {**self.record(problem), "text": self.vocab.decode(tokens[tokens != self.vocab.pad_id])}
+
+    def empty_example(self) -> dict[str, np.ndarray]:
+        """An all-padding example with nothing scored: fills the last eval batch."""
+        seq_len = self.layout.seq_len
+        return {
+            "tokens": np.full(seq_len, self.vocab.pad_id, np.int32),
+            "loss_mask": np.zeros(seq_len, np.int32),
+            "answer_id": np.full(seq_len, -1, np.int32),
+            "difficulty": np.full(self.answers, -1, np.int32),
+        }
+
+    def pack(self, tokens: np.ndarray, answer_id: np.ndarray, difficulty: Sequence[int]) -> dict[str, np.ndarray]:
+        """The feature dict of one example from its tokens `[T]` and answer ids `[T]` (-1: unscored)."""
+        return {
+            "tokens": tokens.astype(np.int32, copy=False),
+            "loss_mask": (answer_id >= 0).astype(np.int32),
+            "answer_id": answer_id.astype(np.int32, copy=False),
+            "difficulty": np.asarray(difficulty, np.int32),
+        }
+
+    def dataset(self, split: str, seed: int, *, process_index: int = 0,
+                process_count: int = 1) -> grain.MapDataset:
+        """This process's share of a split as a grain `MapDataset` of feature dicts.
+
+        "train" holds `TRAIN_EXAMPLES` (2**40) independent examples; "eval" the fixed
+        `eval_examples`, difficulties spread evenly. Process `p` of `P` holds indices `p::P`.
+        """
+        _check_split(split)
+        _check_read(seed, process_index, process_count)
+        size = TRAIN_EXAMPLES if split == "train" else self.eval_examples
+        indices = grain.MapDataset.range(size)[process_index::process_count]
+        return indices.map(functools.partial(self.example, split, int(seed)))
+
+    def batches(self, split: str, seed: int, batch_size: int, *, process_index: int = 0,
+                process_count: int = 1) -> grain.IterDataset:
+        """Batches of `batch_size` examples for this process, as a grain `IterDataset`.
+
+        Its iterator (`iter(...)`) supports `get_state()` / `set_state(state)` for exact resume.
+        "train" batches run on for 2**40 / (batch_size * process_count) steps. "eval" batches
+        cover the eval set once; the last ones are filled up with `empty_example`s (nothing
+        scored, ignored by the evaluator), so every batch has the same shape and every process
+        reads the same number of batches.
+        """
+        _check_split(split)
+        _check_read(seed, process_index, process_count)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if split == "train":
+            examples = self.dataset(split, seed, process_index=process_index, process_count=process_count)
+        else:
+            per_step = batch_size * process_count
+            padded = -(-self.eval_examples // per_step) * per_step
+            indices = grain.MapDataset.range(padded)[process_index::process_count]
+            examples = indices.map(functools.partial(self._eval_example_or_empty, int(seed)))
+        return examples.batch(batch_size, drop_remainder=True).to_iter_dataset()
+
+    def _eval_example_or_empty(self, seed: int, index: int) -> dict[str, np.ndarray]:
+        return self.example("eval", seed, index) if index < self.eval_examples else self.empty_example()
+
+    def check_layout(self) -> None:
+        """ValueError unless the first eval and train examples fit the layout and kinds."""
+        window = self.layout.window
+        for split in SPLITS:
+            example = self.example(split, 0, 0)
+            mask = example["loss_mask"].reshape(len(self.layout.kinds), window)
+            for w, kind in enumerate(self.layout.kinds):
+                if (kind == "C") == bool(mask[w].any()):
+                    raise ValueError(f"task.window={window} gives {self.name} window {w} of kind {kind} "
+                                     f"{int(mask[w].sum())} scored positions; choose a window that puts "
+                                     "answers in every P window and none in a C window")
