@@ -170,6 +170,7 @@ class _Graph:
         self.core_owners = people[:CORE_OWNERS].tolist()
         self.distractor_owners = people[CORE_OWNERS:].tolist()
         self.values: dict[tuple[int, int], int] = {}   # (owner, item) -> value
+        self.taken: set[tuple[int, int]] = set()       # (owner, item)s defined or about to be
         self.core: list[tuple[int, int]] = []           # core (owner, item)s in creation order
         self.frozen: set[tuple[int, int]] = set()       # (owner, category)s whose total is referenced
         self.statements: list[str] = []
@@ -179,16 +180,18 @@ class _Graph:
         return int(self.rng.integers(low, high + 1))
 
     def _new_entity(self, owners: list[int]) -> tuple[int, int]:
-        """An (owner, item) not yet defined, whose category's total is not referenced."""
+        """A new (owner, item), not taken before, whose category's total is not referenced."""
         while True:
             owner = owners[self.rng.integers(len(owners))]
             item = int(self.rng.integers(len(ITEMS)))
-            if (owner, item) not in self.values and (owner, ITEM_CATEGORY[item]) not in self.frozen:
+            if (owner, item) not in self.taken and (owner, ITEM_CATEGORY[item]) not in self.frozen:
+                self.taken.add((owner, item))
                 return owner, item
 
     def _define(self, entity: tuple[int, int], value: int, sentence: str, core: bool) -> None:
         assert 0 <= value <= MAX_VALUE, (sentence, value)
         self.values[entity] = value
+        self.taken.add(entity)
         (self.statements if core else self.distractors).append(sentence)
         if core:
             self.core.append(entity)
@@ -244,7 +247,7 @@ class _Graph:
         owner, category = head[0], ITEM_CATEGORY[head[1]]
         existing = self._total_members(owner, category)
         free = [i for i in range(len(ITEMS))
-                if ITEM_CATEGORY[i] == category and (owner, i) not in self.values]
+                if ITEM_CATEGORY[i] == category and (owner, i) not in self.taken]
         new = self.rng.permutation(free)[:members - len(existing)].tolist()
         total = sum(self.values[e] for e in existing)
         for n, item in enumerate(new):
@@ -258,7 +261,7 @@ class _Graph:
         owner, category = head[0], ITEM_CATEGORY[head[1]]
         existing = self._total_members(owner, category)
         free = sum(1 for i in range(len(ITEMS))
-                   if ITEM_CATEGORY[i] == category and (owner, i) not in self.values)
+                   if ITEM_CATEGORY[i] == category and (owner, i) not in self.taken)
         room = MAX_VALUE - sum(self.values[e] for e in existing)
         return [m for m in range(max(low, len(existing), 2), min(high, MAX_MEMBERS) + 1)
                 if m - len(existing) <= min(free, room)]

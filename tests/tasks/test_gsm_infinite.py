@@ -1,0 +1,178 @@
+"""GSM-Infinite style problems, checked by re-reading the text: an independent parser and solver
+give the answer and the op count; removing any distractor (with whatever refers to it) leaves the
+answer unchanged; layout, lengths and evaluator."""
+import re
+
+import numpy as np
+import pytest
+
+from sleep_jax import tasks
+from sleep_jax.tasks import gsm_infinite
+
+# The static word lists (which items are fruits, ...) are the problem's vocabulary, not bookkeeping.
+CATEGORY_OF = {item: category for category, items in gsm_infinite.CATEGORIES.items() for item in items}
+REF = r"(\w+) has (\w+)( in total)?"
+PATTERNS = {
+    "literal": re.compile(r"(\w+) has (\d+) (\w+)\."),
+    "add": re.compile(rf"(\w+) has (\d+) more (\w+) than {REF}\."),
+    "sub": re.compile(rf"(\w+) has (\d+) fewer (\w+) than {REF}\."),
+    "mul": re.compile(rf"(\w+) has (\d+) times as many (\w+) as {REF}\."),
+    "sum": re.compile(rf"(\w+) has as many (\w+) as {REF} and {REF} combined\."),
+    "diff": re.compile(rf"(\w+) has as many (\w+) as {REF} more than {REF}\."),
+}
+QUESTION = re.compile(r"How many (\w+) does (\w+) have( in total)?\?")
+
+
+def ref(owner, noun, total):
+    return ("total", owner, noun) if total else ("item", owner, noun)
+
+
+def parse_statement(sentence):
+    """(defined (owner, item), kind, constant, refs) of one statement; fails if none matches."""
+    for kind, pattern in PATTERNS.items():
+        match = pattern.fullmatch(sentence)
+        if match is None:
+            continue
+        g = match.groups()
+        if kind == "literal":
+            return (g[0], g[2]), kind, int(g[1]), ()
+        if kind in ("add", "sub", "mul"):
+            return (g[0], g[2]), kind, int(g[1]), (ref(*g[3:6]),)
+        return (g[0], g[1]), kind, 0, (ref(*g[2:5]), ref(*g[5:8]))
+    raise AssertionError(f"statement matches no template: {sentence!r}")
+
+
+class Problem:
+    """The quantities a problem text defines, solved by recursion over references."""
+
+    def __init__(self, statements):
+        self.definitions = {}
+        for sentence in statements:
+            entity, kind, constant, refs = parse_statement(sentence)
+            assert entity not in self.definitions, f"{entity} defined twice"
+            assert entity[1] in CATEGORY_OF
+            self.definitions[entity] = (kind, constant, refs)
+
+    def members(self, owner, category):
+        return [e for e in self.definitions if e[0] == owner and CATEGORY_OF[e[1]] == category]
+
+    def value(self, r, visiting=()):
+        kind_of_ref, owner, noun = r
+        assert r not in visiting, f"cycle through {r}"
+        if kind_of_ref == "total":
+            members = self.members(owner, noun)
+            assert members, f"empty total {r}"
+            return sum(self.value(("item", *m), visiting + (r,)) for m in members)
+        kind, constant, refs = self.definitions[(owner, noun)]
+        values = [self.value(x, visiting + (r,)) for x in refs]
+        result = {"literal": lambda: constant, "add": lambda: values[0] + constant,
+                  "sub": lambda: values[0] - constant, "mul": lambda: values[0] * constant,
+                  "sum": lambda: values[0] + values[1], "diff": lambda: values[0] - values[1]}[kind]()
+        assert 0 <= result <= gsm_infinite.MAX_VALUE
+        return result
+
+    def ancestors(self, r):
+        """Entities `r` depends on, and its op count (one per derived statement, m - 1 per total)."""
+        seen, totals, stack = set(), set(), [r]
+        while stack:
+            kind_of_ref, owner, noun = stack.pop()
+            if kind_of_ref == "total":
+                if (owner, noun) not in totals:
+                    totals.add((owner, noun))
+                    stack += [("item", *m) for m in self.members(owner, noun)]
+            elif (owner, noun) not in seen:
+                seen.add((owner, noun))
+                stack += list(self.definitions[(owner, noun)][2])
+        ops = sum(self.definitions[e][0] != "literal" for e in seen)
+        return seen, ops + sum(len(self.members(*t)) - 1 for t in totals)
+
+
+def read_back(task, tokens):
+    """Question ref, statements and answer read from the decoded tokens."""
+    text = task.vocab.decode(tokens[tokens != task.vocab.pad_id])
+    match = re.fullmatch(r"(How many [^\n]*)\n([^\n]*)\nAnswer: (\d+)<eos>", text)
+    assert match, text[-200:]
+    question, context, answer = match.groups()
+    noun, owner, total = QUESTION.fullmatch(question).groups()
+    statements = re.findall(r"[^.]+\.", context)
+    assert " ".join(s.strip() for s in statements) == context
+    return ref(owner, noun, total), [s.strip() for s in statements], int(answer)
+
+
+def check(task, split, seed, index):
+    problem = task.problem(split, seed, index)
+    example = task.features(problem)
+    question, statements, answer = read_back(task, example["tokens"])
+    assert statements == list(problem.statements)
+    parsed = Problem(statements)
+    assert parsed.value(question) == answer == problem.answer
+    needed, ops = parsed.ancestors(question)
+    assert ops == problem.ops == int(example["difficulty"][0])
+    entity_of = [parse_statement(s)[0] for s in statements]
+    distractors = {e for e, is_d in zip(entity_of, problem.is_distractor) if is_d}
+    # Every core statement is needed; no distractor is.
+    assert needed == set(entity_of) - distractors
+    # Without any distractor, and without each distractor and what refers to it: same answer.
+    core = [s for s, is_d in zip(statements, problem.is_distractor) if not is_d]
+    assert Problem(core).value(question) == answer
+    for distractor in distractors:
+        kept = [s for s, e in zip(statements, entity_of) if distractor not in parsed.ancestors(("item", *e))[0]]
+        assert len(kept) < len(statements)
+        assert Problem(kept).value(question) == answer
+    return problem, example
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_tiny_answers_ops_and_distractors(split):
+    task = tasks.make(tasks.default_config("gsm_infinite", "tiny"))
+    seen_ops, total_questions = set(), 0
+    for index in range(60):
+        problem, example = check(task, split, 3, index)
+        low, high = task.target_tokens
+        assert low <= len(problem.text) <= high
+        seen_ops.add(problem.ops)
+        total_questions += problem.question.endswith("in total?")
+        # The answer lies in the last (prediction) window.
+        assert np.flatnonzero(example["loss_mask"])[0] >= task.layout.seq_len - task.layout.window
+    assert seen_ops == {1, 2, 3} and total_questions > 0
+
+
+def test_paper_size_problems():
+    task = tasks.make(tasks.default_config("gsm_infinite"))
+    ops = []
+    for index in range(8):
+        problem, example = check(task, "eval", 0, index)
+        assert 2000 <= len(problem.text) <= 3300 and sum(problem.is_distractor) > 10
+        ops.append(problem.ops)
+        assert example["tokens"].shape == (4000,)
+    assert ops == list(range(1, 9))
+
+
+def test_implicit_totals_appear():
+    """Some problems depend on a total the text never spells out."""
+    task = tasks.make(tasks.default_config("gsm_infinite", "tiny"))
+    uses_total = 0
+    for index in range(40):
+        problem = task.problem("train", 11, index)
+        core = [s for s, d in zip(problem.statements, problem.is_distractor) if not d]
+        uses_total += any("in total" in s for s in core) or problem.question.endswith("in total?")
+    assert uses_total >= 5
+
+
+def test_evaluator_oracle_and_random():
+    task = tasks.make(tasks.default_config("gsm_infinite", "tiny"))
+    dataset = task.dataset("eval", 0)
+    batch = {key: np.stack([dataset[i][key] for i in range(120)]) for key in dataset[0]}
+    oracle = np.zeros_like(batch["tokens"])
+    oracle[:, :-1] = batch["tokens"][:, 1:]
+    evaluator = task.evaluator()
+    evaluator.add(batch, oracle)
+    result = evaluator.result()
+    assert result["accuracy"] == 1.0
+    assert result["by_difficulty"] == {"ops=1": 1.0, "ops=2": 1.0, "ops=3": 1.0}
+    # Random digits or <eos>: chance is at most 1/121 per answer (>= 1 digit + <eos>).
+    symbols = np.array(task.vocab.encode("0123456789") + [task.vocab.eos_id])
+    random = np.random.default_rng(0).choice(symbols, batch["tokens"].shape)
+    evaluator = task.evaluator()
+    evaluator.add(batch, random)
+    assert evaluator.result()["accuracy"] < 0.05
