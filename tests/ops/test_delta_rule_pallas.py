@@ -85,11 +85,14 @@ def test_matches_reference_vectors(case):
             assert rel_rms(grad, data[f"case{case}/d_{name}"]) <= 1e-4, name
 
 
-@pytest.mark.parametrize("recurrence", ["loop", "grid"])
-def test_matches_recurrent_ragged_length_and_v_tiles(recurrence):
+# The GPU structure (chunk loop inside the kernel, caller's layout) and the TPU structure
+# (sequential grid axis over chunks, head-major copy).
+@pytest.mark.parametrize("recurrence, layout", [("loop", "tokens_first"), ("grid", "heads_first")])
+def test_matches_recurrent_ragged_length_and_v_tiles(recurrence, layout):
     # T = 37 is not a multiple of the chunk, K != V, and V = 32 is cut into two tiles of 16.
     inputs = random_inputs(0, B=2, T=37, H=2, K=16, V=32)
-    got = loss_and_grads(kernels(chunk_size=16, block_v=16, recurrence=recurrence), inputs)
+    got = loss_and_grads(kernels(chunk_size=16, block_v=16, recurrence=recurrence, layout=layout),
+                         inputs)
     want = loss_and_grads(recurrent, inputs)
     assert rel_rms(got[0], want[0]) <= 1e-5
     assert rel_rms(got[1], want[1]) <= 1e-5

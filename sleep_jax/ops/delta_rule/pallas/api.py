@@ -3,7 +3,9 @@
 Outside the kernels (plain XLA, cheap next to the kernels): T is padded to a multiple of the chunk
 (padded tokens have k = v = q = 0, g = 0, beta = 0, so they leave the state untouched), K and V
 are padded to powers of two where the backend needs it, the in-chunk cumulative sum of g is taken
-(fla does the same in its own small kernel), and [B, T, HV, D] becomes head-major [B*HV, T, D].
+(fla does the same in its own small kernel), and, for the "heads_first" layout (TPU),
+[B, T, HV, D] becomes head-major [B*HV, T, D]. With T a multiple of the chunk and no K/V padding
+the "tokens_first" layout (GPU) feeds the caller's arrays to the kernels untouched.
 These steps are differentiated by JAX; the kernels are wrapped in one `jax.custom_vjp`.
 """
 import functools
@@ -94,19 +96,23 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
     block_v = sizes["block_v"] if vp % sizes["block_v"] == 0 else vp
     cfg = KernelConfig(chunk=c, block_v=block_v, scale=float(scale), mm_dtype=jnp.dtype(q.dtype).name,
                        recurrence=sizes["recurrence"], backend=backend, interpret=bool(interpret),
-                       num_warps=sizes.get("num_warps"), num_stages=sizes.get("num_stages"))
+                       layout=sizes["layout"], heads=HV, num_warps=sizes.get("num_warps"),
+                       num_stages=sizes.get("num_stages"))
+    heads_first = cfg.layout == "heads_first"
 
-    def heads_first(x, width):  # [B, T, HV, D] -> [B*HV, Tp, width]
+    def per_token(x, width):  # [B, T', HV, D] -> padded to [B, Tp, HV, width], then the layout
         x = jnp.pad(x, ((0, 0), (0, tp - x.shape[1]), (0, 0), (0, width - x.shape[-1])))
-        return jnp.swapaxes(x, 1, 2).reshape(B * HV, tp, width)
+        return jnp.swapaxes(x, 1, 2).reshape(B * HV, tp, width) if heads_first else x
 
     g = jnp.pad(g.astype(jnp.float32), ((0, 0), (0, tp - T), (0, 0)))
     gc = jnp.cumsum(g.reshape(B, tp // c, c, HV), axis=2).reshape(B, tp, HV, 1)
-    beta = jnp.pad(beta.astype(jnp.float32), ((0, 0), (0, tp - T), (0, 0)))[..., None]
+    beta = beta.astype(jnp.float32)[..., None]
     state = jnp.pad(initial_state.astype(jnp.float32), ((0, 0), (0, 0), (0, kp - K), (0, vp - V)))
     o, final_state = chunked_kernels(
-        heads_first(q, kp), heads_first(k, kp), heads_first(v, vp), heads_first(gc, 1),
-        heads_first(beta, 1), state.reshape(B * HV, kp, vp), cfg)
-    o = jnp.swapaxes(o.reshape(B, HV, tp, vp), 1, 2)[:, :T, :, :V]
+        per_token(q, kp), per_token(k, kp), per_token(v, vp), per_token(gc, 1), per_token(beta, 1),
+        state.reshape(B * HV, kp, vp), cfg)
+    if heads_first:
+        o = jnp.swapaxes(o.reshape(B, HV, tp, vp), 1, 2)
+    o = o[:, :T, :, :V]
     final_state = final_state.reshape(B, HV, kp, vp)[:, :, :K, :V]
     return o.astype(out_dtype), final_state

@@ -13,18 +13,18 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from sleep_jax.ops.delta_rule.pallas import chunk_math
-from sleep_jax.ops.delta_rule.pallas.launch import KernelConfig, call
+from sleep_jax.ops.delta_rule.pallas.launch import KernelConfig, call, token_dims, token_shape, token_spec
 
 
 def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
     """Returns (dh [N, NT*K, V] input dtype: gradient of each chunk's end state,
-    d_v_new [N, Tp, V] float32, d_initial_state [N, K, V] float32)."""
-    n, tp, dk = q.shape
+    d_v_new (per-token, width V) float32, d_initial_state [N, K, V] float32)."""
+    n, tp, dk = token_dims(q, cfg)
     dv = d_o.shape[-1]
     c, bv = cfg.chunk, cfg.block_v
     nt = tp // c
     out_shape = [jax.ShapeDtypeStruct((n, nt * dk, dv), q.dtype),
-                 jax.ShapeDtypeStruct((n, tp, dv), jnp.float32),
+                 token_shape(n, tp, dv, jnp.float32, cfg),
                  jax.ShapeDtypeStruct((n, dk, dv), jnp.float32)]
 
     if cfg.recurrence == "loop":
@@ -41,8 +41,8 @@ def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
 
             ds0_ref[...] = jax.lax.fori_loop(0, nt, body, dsf_ref[...].astype(jnp.float32))
 
-        seq = lambda d: pl.BlockSpec((None, tp, d), lambda i, j: (i, 0, 0))
-        seq_v = pl.BlockSpec((None, tp, bv), lambda i, j: (i, 0, j))
+        seq = lambda d: token_spec(tp, d, lambda i, j: (i, 0, 0), cfg)
+        seq_v = token_spec(tp, bv, lambda i, j: (i, 0, j), cfg)
         state = pl.BlockSpec((None, dk, bv), lambda i, j: (i, 0, j))
         return call(kernel, cfg, grid=(n, dv // bv),
                     in_specs=[seq(dk), seq(dk), seq(dk), seq_v, seq(1), state],
@@ -66,8 +66,8 @@ def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
         ds0_ref[...] = d_state
 
     back = lambda t: nt - 1 - t
-    tok = lambda d: pl.BlockSpec((None, c, d), lambda i, j, t: (i, back(t), 0))
-    tok_v = pl.BlockSpec((None, c, bv), lambda i, j, t: (i, back(t), j))
+    tok = lambda d: token_spec(c, d, lambda i, j, t: (i, back(t), 0), cfg)
+    tok_v = token_spec(c, bv, lambda i, j, t: (i, back(t), j), cfg)
     state = pl.BlockSpec((None, dk, bv), lambda i, j, t: (i, 0, j))
     return call(kernel, cfg, grid=(n, dv // bv, nt),
                 in_specs=[tok(dk), tok(dk), tok(dk), tok_v, tok(1), state],
@@ -78,9 +78,8 @@ def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
 
 
 def chunk_gradients(q, k, v, beta, gc, h, dh, v_new, d_v_new, d_o, cfg: KernelConfig):
-    """Returns (dq, dk [N, Tp, K] in q's dtype, dv [N, Tp, V] in v's dtype,
-    dbeta, dgc [N, Tp, 1] float32)."""
-    n, tp, dk = q.shape
+    """Returns per-token (dq, dk in q's dtype, dv in v's dtype, dbeta, dgc float32)."""
+    n, tp, dk = token_dims(q, cfg)
     dv = v.shape[-1]
     c = cfg.chunk
 
@@ -93,15 +92,14 @@ def chunk_gradients(q, k, v, beta, gc, h, dh, v_new, d_v_new, d_o, cfg: KernelCo
         for ref, grad in zip((dq_ref, dk_ref, dv_ref, dbeta_ref, dgc_ref), grads):
             ref[...] = grad.astype(ref.dtype)
 
-    tok = lambda d: pl.BlockSpec((None, c, d), lambda i, t: (i, t, 0))
+    tok = lambda d: token_spec(c, d, lambda i, t: (i, t, 0), cfg)
     state = pl.BlockSpec((None, dk, dv), lambda i, t: (i, t, 0))
     return call(kernel, cfg, grid=(n, tp // c),
                 in_specs=[tok(dk), tok(dk), tok(dv), tok(1), tok(1), state, state, tok(dv),
                           tok(dv), tok(dv)],
                 out_specs=[tok(dk), tok(dk), tok(dv), tok(1), tok(1)],
-                out_shape=[jax.ShapeDtypeStruct((n, tp, dk), q.dtype),
-                           jax.ShapeDtypeStruct((n, tp, dk), k.dtype),
-                           jax.ShapeDtypeStruct((n, tp, dv), v.dtype),
-                           jax.ShapeDtypeStruct((n, tp, 1), jnp.float32),
-                           jax.ShapeDtypeStruct((n, tp, 1), jnp.float32)],
+                out_shape=[token_shape(n, tp, dk, q.dtype, cfg), token_shape(n, tp, dk, k.dtype, cfg),
+                           token_shape(n, tp, dv, v.dtype, cfg),
+                           token_shape(n, tp, 1, jnp.float32, cfg),
+                           token_shape(n, tp, 1, jnp.float32, cfg)],
                 name="gdr_chunk_gradients")(q, k, v, beta, gc, h, dh, v_new, d_v_new, d_o)

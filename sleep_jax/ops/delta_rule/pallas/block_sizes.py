@@ -8,6 +8,9 @@ Keys of each entry:
                state in registers (GPU: Triton programs cannot carry data across grid steps).
                "grid": the chunk axis is a sequential ("arbitrary") grid axis and the state is
                carried in the resident output block (TPU: keeps only one chunk in VMEM).
+  layout       "tokens_first": kernels read and write [B, T, HV, D] in place (no transposes);
+               "heads_first": a head-major copy [B*HV, T, D] (TPU tiling needs the last two block
+               dims to be (tokens, features)). See launch.py.
   pad_pow2     pad K and V up to a power of two >= 16 (Triton needs power-of-two tiles and dots of
                at least 16).
   num_warps, num_stages   Triton launch settings (GPU only).
@@ -16,10 +19,11 @@ Nothing here was tuned on hardware: the GPU and TPU entries are starting points 
 that first measures them (see `sleep_jax/bench/gpu_check.sh`).
 """
 BLOCK_SIZES = {
-    "gpu": {"block_v": 64, "recurrence": "loop", "pad_pow2": True, "num_warps": 4, "num_stages": 2},
-    "tpu": {"block_v": 128, "recurrence": "grid", "pad_pow2": False},
+    "gpu": {"block_v": 64, "recurrence": "loop", "layout": "tokens_first", "pad_pow2": True,
+            "num_warps": 4, "num_stages": 2},
+    "tpu": {"block_v": 128, "recurrence": "grid", "layout": "heads_first", "pad_pow2": False},
     # CPU runs the kernels with interpret=True (tests); it mirrors the GPU structure.
-    "cpu": {"block_v": 64, "recurrence": "loop", "pad_pow2": False},
+    "cpu": {"block_v": 64, "recurrence": "loop", "layout": "tokens_first", "pad_pow2": False},
 }
 
 

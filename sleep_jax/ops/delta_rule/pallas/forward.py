@@ -11,12 +11,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from sleep_jax.ops.delta_rule.pallas import chunk_math
-from sleep_jax.ops.delta_rule.pallas.launch import KernelConfig, call
+from sleep_jax.ops.delta_rule.pallas.launch import KernelConfig, call, token_dims, token_shape, token_spec
 
 
 def wy_prep(k, v, beta, gc, cfg: KernelConfig):
-    """(w [N, Tp, K], u [N, Tp, V]) in the input dtype."""
-    n, tp, dk = k.shape
+    """(w [.., K], u [.., V]) per-token arrays in the input dtype."""
+    n, tp, dk = token_dims(k, cfg)
     dv = v.shape[-1]
     c = cfg.chunk
 
@@ -26,27 +26,26 @@ def wy_prep(k, v, beta, gc, cfg: KernelConfig):
         w_ref[...] = w.astype(w_ref.dtype)
         u_ref[...] = u.astype(u_ref.dtype)
 
-    tok = lambda d: pl.BlockSpec((None, c, d), lambda i, j: (i, j, 0))
+    tok = lambda d: token_spec(c, d, lambda i, j: (i, j, 0), cfg)
     return call(kernel, cfg, grid=(n, tp // c),
                 in_specs=[tok(dk), tok(dv), tok(1), tok(1)],
                 out_specs=[tok(dk), tok(dv)],
-                out_shape=[jax.ShapeDtypeStruct((n, tp, dk), k.dtype),
-                           jax.ShapeDtypeStruct((n, tp, dv), v.dtype)],
+                out_shape=[token_shape(n, tp, dk, k.dtype, cfg), token_shape(n, tp, dv, v.dtype, cfg)],
                 name="gdr_wy_prep")(k, v, beta, gc)
 
 
 def recurrence(w, u, k, gc, initial_state, cfg: KernelConfig):
     """Inter-chunk state recurrence.
 
-    Returns (h [N, NT*K, V] chunk start states in the input dtype, v_new [N, Tp, V] input dtype,
-    final state [N, K, V] float32).
+    Returns (h [N, NT*K, V] chunk start states in the input dtype, v_new (per-token, width V)
+    in the input dtype, final state [N, K, V] float32).
     """
-    n, tp, dk = k.shape
+    n, tp, dk = token_dims(k, cfg)
     dv = u.shape[-1]
     c, bv = cfg.chunk, cfg.block_v
     nt = tp // c
     out_shape = [jax.ShapeDtypeStruct((n, nt * dk, dv), k.dtype),
-                 jax.ShapeDtypeStruct((n, tp, dv), u.dtype),
+                 token_shape(n, tp, dv, u.dtype, cfg),
                  jax.ShapeDtypeStruct((n, dk, dv), jnp.float32)]
 
     if cfg.recurrence == "loop":
@@ -62,8 +61,8 @@ def recurrence(w, u, k, gc, initial_state, cfg: KernelConfig):
 
             sf_ref[...] = jax.lax.fori_loop(0, nt, body, s0_ref[...].astype(jnp.float32))
 
-        seq = lambda d: pl.BlockSpec((None, tp, d), lambda i, j: (i, 0, 0))
-        seq_v = pl.BlockSpec((None, tp, bv), lambda i, j: (i, 0, j))
+        seq = lambda d: token_spec(tp, d, lambda i, j: (i, 0, 0), cfg)
+        seq_v = token_spec(tp, bv, lambda i, j: (i, 0, j), cfg)
         state = pl.BlockSpec((None, dk, bv), lambda i, j: (i, 0, j))
         return call(kernel, cfg, grid=(n, dv // bv),
                     in_specs=[seq(dk), seq_v, seq(dk), seq(1), state],
@@ -84,8 +83,8 @@ def recurrence(w, u, k, gc, initial_state, cfg: KernelConfig):
         vn_ref[...] = v_new.astype(vn_ref.dtype)
         sf_ref[...] = state
 
-    tok = lambda d: pl.BlockSpec((None, c, d), lambda i, j, t: (i, t, 0))
-    tok_v = pl.BlockSpec((None, c, bv), lambda i, j, t: (i, t, j))
+    tok = lambda d: token_spec(c, d, lambda i, j, t: (i, t, 0), cfg)
+    tok_v = token_spec(c, bv, lambda i, j, t: (i, t, j), cfg)
     state = pl.BlockSpec((None, dk, bv), lambda i, j, t: (i, 0, j))
     return call(kernel, cfg, grid=(n, dv // bv, nt),
                 in_specs=[tok(dk), tok_v, tok(dk), tok(1), state],
@@ -95,8 +94,8 @@ def recurrence(w, u, k, gc, initial_state, cfg: KernelConfig):
 
 
 def output(q, k, v_new, h, gc, out_dtype, cfg: KernelConfig):
-    """o [N, Tp, V] in `out_dtype`."""
-    n, tp, dk = q.shape
+    """o (per-token, width V) in `out_dtype`."""
+    n, tp, dk = token_dims(q, cfg)
     dv = v_new.shape[-1]
     c, bv = cfg.chunk, cfg.block_v
 
@@ -105,10 +104,10 @@ def output(q, k, v_new, h, gc, out_dtype, cfg: KernelConfig):
                                     cfg.scale, cfg.matmul_dtype)
         o_ref[...] = o.astype(o_ref.dtype)
 
-    tok = lambda d: pl.BlockSpec((None, c, d), lambda i, t, j: (i, t, 0))
-    tok_v = pl.BlockSpec((None, c, bv), lambda i, t, j: (i, t, j))
+    tok = lambda d: token_spec(c, d, lambda i, t, j: (i, t, 0), cfg)
+    tok_v = token_spec(c, bv, lambda i, t, j: (i, t, j), cfg)
     return call(kernel, cfg, grid=(n, tp // c, dv // bv),
                 in_specs=[tok(dk), tok(dk), tok_v,
                           pl.BlockSpec((None, dk, bv), lambda i, t, j: (i, t, j)), tok(1)],
                 out_specs=tok_v,
-                out_shape=jax.ShapeDtypeStruct((n, tp, dv), out_dtype), name="gdr_output")(q, k, v_new, h, gc)
+                out_shape=token_shape(n, tp, dv, out_dtype, cfg), name="gdr_output")(q, k, v_new, h, gc)

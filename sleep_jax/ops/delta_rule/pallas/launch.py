@@ -1,11 +1,15 @@
-"""The static settings shared by every delta-rule kernel and the one place `pallas_call` is made.
+"""The static settings shared by every delta-rule kernel, block specs of per-token arrays, and the
+one place `pallas_call` is made.
 
-Kernel-side layout (made by `sleep_jax.ops.delta_rule.pallas.api`): N = batch * value heads,
-Tp = T padded to a multiple of the chunk C, NT = Tp // C.
-  q, k, w [N, Tp, K] and v, u, v_new, o [N, Tp, V] in the input dtype;
-  gc, beta [N, Tp, 1] float32 (gc: in-chunk cumulative log gate);
-  per-chunk states h, dh [N, NT * K, V] in the input dtype (chunk c at rows c*K .. c*K+K-1);
-  initial/final state and its gradient [N, K, V] float32.
+Kernel-side arrays (made by `sleep_jax.ops.delta_rule.pallas.api`): N = batch * value heads
+(head n is batch n // HV, value head n % HV), Tp = T padded to a multiple of the chunk C,
+NT = Tp // C. Per-token arrays, in one of two layouts (`KernelConfig.layout`):
+  "tokens_first" [B, Tp, HV, D]: the caller's layout, no transpose (GPU; blocks squeeze HV);
+  "heads_first"  [N, Tp, D]:     head-major copy (TPU: a block's last two dims must be tile-legal).
+  q, k, w (D = K) and v, u, v_new, o (D = V) in the input dtype; gc, beta (D = 1) float32
+  (gc: in-chunk cumulative log gate); d_v_new float32.
+Per-chunk states h, dh [N, NT * K, V] in the input dtype (chunk c at rows c*K .. c*K+K-1);
+initial/final state and its gradient [N, K, V] float32. Kernels see every block as 2-D.
 """
 import dataclasses
 
@@ -26,6 +30,8 @@ class KernelConfig:
     recurrence: str     # "loop" or "grid" (see block_sizes.py)
     backend: str        # "cpu", "gpu" or "tpu"
     interpret: bool     # run the kernels in the Pallas interpreter
+    layout: str         # "tokens_first" or "heads_first" (module docstring)
+    heads: int          # HV: value heads (to split N into batch and head in "tokens_first")
     num_warps: int | None = None
     num_stages: int | None = None
 
@@ -55,5 +61,32 @@ def call(kernel, cfg: KernelConfig, *, grid, in_specs, out_specs, out_shape, seq
                           name=name)
 
 
-def shape_of(x, dtype=None):
-    return jax.ShapeDtypeStruct(x.shape if hasattr(x, "shape") else x, dtype or x.dtype)
+def token_dims(x, cfg: KernelConfig):
+    """(N, Tp, D) of a per-token array in either layout."""
+    if cfg.layout == "heads_first":
+        return x.shape
+    b, tp, hv, d = x.shape
+    return b * hv, tp, d
+
+
+def token_shape(n, tp, d, dtype, cfg: KernelConfig):
+    """ShapeDtypeStruct of a per-token array of N heads, Tp tokens, width D."""
+    if cfg.layout == "heads_first":
+        return jax.ShapeDtypeStruct((n, tp, d), dtype)
+    return jax.ShapeDtypeStruct((n // cfg.heads, tp, cfg.heads, d), dtype)
+
+
+def token_spec(rows, width, index_map, cfg: KernelConfig):
+    """BlockSpec of a [rows, width] block of a per-token array.
+
+    index_map(*grid_ids) -> (head n, row block, column block), whatever the layout.
+    """
+    if cfg.layout == "heads_first":
+        return pl.BlockSpec((None, rows, width), index_map)
+    hv = cfg.heads
+
+    def tokens_first(*ids):
+        n, row_block, col_block = index_map(*ids)
+        return jax.lax.div(n, hv), row_block, jax.lax.rem(n, hv), col_block
+
+    return pl.BlockSpec((None, rows, None, width), tokens_first)
