@@ -9,9 +9,9 @@ A reference can be implicit: "Ben has fruits in total" is the sum of every fruit
 have, a dependency the text never spells out.
 
 Op count (difficulty, 1..8): the number of +, -, * the answer needs: one per derived statement it
-depends on, plus m - 1 additions for each implicit total over m items. The core graph is a chain
-(each operation uses the previous result), so every core statement is needed. Values stay in
-[0, 99].
+depends on, plus m - 1 additions for each implicit total over m items (2 <= m <= 4). The core
+graph is a chain (each operation uses the previous result, possibly through a total), so every core
+statement is needed. Values stay in [0, 99].
 
 Distractors are statements about other people (owners disjoint from the core's), defined from
 literals or from any earlier quantity. The core never refers to them and no implicit total counts
@@ -112,10 +112,6 @@ def _question(ref: Ref) -> str:
     return f"How many {CATEGORY_NAMES[what]} does {OWNERS[owner]} have in total?"
 
 
-def _longest(strings) -> int:
-    return max(len(s) for s in strings)
-
-
 def _longest_sentence() -> int:
     """Characters in the longest statement any problem can hold (longest names, 2-digit numbers)."""
     owner = max(range(len(OWNERS)), key=lambda o: len(OWNERS[o]))
@@ -127,8 +123,14 @@ def _longest_sentence() -> int:
 
 
 MAX_SENTENCE = _longest_sentence()
-MAX_QUESTION = max(len(_question(("item", 0, 0))) + _longest(OWNERS) + _longest(ITEMS),
-                   len(_question(("total", 0, 0))) + _longest(OWNERS) + _longest(CATEGORY_NAMES))
+MIN_SENTENCE = min(len(_sentence("literal", owner, item, constant=1))
+                   for owner in range(len(OWNERS)) for item in range(len(ITEMS)))
+# Longest problem: distractors use at most half of the distractor people's (owner, item) pairs,
+# so drawing a new pair stays quick.
+MAX_PROBLEM_TOKENS = (len(OWNERS) - CORE_OWNERS) * len(ITEMS) // 2 * (MIN_SENTENCE + 1)
+MAX_QUESTION = max(len(_question((kind, owner, what)))
+                   for kind, names in (("item", ITEMS), ("total", CATEGORY_NAMES))
+                   for owner in range(len(OWNERS)) for what in range(len(names)))
 
 
 def longest_core(ops: int) -> int:
@@ -329,7 +331,8 @@ class GsmInfiniteTask(Task):
         self.ops = config_lib.int_tuple(self.config, "ops", low=1, high=MAX_OPS)
         self.eval_ops = config_lib.int_tuple(self.config, "eval_ops", low=1, high=MAX_OPS)
         window = config_lib.int_value(self.config, "window", low=ANSWER_TOKENS)
-        low, high = config_lib.int_tuple(self.config, "target_tokens", low=1, length=2)
+        low, high = config_lib.int_tuple(self.config, "target_tokens", low=1, high=MAX_PROBLEM_TOKENS,
+                                         length=2)
         self.eval_examples = config_lib.int_value(self.config, "eval_examples", low=1)
         config_lib.multiple_of("eval_examples", self.eval_examples, len(self.eval_ops),
                                "every eval_ops bucket gets the same number of examples")

@@ -56,8 +56,9 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
-def eval_value(values: Sequence[int], unit: int) -> int:
-    """Difficulty of eval answer unit number `unit`: the values in turn, so buckets are even."""
+def eval_value(values, unit):
+    """Difficulty of eval answer unit number `unit` (an int, or an int array with `values` a numpy
+    array): the values in turn, so every bucket gets the same share of the eval set."""
     return values[unit % len(values)]
 
 
