@@ -4,6 +4,8 @@ import pytest
 
 from sleep_jax import tasks
 
+from .util import eval_batch, oracle_predictions
+
 
 def parse(text):
     """Edges {src: dst} and queries [(start, k, answer)] from a decoded Depo sequence."""
@@ -83,10 +85,8 @@ def test_fewer_nodes_are_left_padded():
 
 def test_evaluator_oracle_and_random():
     task = tasks.make(tasks.default_config("depo", "tiny"))
-    dataset = task.dataset("eval", 0)
-    batch = {key: np.stack([dataset[i][key] for i in range(len(dataset))]) for key in dataset[0]}
-    oracle = np.zeros_like(batch["tokens"])
-    oracle[:, :-1] = batch["tokens"][:, 1:]
+    batch = eval_batch(task, task.eval_examples)
+    oracle = oracle_predictions(batch["tokens"])
     evaluator = task.evaluator()
     evaluator.add(batch, oracle)
     result = evaluator.result()

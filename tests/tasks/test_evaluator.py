@@ -4,6 +4,8 @@ import pytest
 
 from sleep_jax.tasks.evaluator import ExactMatchEvaluator
 
+from .util import oracle_predictions as oracle
+
 
 def batch():
     """Two examples, T = 6, two answer units each; example 1's unit 1 is absent."""
@@ -11,12 +13,6 @@ def batch():
     answer_id = np.array([[-1, 0, 0, 1, -1, -1], [0, -1, -1, -1, -1, -1]])
     difficulty = np.array([[2, 7], [7, 2]])
     return {"tokens": tokens, "answer_id": answer_id, "difficulty": difficulty}
-
-
-def oracle(tokens):
-    predictions = np.zeros_like(tokens)
-    predictions[:, :-1] = tokens[:, 1:]
-    return predictions
 
 
 def test_oracle_and_one_wrong_position():

@@ -9,6 +9,8 @@ import pytest
 from sleep_jax import tasks
 from sleep_jax.tasks import gsm_infinite
 
+from .util import eval_batch, oracle_predictions
+
 # The static word lists (which items are fruits, ...) are the problem's vocabulary, not bookkeeping.
 CATEGORY_OF = {item: category for category, items in gsm_infinite.CATEGORIES.items() for item in items}
 REF = r"(\w+) has (\w+)( in total)?"
@@ -161,12 +163,9 @@ def test_implicit_totals_appear():
 
 def test_evaluator_oracle_and_random():
     task = tasks.make(tasks.default_config("gsm_infinite", "tiny"))
-    dataset = task.dataset("eval", 0)
-    batch = {key: np.stack([dataset[i][key] for i in range(120)]) for key in dataset[0]}
-    oracle = np.zeros_like(batch["tokens"])
-    oracle[:, :-1] = batch["tokens"][:, 1:]
+    batch = eval_batch(task, 120)
     evaluator = task.evaluator()
-    evaluator.add(batch, oracle)
+    evaluator.add(batch, oracle_predictions(batch["tokens"]))
     result = evaluator.result()
     assert result["accuracy"] == 1.0
     assert result["by_difficulty"] == {"ops=1": 1.0, "ops=2": 1.0, "ops=3": 1.0}

@@ -4,6 +4,8 @@ import pytest
 
 from sleep_jax import tasks
 
+from .util import eval_batch, oracle_predictions
+
 # Rule 110: new cell from (left, cell, right); 110 = 0b01101110.
 RULE110 = {"111": "0", "110": "1", "101": "1", "100": "0", "011": "1", "010": "1", "001": "1", "000": "0"}
 
@@ -54,16 +56,10 @@ def test_scored_positions_predict_the_labels():
     assert set(task.vocab.decode(example["tokens"][scored + 1]).replace(" ", "")) <= {"0", "1"}
 
 
-def eval_batch(task, count):
-    dataset = task.dataset("eval", 0)
-    return {key: np.stack([dataset[i][key] for i in range(count)]) for key in dataset[0]}
-
-
 def test_evaluator_oracle_random_and_one_wrong_label():
     task = tasks.make(tasks.default_config("rule110", "tiny"))
     batch = eval_batch(task, 256)
-    oracle = np.zeros_like(batch["tokens"])
-    oracle[:, :-1] = batch["tokens"][:, 1:]
+    oracle = oracle_predictions(batch["tokens"])
     evaluator = task.evaluator()
     evaluator.add(batch, oracle)
     result = evaluator.result()
