@@ -9,7 +9,8 @@ Layout with b bits (window L = b, T = 5b, kinds "CCCCP"):
 Label i is bit 0 (the leftmost character) of state i after t steps of Rule 110 with periodic
 boundary. One answer unit per example: exact match means all four labels right; the evaluator also
 reports per-label accuracy. Training draws t uniformly from `steps`; eval cycles through
-`eval_steps`. Bucket names `t=<t>`.
+`eval_steps`. Bucket names `t=<t>`. The sequence does not state t, so a model is normally trained
+at one t (`steps` of one value, the default); several values make the labels ambiguous.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from sleep_jax.tasks.vocab import PAD, Vocab
 STATES = 4
 DEFAULTS = {
     "bits": 24,              # b: bits per state, also the window L
-    "steps": (0, 1, 2, 3),   # training t, drawn uniformly
+    "steps": (1,),           # training t, drawn uniformly
     "eval_steps": (0, 1, 2, 3),
     "eval_examples": 1024,   # a multiple of len(eval_steps)
 }
