@@ -96,7 +96,9 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
     block_v = sizes["block_v"] if vp % sizes["block_v"] == 0 else vp
     cfg = KernelConfig(chunk=c, block_v=block_v, scale=float(scale), mm_dtype=jnp.dtype(q.dtype).name,
                        recurrence=sizes["recurrence"], backend=backend, interpret=bool(interpret),
-                       layout=sizes["layout"], heads=HV, num_warps=sizes.get("num_warps"),
+                       layout=sizes["layout"], heads=HV,
+                       bf16_inverse_precision=sizes["bf16_inverse_precision"],
+                       num_warps=sizes.get("num_warps"),
                        num_stages=sizes.get("num_stages"))
     heads_first = cfg.layout == "heads_first"
 

@@ -78,18 +78,29 @@ def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
 
 
 def chunk_gradients(q, k, v, beta, gc, h, dh, v_new, d_v_new, d_o, cfg: KernelConfig):
-    """Returns per-token (dq, dk in q's dtype, dv in v's dtype, dbeta, dgc float32)."""
+    """Returns per-token (dq, dk in q's dtype, dv in v's dtype, dbeta, dgc float32).
+
+    One program per (head, chunk); inside, the value dimension is walked in tiles of
+    `cfg.block_v` so that only [K, block_v] of the two chunk states is live at a time.
+    """
     n, tp, dk = token_dims(q, cfg)
     dv = v.shape[-1]
-    c = cfg.chunk
+    c, bv = cfg.chunk, cfg.block_v
 
     def kernel(q_ref, k_ref, v_ref, beta_ref, gc_ref, h_ref, dh_ref, vn_ref, dvn_ref, do_ref,
                dq_ref, dk_ref, dv_ref, dbeta_ref, dgc_ref):
+        def load_tile(j):
+            cols = pl.ds(j * bv, bv)
+            return (v_ref[:, cols], vn_ref[:, cols], dvn_ref[:, cols], do_ref[:, cols],
+                    h_ref[:, cols].astype(jnp.float32), dh_ref[:, cols].astype(jnp.float32))
+
+        def store_dv(j, value):
+            dv_ref[:, pl.ds(j * bv, bv)] = value.astype(dv_ref.dtype)
+
         grads = chunk_math.chunk_gradients(
-            q_ref[...], k_ref[...], v_ref[...], beta_ref[...], gc_ref[...],
-            h_ref[...].astype(jnp.float32), dh_ref[...].astype(jnp.float32), vn_ref[...],
-            dvn_ref[...], do_ref[...], cfg.scale, cfg.matmul_dtype)
-        for ref, grad in zip((dq_ref, dk_ref, dv_ref, dbeta_ref, dgc_ref), grads):
+            q_ref[...], k_ref[...], beta_ref[...], gc_ref[...], load_tile, dv // bv, store_dv,
+            cfg.scale, cfg.matmul_dtype, cfg.inverse_precision)
+        for ref, grad in zip((dq_ref, dk_ref, dbeta_ref, dgc_ref), grads):
             ref[...] = grad.astype(ref.dtype)
 
     tok = lambda d: token_spec(c, d, lambda i, t: (i, t, 0), cfg)

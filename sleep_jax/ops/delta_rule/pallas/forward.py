@@ -21,8 +21,8 @@ def wy_prep(k, v, beta, gc, cfg: KernelConfig):
     c = cfg.chunk
 
     def kernel(k_ref, v_ref, beta_ref, gc_ref, w_ref, u_ref):
-        w, u, _, _ = chunk_math.wy_factors(k_ref[...], v_ref[...], beta_ref[...], gc_ref[...],
-                                           cfg.matmul_dtype)
+        w, u = chunk_math.wy_factors(k_ref[...], v_ref[...], beta_ref[...], gc_ref[...],
+                                     cfg.matmul_dtype, cfg.inverse_precision)
         w_ref[...] = w.astype(w_ref.dtype)
         u_ref[...] = u.astype(u_ref.dtype)
 

@@ -19,6 +19,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
+from sleep_jax.ops.delta_rule.pallas import chunk_math
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
@@ -32,12 +34,17 @@ class KernelConfig:
     interpret: bool     # run the kernels in the Pallas interpreter
     layout: str         # "tokens_first" or "heads_first" (module docstring)
     heads: int          # HV: value heads (to split N into batch and head in "tokens_first")
+    bf16_inverse_precision: str = "highest"  # see chunk_math.inverse_precision
     num_warps: int | None = None
     num_stages: int | None = None
 
     @property
     def matmul_dtype(self):
         return jnp.dtype(self.mm_dtype)
+
+    @property
+    def inverse_precision(self):
+        return chunk_math.inverse_precision(self.mm_dtype, self.bf16_inverse_precision)
 
 
 def call(kernel, cfg: KernelConfig, *, grid, in_specs, out_specs, out_shape, sequential_last=False,
