@@ -162,6 +162,8 @@ def test_bad_arguments_raise():
         pallas_gated_delta_rule(q, k, v, g, beta, scale=1.0, initial_state=state, chunk_size=48)
     with pytest.raises(ValueError, match="backend"):
         pallas_gated_delta_rule(q, k, v, g, beta, scale=1.0, initial_state=state, backend="npu")
+    with pytest.raises(ValueError, match="sizes"):
+        pallas_gated_delta_rule(q, k, v, g, beta, scale=1.0, initial_state=state, sizes={"bv": 8})
     mesh = jax.make_mesh((8,), ("data",))
     with pytest.raises(ValueError, match="head_axis"):
         sharded(q, k, v, g, beta, scale=1.0, initial_state=state, mesh=mesh, head_axis="model")

@@ -87,7 +87,12 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
     backend = _backend(backend or jax.default_backend())
     if interpret is None:
         interpret = backend == "cpu"
-    sizes = {**block_sizes(backend), **(sizes or {})}
+    defaults = block_sizes(backend)
+    unknown = sorted(set(sizes or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"pallas gated delta rule: unknown `sizes` keys {unknown}; "
+                         f"known: {sorted(defaults)}")
+    sizes = {**defaults, **(sizes or {})}
     B, T, HV, K = q.shape
     V = v.shape[-1]
     c = chunk_size
