@@ -1,0 +1,122 @@
+"""Grouped-query softmax attention with RoPE on absolute positions, and its eviction masks.
+
+Which keys a query may see is a pure function of absolute positions (`attention_mask`), so the
+same code serves a window (with or without the previous window's keys), a whole sequence and a
+one-token decode step against a ring-buffer KV cache.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sleep_jax.layers.common import dense_param
+from sleep_jax.layers.norms import RMSNorm
+from sleep_jax.layers.rope import apply_rope
+
+EVICTIONS = ("hard", "sliding")
+
+
+def attention_mask(q_positions: jax.Array, k_positions: jax.Array, *, window: int | None,
+                   eviction: str = "hard") -> jax.Array:
+    """bool [Tq, Tk]: may the query at q_positions[i] attend to the key at k_positions[j].
+
+    Always causal; keys with a negative position are empty slots. `window=None`: full causal.
+    `hard`: only keys of the same window (positions // window equal). `sliding`: only the most
+    recent `window` tokens (q - k < window).
+    """
+    q = q_positions[:, None]
+    k = k_positions[None, :]
+    allowed = (k >= 0) & (k <= q)
+    if window is None:
+        return allowed
+    if eviction == "hard":
+        return allowed & (k // window == q // window)
+    if eviction == "sliding":
+        return allowed & (q - k < window)
+    raise ValueError(f"eviction={eviction!r} must be one of {EVICTIONS}")
+
+
+class AttentionMixer(nnx.Module):
+    """GQA: `heads` query heads share `kv_heads` key/value heads (heads % kv_heads == 0).
+
+    Optional per-channel output gate `o * sigmoid(x W_g)` and RMSNorm on q and k (before RoPE).
+    """
+
+    def __init__(self, d_model: int, *, heads: int, kv_heads: int, head_dim: int, output_gate: bool,
+                 qk_norm: bool, rope_theta: float, norm_eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+        if heads % kv_heads:
+            raise ValueError(f"model.attn_heads ({heads}) must be a multiple of model.attn_kv_heads ({kv_heads})")
+        dense = lambda shape, axes, fan_in: dense_param(rngs, shape, axes, fan_in=fan_in, dtype=param_dtype)
+        self.w_q = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_k = dense((d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model)
+        self.w_v = dense((d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model)
+        self.w_o = dense((heads, head_dim, d_model), ("heads", "head_dim", "embed"), heads * head_dim)
+        self.w_gate = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model) if output_gate else None
+        norm = lambda: RMSNorm(head_dim, logical_axis="head_dim", eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.q_norm = norm() if qk_norm else None
+        self.k_norm = norm() if qk_norm else None
+        self.rope_theta = rope_theta
+        self.head_dim = head_dim
+        self.dtype = dtype
+
+    def _w(self, p):
+        return p[...].astype(self.dtype)
+
+    def project(self, x: jax.Array, positions: jax.Array):
+        """x [B, T, D], positions [T] -> q [B,T,H,Dh], k [B,T,KVH,Dh] (both RoPE'd), v [B,T,KVH,Dh]."""
+        x = x.astype(self.dtype)
+        q = jnp.einsum("btd,dhk->bthk", x, self._w(self.w_q))
+        k = jnp.einsum("btd,dhk->bthk", x, self._w(self.w_k))
+        v = jnp.einsum("btd,dhk->bthk", x, self._w(self.w_v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta), v
+
+    def attend(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+        """Softmax attention of q [B,T,H,Dh] over k, v [B,S,KVH,Dh] where mask [T, S] allows; -> [B, T, D]."""
+        o = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None], scale=self.head_dim ** -0.5)
+        if self.w_gate is not None:
+            gate = jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), self._w(self.w_gate))
+            o = o * jax.nn.sigmoid(gate)
+        return jnp.einsum("bthk,hkd->btd", o, self._w(self.w_o))
+
+    def __call__(self, x: jax.Array, positions: jax.Array, *, past: dict | None = None,
+                 past_positions: jax.Array | None = None, window: int | None, eviction: str = "hard"):
+        """Attention over the block's own tokens, plus retained keys/values of earlier tokens.
+
+        Args:
+          x: [B, T, D]; positions: [T] absolute positions of x.
+          past: None or {"k", "v"}: [B, S, KVH, Dh], keys/values kept from earlier tokens, whose
+            positions are past_positions [S] (negative = empty slot).
+          window, eviction: see `attention_mask`.
+        Returns:
+          (y [B, T, D], {"k", "v"}: this call's own keys/values [B, T, KVH, Dh]).
+        """
+        q, k, v = self.project(x, positions)
+        if past is None:
+            keys, values, key_positions = k, v, positions
+        else:
+            keys = jnp.concatenate([past["k"].astype(k.dtype), k], axis=1)
+            values = jnp.concatenate([past["v"].astype(v.dtype), v], axis=1)
+            key_positions = jnp.concatenate([past_positions, positions])
+        mask = attention_mask(positions, key_positions, window=window, eviction=eviction)
+        return self.attend(x, q, keys, values, mask), {"k": k, "v": v}
+
+    def step(self, x: jax.Array, position: jax.Array, cache: dict, cache_positions: jax.Array, *,
+             window: int | None, eviction: str = "hard"):
+        """One token against a ring-buffer cache.
+
+        Args:
+          x: [B, D]; position: int32 scalar, the token's absolute position.
+          cache: {"k", "v"}: [B, C, KVH, Dh]; cache_positions: [C] int32, the position held by each
+            slot (-1 = empty), already updated for this token (slot position % C holds `position`).
+        Returns:
+          (y [B, D], the updated cache).
+        """
+        capacity = cache["k"].shape[1]
+        q, k, v = self.project(x[:, None], position[None])
+        slot = position % capacity
+        cache = {"k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), slot, axis=1),
+                 "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), slot, axis=1)}
+        mask = attention_mask(position[None], cache_positions, window=window, eviction=eviction)
+        y = self.attend(x[:, None], q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask)
+        return y[:, 0], cache

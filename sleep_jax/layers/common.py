@@ -1,0 +1,40 @@
+"""Parameter construction shared by the layers.
+
+Every parameter is an `nnx.Param` carrying `logical_axes`: one logical name (or None) per dimension,
+from `LOGICAL_AXES`. `sleep_jax.parallel` maps those names to mesh axes by rules.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "conv")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def dtype_from_name(name: str, field: str) -> jnp.dtype:
+    """The jnp dtype for a config string such as "bfloat16"; `field` names the config field."""
+    if name not in DTYPES:
+        raise ValueError(f"{field}={name!r} must be one of {DTYPES}")
+    return jnp.dtype(name)
+
+
+def make_param(value: jax.Array, logical_axes: tuple) -> nnx.Param:
+    """Wrap `value` as a parameter with one logical axis name (or None) per dimension."""
+    if len(logical_axes) != value.ndim:
+        raise ValueError(f"logical_axes {logical_axes} must name each of the {value.ndim} dims of shape {value.shape}")
+    for name in logical_axes:
+        if name is not None and name not in LOGICAL_AXES:
+            raise ValueError(f"logical axis {name!r} is not one of {LOGICAL_AXES}")
+    return nnx.Param(value, logical_axes=tuple(logical_axes))
+
+
+def dense_param(rngs: nnx.Rngs, shape: tuple, logical_axes: tuple, *, fan_in: int, dtype) -> nnx.Param:
+    """A weight drawn from N(0, 1/fan_in) (LeCun normal), so activations keep unit scale."""
+    value = jax.random.normal(rngs.params(), shape, jnp.float32) / math.sqrt(fan_in)
+    return make_param(value.astype(dtype), logical_axes)
+
+
+def ones_param(shape: tuple, logical_axes: tuple, *, dtype) -> nnx.Param:
+    return make_param(jnp.ones(shape, dtype), logical_axes)

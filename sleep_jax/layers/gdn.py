@@ -1,0 +1,139 @@
+"""Gated DeltaNet mixer (Yang et al., ICLR 2025) with grouped value heads.
+
+    q, k, v = depthwise causal conv (kernel `conv_kernel`) + SiLU of x W_q, x W_k, x W_v
+    q, k    = L2-normalised per head
+    beta    = sigmoid(x W_beta)                              write strength, per value head
+    g       = -exp(A_log) * softplus(x W_a + dt_bias)        log forget gate, per value head
+    o, S    = gated_delta_rule(q, k, v, g, beta, S)          S: the fast weights [B, HV, K, V] f32
+    y       = (RMSNorm(o) * SiLU(x W_z)) W_o
+
+The recurrent state of one GDN layer is {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C]}:
+the fast weights and the last kernel-1 conv inputs, C = 2*H*K + HV*V channels ordered q, k, v.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sleep_jax import ops
+from sleep_jax.layers.common import dense_param, make_param
+from sleep_jax.layers.norms import RMSNorm, l2_normalize
+
+
+def causal_depthwise_conv(x: jax.Array, weight: jax.Array, tail: jax.Array):
+    """Depthwise causal conv of x [B, T, C] with weight [W, C] after the previous inputs tail [B, W-1, C].
+
+    y[t] = sum_j weight[j] * x[t - (W-1) + j]. Returns (y [B, T, C], new tail [B, W-1, C]: the last
+    W-1 inputs, taken from `tail` too when T < W-1).
+    """
+    width = weight.shape[0]
+    steps = x.shape[1]
+    padded = jnp.concatenate([tail.astype(x.dtype), x], axis=1)               # [B, T+W-1, C]
+    y = sum(padded[:, j:j + steps] * weight[j] for j in range(width))
+    return y, padded[:, steps:]
+
+
+class GDNMixer(nnx.Module):
+    def __init__(self, d_model: int, *, heads: int, v_heads: int, head_dim: int, v_head_dim: int,
+                 conv_kernel: int, norm_eps: float, impl: str, chunk_size: int, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        if v_heads % heads:
+            raise ValueError(f"model.gdn_v_heads ({v_heads}) must be a multiple of model.gdn_heads ({heads})")
+        if conv_kernel < 1:
+            raise ValueError(f"model.conv_kernel must be >= 1, got {conv_kernel}")
+        dense = lambda shape, axes, fan_in: dense_param(rngs, shape, axes, fan_in=fan_in, dtype=param_dtype)
+        self.w_q = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_k = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_v = dense((d_model, v_heads, v_head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_z = dense((d_model, v_heads, v_head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_beta = dense((d_model, v_heads), ("embed", "heads"), d_model)
+        self.w_a = dense((d_model, v_heads), ("embed", "heads"), d_model)
+        self.w_o = dense((v_heads, v_head_dim, d_model), ("heads", "head_dim", "embed"), v_heads * v_head_dim)
+
+        def conv(shape):  # PyTorch Conv1d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = kernel
+            bound = 1.0 / math.sqrt(conv_kernel)
+            value = jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+            return make_param(value.astype(param_dtype), ("conv", "heads", "head_dim"))
+        self.conv_q = conv((conv_kernel, heads, head_dim))
+        self.conv_k = conv((conv_kernel, heads, head_dim))
+        self.conv_v = conv((conv_kernel, v_heads, v_head_dim))
+
+        # Mamba2 initialisation: A ~ U(0, 16); dt log-uniform in [1e-3, 1e-1], dt_bias = softplus^-1(dt).
+        a = jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, 0.0, 16.0)
+        self.A_log = make_param(jnp.log(jnp.maximum(a, 1e-4)).astype(param_dtype), ("heads",))
+        log_dt = jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, math.log(1e-3), math.log(1e-1))
+        dt = jnp.maximum(jnp.exp(log_dt), 1e-4)
+        self.dt_bias = make_param((dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype), ("heads",))
+
+        self.o_norm = RMSNorm(v_head_dim, logical_axis="head_dim", eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.heads, self.v_heads, self.head_dim, self.v_head_dim = heads, v_heads, head_dim, v_head_dim
+        self.conv_kernel = conv_kernel
+        self.impl, self.chunk_size = impl, chunk_size
+        self.dtype = dtype
+
+    @property
+    def conv_channels(self) -> int:
+        return 2 * self.heads * self.head_dim + self.v_heads * self.v_head_dim
+
+    def init_state(self, batch: int) -> dict:
+        """Zero recurrent state: {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C] compute dtype}."""
+        return {"S": jnp.zeros((batch, self.v_heads, self.head_dim, self.v_head_dim), jnp.float32),
+                "conv": jnp.zeros((batch, self.conv_kernel - 1, self.conv_channels), self.dtype)}
+
+    def _w(self, p):
+        return p[...].astype(self.dtype)
+
+    def _conv_weight(self) -> jax.Array:
+        """[kernel, C], channels ordered q, k, v as in the conv tail."""
+        w = [self._w(p).reshape(self.conv_kernel, -1) for p in (self.conv_q, self.conv_k, self.conv_v)]
+        return jnp.concatenate(w, axis=1)
+
+    def _gates(self, x):
+        """x [..., D] -> (g, beta) [..., HV] float32."""
+        x32 = x.astype(jnp.float32)
+        beta = jax.nn.sigmoid(x32 @ self.w_beta[...].astype(jnp.float32))
+        a = x32 @ self.w_a[...].astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
+        return g, beta
+
+    def _split_qkv(self, qkv):
+        """[..., C] -> q, k [..., H, K] (L2-normalised), v [..., HV, V]."""
+        hk = self.heads * self.head_dim
+        lead = qkv.shape[:-1]
+        q = qkv[..., :hk].reshape(*lead, self.heads, self.head_dim)
+        k = qkv[..., hk:2 * hk].reshape(*lead, self.heads, self.head_dim)
+        v = qkv[..., 2 * hk:].reshape(*lead, self.v_heads, self.v_head_dim)
+        return l2_normalize(q), l2_normalize(k), v
+
+    def _project_qkv(self, x):
+        """x [..., D] -> concatenated q, k, v projections [..., C] (before the conv)."""
+        parts = [jnp.einsum("...d,dhk->...hk", x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v)]
+        return jnp.concatenate([p.reshape(*x.shape[:-1], -1) for p in parts], axis=-1)
+
+    def _output(self, x, o):
+        """o [..., HV, V] -> y [..., D]: RMSNorm(o) * SiLU(x W_z), then W_o."""
+        z = jnp.einsum("...d,dhk->...hk", x, self._w(self.w_z))
+        o = self.o_norm(o) * jax.nn.silu(z)
+        return jnp.einsum("...hk,hkd->...d", o, self._w(self.w_o))
+
+    def __call__(self, x: jax.Array, state: dict):
+        """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state)."""
+        x = x.astype(self.dtype)
+        qkv, conv_tail = causal_depthwise_conv(self._project_qkv(x), self._conv_weight(), state["conv"])
+        q, k, v = self._split_qkv(jax.nn.silu(qkv))
+        g, beta = self._gates(x)
+        o, fast_weights = ops.gated_delta_rule(q, k, v, g, beta, initial_state=state["S"], output_final_state=True,
+                                               impl=self.impl, chunk_size=self.chunk_size)
+        return self._output(x, o), {"S": fast_weights, "conv": conv_tail.astype(state["conv"].dtype)}
+
+    def step(self, x: jax.Array, state: dict):
+        """One token: x [B, D], state {"S", "conv"} -> (y [B, D], new state)."""
+        x = x.astype(self.dtype)
+        qkv, conv_tail = causal_depthwise_conv(self._project_qkv(x)[:, None], self._conv_weight(), state["conv"])
+        q, k, v = self._split_qkv(jax.nn.silu(qkv[:, 0]))
+        group = self.v_heads // self.heads
+        q, k = jnp.repeat(q, group, axis=1), jnp.repeat(k, group, axis=1)
+        g, beta = self._gates(x)
+        o, fast_weights = ops.gated_delta_rule_step(q, k, v, g, beta, state["S"], scale=self.head_dim ** -0.5)
+        return self._output(x, o.astype(self.dtype)), {"S": fast_weights, "conv": conv_tail.astype(state["conv"].dtype)}

@@ -1,0 +1,21 @@
+"""SwiGLU feed-forward: down(silu(x W_gate) * (x W_up))."""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sleep_jax.layers.common import dense_param
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, d_model: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.w_gate = dense_param(rngs, (d_model, hidden), ("embed", "mlp"), fan_in=d_model, dtype=param_dtype)
+        self.w_up = dense_param(rngs, (d_model, hidden), ("embed", "mlp"), fan_in=d_model, dtype=param_dtype)
+        self.w_down = dense_param(rngs, (hidden, d_model), ("mlp", "embed"), fan_in=hidden, dtype=param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [..., D] -> [..., D] in the compute dtype."""
+        x = x.astype(self.dtype)
+        gate = x @ self.w_gate[...].astype(self.dtype)
+        up = x @ self.w_up[...].astype(self.dtype)
+        return (jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype)

@@ -1,0 +1,20 @@
+"""Rotary position embedding on absolute token positions (half-split / NeoX layout)."""
+import jax
+import jax.numpy as jnp
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate x [B, T, H, D] (D even) by angles positions [T] * theta^(-2i/D).
+
+    Positions are absolute token indices in the sequence; they keep counting across windows.
+    """
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"apply_rope: head dim must be even, got {d}")
+    inv_freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)          # [D/2]
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]        # [T, D/2]
+    cos = jnp.cos(angles)[None, :, None, :]
+    sin = jnp.sin(angles)[None, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)

@@ -1,0 +1,232 @@
+"""The hybrid attention / Gated DeltaNet stack, and its recurrent-state and KV-cache pytrees.
+
+`HybridModel` holds parameters only. Everything that changes while reading a sequence lives in
+explicit pytrees passed in and out:
+
+- recurrent state: {"layer{i}": {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C]}} for every
+  GDN block i (the fast weights and the conv tail);
+- keys/values: {"layer{i}": {"k", "v": [B, S, KVH, Dh]}} for attention blocks i, with their
+  absolute positions held beside them ([S] int32, negative = empty slot).
+
+Layer groups: with `loop=(start, end)` the blocks [0, start) are the prelude (run once per window),
+[start, end) the looped segment (run N times when sleeping) and [end, n) the coda (run once).
+`loop=None` loops the whole stack.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sleep_jax.layers import Block, BLOCK_KINDS, EVICTIONS, RMSNorm
+from sleep_jax.layers.common import dense_param, dtype_from_name
+from sleep_jax.ops.delta_rule import CHUNK_SIZES, IMPLS
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The `model` block of a config, field for field."""
+    vocab_size: int
+    d_model: int = 128
+    pattern: str = "AGAG"                 # A = attention block, G = GDN block
+    loop: tuple[int, int] | None = None   # looped segment [start, end) of the pattern; None = whole stack
+    attn_heads: int = 4
+    attn_kv_heads: int = 2
+    attn_head_dim: int = 32
+    attn_output_gate: bool = False
+    qk_norm: bool = False
+    rope_theta: float = 10000.0
+    gdn_heads: int = 2                    # key heads
+    gdn_v_heads: int = 2                  # value heads, a multiple of gdn_heads
+    gdn_head_dim: int = 32                # K
+    gdn_v_head_dim: int = 32              # V
+    conv_kernel: int = 4
+    mlp_hidden: int = 512
+    tie_embeddings: bool = True
+    dtype: str = "float32"                # compute dtype
+    param_dtype: str = "float32"
+    delta_rule_impl: str = "auto"
+    chunk_size: int = 64
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.loop is not None:
+            object.__setattr__(self, "loop", tuple(int(i) for i in self.loop))
+        for name in ("vocab_size", "d_model", "attn_heads", "attn_kv_heads", "attn_head_dim", "gdn_heads",
+                     "gdn_v_heads", "gdn_head_dim", "gdn_v_head_dim", "conv_kernel", "mlp_hidden"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.pattern or any(c not in BLOCK_KINDS for c in self.pattern):
+            raise ValueError(f"model.pattern={self.pattern!r} must be a non-empty string of {BLOCK_KINDS}")
+        if self.loop is not None:
+            if len(self.loop) != 2 or not 0 <= self.loop[0] < self.loop[1] <= len(self.pattern):
+                raise ValueError(f"model.loop={self.loop} must be (start, end) with 0 <= start < end <= "
+                                 f"len(model.pattern)={len(self.pattern)}")
+        if self.attn_heads % self.attn_kv_heads:
+            raise ValueError(f"model.attn_heads ({self.attn_heads}) must be a multiple of "
+                             f"model.attn_kv_heads ({self.attn_kv_heads})")
+        if self.gdn_v_heads % self.gdn_heads:
+            raise ValueError(f"model.gdn_v_heads ({self.gdn_v_heads}) must be a multiple of "
+                             f"model.gdn_heads ({self.gdn_heads})")
+        if self.attn_head_dim % 2:
+            raise ValueError(f"model.attn_head_dim must be even (RoPE), got {self.attn_head_dim}")
+        if self.delta_rule_impl not in IMPLS:
+            raise ValueError(f"model.delta_rule_impl={self.delta_rule_impl!r} must be one of {IMPLS}")
+        if self.chunk_size not in CHUNK_SIZES:
+            raise ValueError(f"model.chunk_size={self.chunk_size} must be one of {CHUNK_SIZES}")
+        dtype_from_name(self.dtype, "model.dtype")
+        dtype_from_name(self.param_dtype, "model.param_dtype")
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def parameter_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    @property
+    def layer_groups(self) -> tuple[range, range, range]:
+        """(prelude, looped segment, coda) as ranges of block indices."""
+        start, end = self.loop if self.loop is not None else (0, len(self.pattern))
+        return range(0, start), range(start, end), range(end, len(self.pattern))
+
+
+def layer_name(index: int) -> str:
+    """Key of block `index` in the recurrent-state and key/value pytrees."""
+    return f"layer{index}"
+
+
+class HybridModel(nnx.Module):
+    """Embedding, a stack of pre-norm blocks from `config.pattern`, final RMSNorm, LM head."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        param_dtype = config.parameter_dtype
+        self.embedding = dense_param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
+                                     fan_in=config.d_model, dtype=param_dtype)
+        self.blocks = nnx.List([Block(kind, config, rngs=rngs) for kind in config.pattern])
+        self.final_norm = RMSNorm(config.d_model, logical_axis="embed", eps=config.norm_eps,
+                                  dtype=config.compute_dtype, param_dtype=param_dtype)
+        self.lm_head = None if config.tie_embeddings else dense_param(
+            rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), fan_in=config.d_model, dtype=param_dtype)
+
+    # ---- structure -------------------------------------------------------------------------
+
+    def gdn_layers(self, layers=None) -> list[str]:
+        """Names of the GDN blocks among `layers` (block indices; default all)."""
+        layers = range(len(self.blocks)) if layers is None else layers
+        return [layer_name(i) for i in layers if self.config.pattern[i] == "G"]
+
+    def attention_layers(self, layers=None) -> list[str]:
+        layers = range(len(self.blocks)) if layers is None else layers
+        return [layer_name(i) for i in layers if self.config.pattern[i] == "A"]
+
+    def init_state(self, batch: int, layers=None) -> dict:
+        """Zero recurrent state for the GDN blocks among `layers` (default all)."""
+        return {name: self.blocks[int(name[5:])].mixer.init_state(batch) for name in self.gdn_layers(layers)}
+
+    def init_kv(self, batch: int, length: int, layers=None) -> dict:
+        """Zero keys/values [B, length, KVH, Dh] for the attention blocks among `layers` (default all)."""
+        c = self.config
+        shape = (batch, length, c.attn_kv_heads, c.attn_head_dim)
+        zeros = lambda: jnp.zeros(shape, c.compute_dtype)
+        return {name: {"k": zeros(), "v": zeros()} for name in self.attention_layers(layers)}
+
+    # ---- pure apply ------------------------------------------------------------------------
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """int tokens [B, T] -> hidden [B, T, D] in the compute dtype."""
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.config.compute_dtype)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden [..., D] -> float32 logits [..., vocab] (final RMSNorm, then the LM head)."""
+        h = self.final_norm(hidden)
+        if self.lm_head is None:
+            w = self.embedding[...].astype(h.dtype).T
+        else:
+            w = self.lm_head[...].astype(h.dtype)
+        return (h @ w).astype(jnp.float32)
+
+    def apply_blocks(self, hidden: jax.Array, positions: jax.Array, state: dict, layers, *,
+                     past: dict | None = None, past_positions: jax.Array | None = None,
+                     window: int | None = None, eviction: str = "hard"):
+        """Run blocks `layers` (a range of block indices) once over a span of tokens.
+
+        Args:
+          hidden: [B, T, D]; positions: [T] int32 absolute positions.
+          state: recurrent state holding (at least) the GDN blocks among `layers`.
+          past: None, or keys/values [B, S, KVH, Dh] of earlier tokens for every attention block
+            among `layers`, at positions past_positions [S] (negative = empty).
+          window, eviction: the attention mask rule (`sleep_jax.layers.attention_mask`).
+        Returns:
+          (hidden [B, T, D], state with those GDN entries updated, {name: {"k", "v"}} of this span
+          for the attention blocks among `layers`).
+        """
+        if eviction not in EVICTIONS:
+            raise ValueError(f"eviction={eviction!r} must be one of {EVICTIONS}")
+        state = dict(state)
+        kv = {}
+        for i in layers:
+            block, name = self.blocks[i], layer_name(i)
+            x = block.mixer_norm(hidden)
+            if block.kind == "A":
+                y, kv[name] = block.mixer(x, positions, past=None if past is None else past[name],
+                                          past_positions=past_positions, window=window, eviction=eviction)
+            else:
+                y, state[name] = block.mixer(x, state[name])
+            hidden = block.add_mlp(hidden + y.astype(hidden.dtype))
+        return hidden, state, kv
+
+    def __call__(self, tokens: jax.Array, *, state: dict | None = None, positions: jax.Array | None = None,
+                 window: int | None = None, eviction: str = "hard"):
+        """One ordinary forward pass over a whole sequence (no sleep).
+
+        Args:
+          tokens: int [B, T]. state: initial recurrent state (default zeros).
+          positions: [T] absolute positions (default 0..T-1).
+          window, eviction: attention mask rule; window=None is full causal attention.
+        Returns:
+          (logits float32 [B, T, vocab], final recurrent state).
+        """
+        batch, steps = tokens.shape
+        state = self.init_state(batch) if state is None else state
+        positions = jnp.arange(steps, dtype=jnp.int32) if positions is None else positions
+        hidden, state, _ = self.apply_blocks(self.embed(tokens), positions, state, range(len(self.blocks)),
+                                             window=window, eviction=eviction)
+        return self.logits(hidden), state
+
+    # ---- decoding --------------------------------------------------------------------------
+
+    def init_cache(self, batch: int, capacity: int) -> dict:
+        """Empty decoding cache: {"positions": [capacity] int32 (-1 = empty), "layers": keys/values}."""
+        return {"positions": jnp.full((capacity,), -1, jnp.int32), "layers": self.init_kv(batch, capacity)}
+
+    def decode_step(self, tokens: jax.Array, position, state: dict, cache: dict, *, window: int | None,
+                    eviction: str = "hard"):
+        """One token through the whole stack (one pass), as in wake.
+
+        Args:
+          tokens: int [B], the token at absolute `position` (an int32 scalar, same for the batch).
+          state: recurrent state. cache: from `init_cache`; a ring buffer whose slot position % C
+            receives this token (C >= window keeps every key the mask allows).
+          window, eviction: attention mask rule, as in the windowed forward.
+        Returns:
+          (logits float32 [B, vocab] predicting the next token, new state, new cache).
+        """
+        position = jnp.asarray(position, jnp.int32)
+        capacity = cache["positions"].shape[0]
+        positions = cache["positions"].at[position % capacity].set(position)
+        layers = dict(cache["layers"])
+        state = dict(state)
+        hidden = self.embed(tokens[:, None])[:, 0]
+        for i, block in enumerate(self.blocks):
+            name = layer_name(i)
+            x = block.mixer_norm(hidden)
+            if block.kind == "A":
+                y, layers[name] = block.mixer.step(x, position, layers[name], positions, window=window,
+                                                   eviction=eviction)
+            else:
+                y, state[name] = block.mixer.step(x, state[name])
+            hidden = block.add_mlp(hidden + y.astype(hidden.dtype))
+        return self.logits(hidden), state, {"positions": positions, "layers": layers}

@@ -1,0 +1,154 @@
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sleep_jax.layers import attention_mask
+from sleep_jax.model import HybridModel, ModelConfig
+from sleep_jax.sleep import (SleepConfig, consolidate, initial_past, kinds_from_mask, predict, run_passes,
+                             sequence_logits, sequence_loss, sequence_predictions, window_runs)
+
+WINDOW = 4
+
+
+def tiny_model(seed=0, **overrides) -> HybridModel:
+    fields = dict(vocab_size=13, d_model=16, pattern="AGAG", attn_heads=2, attn_kv_heads=1, attn_head_dim=8,
+                  gdn_heads=1, gdn_v_heads=2, gdn_head_dim=8, gdn_v_head_dim=4, mlp_hidden=32,
+                  delta_rule_impl="recurrent", chunk_size=16)
+    return HybridModel(ModelConfig(**{**fields, **overrides}), rngs=nnx.Rngs(seed))
+
+
+def tokens(batch, steps, seed=0):
+    return jax.random.randint(jax.random.key(seed), (batch, steps), 0, 13, dtype=jnp.int32)
+
+
+def loss_fn(graphdef, sleep, kinds):
+    """A pure (params, tokens, mask) -> loss, as the trainer calls it."""
+    def loss(params, x, mask):
+        return sequence_loss(nnx.merge(graphdef, params), x, mask, sleep=sleep, kinds=kinds)[0]
+    return loss
+
+
+def scored_mask(kinds, batch=2):
+    return jnp.asarray(np.repeat([[1.0 if k == "P" else 0.0 for k in kinds]], batch, 0).repeat(WINDOW, 1))
+
+
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_one_pass_equals_ordinary_forward_with_windowed_mask(eviction):
+    """N = 1 is a vanilla hybrid: one forward over the sequence with a block-diagonal (hard) or
+    banded (sliding) causal mask, GDN state and conv tails carried across windows."""
+    model = tiny_model()
+    x = tokens(2, 16)
+    kinds = "CPCP"
+    sleep = SleepConfig(passes=1, window=WINDOW, eviction=eviction)
+    full, _ = jax.jit(lambda x: model(x, window=WINDOW, eviction=eviction))(x)
+    windowed = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds=kinds))(x)
+    for w, kind in enumerate(kinds):
+        span = slice(w * WINDOW, (w + 1) * WINDOW)
+        if kind == "P":
+            np.testing.assert_allclose(windowed[:, span], full[:, span], atol=1e-5)
+        else:
+            assert not np.any(windowed[:, span])
+
+
+def test_looped_segment_one_pass_equals_ordinary_forward():
+    model = tiny_model(pattern="GAGAG", loop=(1, 4))
+    x = tokens(2, 12, seed=1)
+    sleep = SleepConfig(passes=1, window=WINDOW)
+    full, _ = jax.jit(lambda x: model(x, window=WINDOW))(x)
+    windowed = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds="CCP"))(x)
+    np.testing.assert_allclose(windowed[:, 8:], full[:, 8:], atol=1e-5)
+
+
+def test_more_passes_change_the_prediction_and_the_loss():
+    model = tiny_model()
+    x = tokens(2, 12)
+    logits = {n: jax.jit(lambda x: sequence_logits(model, x, sleep=SleepConfig(passes=n, window=WINDOW),
+                                                     kinds="CCP"))(x)
+              for n in (1, 2)}
+    assert float(jnp.max(jnp.abs(logits[1][:, 8:] - logits[2][:, 8:]))) > 1e-3
+    # A prediction-only sequence does not sleep, so N does not matter there.
+    same = {n: jax.jit(lambda x: sequence_logits(model, x, sleep=SleepConfig(passes=n, window=WINDOW),
+                                                   kinds="PPP"))(x)
+            for n in (1, 2)}
+    np.testing.assert_array_equal(same[1], same[2])
+
+
+def test_gradient_flows_through_the_fast_weights_of_a_consolidation_window():
+    """The prediction loss reaches a GDN layer's parameters as used while sleeping on the first
+    window, through the recurrent state; cutting that state's gradient makes it exactly zero."""
+    model = tiny_model()
+    graphdef, params = nnx.split(model)
+    sleep = SleepConfig(passes=2, window=WINDOW)
+    x = tokens(2, 8)
+    mask = scored_mask("CP")
+
+    def loss(sleeping_params, waking_params, cut):
+        state, past = model.init_state(2), initial_past(model, 2, sleep)
+        state, past = consolidate(nnx.merge(graphdef, sleeping_params), x[:, :WINDOW], 0, state, past, sleep=sleep)
+        if cut:
+            state = jax.lax.stop_gradient(state)
+        logits, _, _ = predict(nnx.merge(graphdef, waking_params), x[:, WINDOW:], 1, state, past, sleep=sleep)
+        targets = jnp.concatenate([x[:, WINDOW + 1:], x[:, :1]], axis=1)  # the last one is not scored
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+        targets_mask = mask[:, WINDOW:].at[:, -1].set(0.0)
+        return jnp.sum(nll * targets_mask) / jnp.sum(targets_mask)
+
+    # The composition is exactly what sequence_loss computes.
+    np.testing.assert_allclose(jax.jit(loss, static_argnums=2)(params, params, False),
+                               jax.jit(loss_fn(graphdef, sleep, "CP"))(params, x, mask), rtol=1e-6)
+    grad = jax.jit(jax.grad(loss), static_argnums=2)
+    gdn_weight = lambda g: g["blocks"][1]["mixer"]["w_q"][...]
+    assert float(jnp.max(jnp.abs(gdn_weight(grad(params, params, False))))) > 1e-6
+    assert not np.any(gdn_weight(grad(params, params, True)))
+
+
+def test_remat_options_give_the_plain_gradient():
+    """Checkpointing per pass, per window, or sqrt-nested changes memory, not the gradient."""
+    model = tiny_model(pattern="AG")
+    graphdef, params = nnx.split(model)
+    x, kinds = tokens(2, 12), "CCP"
+    mask = scored_mask(kinds)
+    grads = {r: jax.jit(jax.grad(loss_fn(graphdef, SleepConfig(passes=5, window=WINDOW, remat=r), kinds)))(
+        params, x, mask) for r in ("none", "pass", "window", "sqrt")}
+    for remat in ("pass", "window", "sqrt"):
+        for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[remat])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=remat)
+
+
+def test_sqrt_remat_nests_a_scan_and_keeps_every_pass():
+    seen = []
+
+    def one_pass(carry):
+        return carry * 1.5 + 1.0
+
+    for passes in (1, 4, 5, 10):
+        out = run_passes(one_pass, jnp.float32(0.0), passes=passes, remat="sqrt")
+        expected = 0.0
+        for _ in range(passes):
+            expected = expected * 1.5 + 1.0
+        seen.append((float(out), expected))
+    for got, expected in seen:
+        assert got == pytest.approx(expected)
+    jaxpr = jax.make_jaxpr(lambda c: run_passes(one_pass, c, passes=10, remat="sqrt"))(jnp.float32(0.0))
+    lengths = sorted(eqn.params["length"] for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == "scan")
+    assert lengths == [2, 2, 4]  # an outer scan of 2 groups of 4 passes, then the 2 remaining passes
+
+
+def _all_eqns(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in _subjaxprs(eqn):
+            yield from _all_eqns(sub)
+
+
+def _subjaxprs(eqn):
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+            elif hasattr(item, "eqns"):
+                yield item
