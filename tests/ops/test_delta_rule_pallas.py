@@ -165,19 +165,21 @@ def test_very_negative_gate_stays_finite():
 
 
 def test_sharded_over_batch_and_heads_matches_single_device():
-    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    # The project's mesh axes: batch over ("data", "fsdp"), heads over "tensor".
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+    batch = ("data", "fsdp")
     q, k, v, g, beta, state = random_inputs(4, B=4, T=24, H=2, K=8, V=8)
     scale = 8 ** -0.5
-    seq = NamedSharding(mesh, P("data", None, "model", None))
-    gate = NamedSharding(mesh, P("data", None, "model"))
-    state_sharding = NamedSharding(mesh, P("data", "model", None, None))
+    seq = NamedSharding(mesh, P(batch, None, "tensor", None))
+    gate = NamedSharding(mesh, P(batch, None, "tensor"))
+    state_sharding = NamedSharding(mesh, P(batch, "tensor", None, None))
     placed = [jax.device_put(x, s) for x, s in
               zip((q, k, v, g, beta, state), (seq, seq, seq, gate, gate, state_sharding))]
 
     @jax.jit
     def run(q, k, v, g, beta, state):
         return sharded(q, k, v, g, beta, scale=scale, initial_state=state, mesh=mesh,
-                       batch_axis="data", head_axis="model", chunk_size=16)
+                       batch_axis=batch, head_axis="tensor", chunk_size=16)
 
     o, final_state = run(*placed)
     o_ref, final_ref = pallas_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=state,
