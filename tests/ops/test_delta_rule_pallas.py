@@ -77,18 +77,24 @@ def test_chunk_math_gradients_equal_autodiff_of_chunk_forward():
         v_new, next_state = chunk_math.state_step(state, w, u, k, gc, f32)
         return chunk_math.chunk_output(q, k, v_new, state, gc, scale, f32), next_state
 
-    want = jax.vjp(chunk, q, k, v, g, beta, state)[1]((do, d_next))
-    gc = jnp.cumsum(g, axis=0)
-    w, u = chunk_math.wy_factors(k, v, beta, gc, f32)
-    v_new, _ = chunk_math.state_step(state, w, u, k, gc, f32)
-    d_v_new, d_state = chunk_math.reverse_state_step(d_next, q, k, w, do, gc, scale, f32)
-    tiles = lambda j: tuple(x[:, j * BV:(j + 1) * BV] for x in (v, v_new, d_v_new, do, state, d_next))
-    dv_tiles = {}
-    dq, dk, dbeta, dgc = chunk_math.chunk_gradients(
-        q, k, beta, gc, tiles, V // BV, dv_tiles.__setitem__, scale, f32)
-    dv = jnp.concatenate([dv_tiles[j] for j in range(V // BV)], axis=1)
-    dg = jnp.cumsum(dgc[::-1], axis=0)[::-1]  # gc = cumsum(g)
-    for name, a, b in zip(INPUTS, (dq, dk, dv, dg, dbeta, d_state), want):
+    @jax.jit
+    def by_hand(q, k, v, g, beta, state):
+        gc = jnp.cumsum(g, axis=0)
+        w, u = chunk_math.wy_factors(k, v, beta, gc, f32)
+        v_new, _ = chunk_math.state_step(state, w, u, k, gc, f32)
+        d_v_new, d_state = chunk_math.reverse_state_step(d_next, q, k, w, do, gc, scale, f32)
+        tiles = lambda j: tuple(x[:, j * BV:(j + 1) * BV]
+                                for x in (v, v_new, d_v_new, do, state, d_next))
+        dv_tiles = {}
+        dq, dk, dbeta, dgc = chunk_math.chunk_gradients(
+            q, k, beta, gc, tiles, V // BV, dv_tiles.__setitem__, scale, f32)
+        dv = jnp.concatenate([dv_tiles[j] for j in range(V // BV)], axis=1)
+        dg = jnp.cumsum(dgc[::-1], axis=0)[::-1]  # gc = cumsum(g)
+        return dq, dk, dv, dg, dbeta, d_state
+
+    want = jax.jit(lambda *a: jax.vjp(chunk, *a)[1]((do, d_next)))(q, k, v, g, beta, state)
+    got = by_hand(q, k, v, g, beta, state)
+    for name, a, b in zip(INPUTS, got, want):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=name)
 
 
