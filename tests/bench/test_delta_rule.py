@@ -1,0 +1,34 @@
+"""The delta-rule benchmark at a tiny shape on CPU: one JSON line per impl, and the check mode."""
+import json
+
+from absl import flags
+
+from sleep_jax.bench import delta_rule
+
+
+def run_main(capsys, *args):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["delta_rule", "--shapes=1x20", "--heads=2", "--head_dim_k=16", "--head_dim_v=16",
+                 "--chunk_size=16", "--warmup=0", "--iters=1", *args])
+    delta_rule.main([])
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_nominal_flops_of_one_chunk():
+    # 2*C^2*(3K + 2V) + 6*C*K*V with C = 64, K = V = 1, two heads, T = 65 -> two chunks.
+    assert delta_rule.nominal_flops(1, 65, 2, 1, 1, 64) == 2 * 2 * (2 * 64 * 64 * 5 + 6 * 64)
+
+
+def test_timing_lines(capsys):
+    rows = run_main(capsys, "--impls=pallas,fla")
+    assert [r["impl"] for r in rows] == ["pallas", "fla"]
+    assert rows[0]["fwd_ms"] > 0 and rows[0]["fwd_bwd_ms"] > 0 and rows[0]["fwd_tflops"] > 0
+    assert rows[0]["interpret"] is True  # CPU: the kernels ran in the interpreter
+    assert "skipped" in rows[1]  # no torch/fla/CUDA here
+
+
+def test_check_mode_passes(capsys):
+    [row] = run_main(capsys, "--check")
+    assert row["passed"] is True
+    assert set(row["rel_rms"]) == {"o", "final_state", "d_q", "d_k", "d_v", "d_g", "d_beta"}
+    assert max(row["rel_rms"].values()) <= 1e-2
