@@ -182,9 +182,10 @@ def main(argv):
             else:
                 times = time_jax(impl, inputs, do, d_final, C, FLAGS.warmup, FLAGS.iters)
             fwd_ms, fwd_bwd_ms = times
-            row.update(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4),
-                       fwd_tflops=round(flops / fwd_ms / 1e9, 3),
-                       fwd_bwd_tflops=round(3 * flops / fwd_bwd_ms / 1e9, 3))
+            significant = lambda x: float(f"{x:.4g}")
+            row.update(fwd_ms=significant(fwd_ms), fwd_bwd_ms=significant(fwd_bwd_ms),
+                       fwd_tflops=significant(flops / fwd_ms / 1e9),
+                       fwd_bwd_tflops=significant(3 * flops / fwd_bwd_ms / 1e9))
             print(json.dumps(row), flush=True)
     if failed:
         raise SystemExit(1)
