@@ -203,6 +203,9 @@ def test_bad_arguments_raise():
         pallas_gated_delta_rule(q, k, v, g, beta, scale=1.0, initial_state=state, backend="npu")
     with pytest.raises(ValueError, match="sizes"):
         pallas_gated_delta_rule(q, k, v, g, beta, scale=1.0, initial_state=state, sizes={"bv": 8})
+    with pytest.raises(ValueError, match="recurrence"):
+        pallas_gated_delta_rule(q, k, v, g, beta, scale=1.0, initial_state=state, backend="gpu",
+                                interpret=False, sizes={"recurrence": "grid"})
     mesh = jax.make_mesh((8,), ("data",))
     with pytest.raises(ValueError, match="head_axis"):
         sharded(q, k, v, g, beta, scale=1.0, initial_state=state, mesh=mesh, head_axis="model")

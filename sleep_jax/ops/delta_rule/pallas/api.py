@@ -93,6 +93,15 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
         raise ValueError(f"pallas gated delta rule: unknown `sizes` keys {unknown}; "
                          f"known: {sorted(defaults)}")
     sizes = {**defaults, **(sizes or {})}
+    if sizes["recurrence"] not in ("loop", "grid") or sizes["layout"] not in ("tokens_first",
+                                                                              "heads_first"):
+        raise ValueError(f"pallas gated delta rule: `sizes` recurrence={sizes['recurrence']!r} "
+                         f"must be 'loop' or 'grid', layout={sizes['layout']!r} must be "
+                         "'tokens_first' or 'heads_first'")
+    if backend == "gpu" and sizes["recurrence"] == "grid" and not interpret:
+        # Triton runs grid steps as independent programs: nothing carries a state between them.
+        raise ValueError("pallas gated delta rule: `sizes` recurrence='grid' needs sequential grid "
+                         "steps, which the GPU (Triton) backend does not have; use 'loop'")
     B, T, HV, K = q.shape
     V = v.shape[-1]
     c = chunk_size
