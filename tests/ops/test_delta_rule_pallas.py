@@ -122,14 +122,17 @@ def test_matches_reference_vectors(case):
             assert rel_rms(grad, data[f"case{case}/d_{name}"]) <= 1e-4, name
 
 
-# The GPU structure (chunk loop inside the kernel, caller's layout) and the TPU structure
-# (sequential grid axis over chunks, head-major copy).
-@pytest.mark.parametrize("recurrence, layout", [("loop", "tokens_first"), ("grid", "heads_first")])
-def test_matches_recurrent_ragged_length_and_v_tiles(recurrence, layout):
-    # T = 37 is not a multiple of the chunk, K != V, and V = 32 is cut into two tiles of 16.
-    inputs = random_inputs(0, B=2, T=37, H=2, K=16, V=32)
-    got = loss_and_grads(kernels(chunk_size=16, block_v=16, recurrence=recurrence, layout=layout),
-                         inputs)
+# The GPU structure (chunk loop inside the kernel, caller's layout, K and V padded to powers of
+# two: V 24 -> 32 in two tiles of 16) and the TPU structure (sequential grid axis over chunks,
+# head-major copy, K padded to a multiple (here 32), V = 24 in three tiles of 8).
+@pytest.mark.parametrize("sizes", [
+    dict(recurrence="loop", layout="tokens_first", pad_pow2=True, block_v=16),
+    dict(recurrence="grid", layout="heads_first", k_multiple=32, block_v=8),
+], ids=["gpu_structure", "tpu_structure"])
+def test_matches_recurrent_ragged_length_and_v_tiles(sizes):
+    # T = 37 is not a multiple of the chunk and K != V.
+    inputs = random_inputs(0, B=2, T=37, H=2, K=16, V=24)
+    got = loss_and_grads(kernels(chunk_size=16, **sizes), inputs)
     want = loss_and_grads(recurrent, inputs)
     assert rel_rms(got[0], want[0]) <= 1e-5
     assert rel_rms(got[1], want[1]) <= 1e-5

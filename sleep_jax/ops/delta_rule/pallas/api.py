@@ -107,6 +107,7 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
     c = chunk_size
     tp = -(-T // c) * c
     kp, vp = (_next_pow2(K), _next_pow2(V)) if sizes["pad_pow2"] else (K, V)
+    kp = -(-kp // sizes["k_multiple"]) * sizes["k_multiple"]
     block_v = sizes["block_v"] if vp % sizes["block_v"] == 0 else vp
     cfg = KernelConfig(chunk=c, block_v=block_v, scale=float(scale), mm_dtype=jnp.dtype(q.dtype).name,
                        recurrence=sizes["recurrence"], backend=backend, interpret=bool(interpret),

@@ -13,6 +13,8 @@ Keys of each entry:
                dims to be (tokens, features)). See launch.py.
   pad_pow2     pad K and V up to a power of two >= 16 (Triton needs power-of-two tiles and dots of
                at least 16).
+  k_multiple   pad K up to a multiple of this (TPU: 8, so the [K, block_v] state blocks of the
+               [N, NT*K, V] chunk-state arrays are sublane-aligned).
   bf16_inverse_precision  precision of the float32 dots of the in-chunk triangular inverse when
                the inputs are bfloat16 ("high" = TF32 on GPU; Mosaic TPU knows only "default"
                and "highest"). float32 inputs always use "highest".
@@ -23,12 +25,12 @@ that first measures them (see `sleep_jax/bench/gpu_check.sh`).
 """
 BLOCK_SIZES = {
     "gpu": {"block_v": 64, "recurrence": "loop", "layout": "tokens_first", "pad_pow2": True,
-            "bf16_inverse_precision": "high", "num_warps": 4, "num_stages": 2},
+            "k_multiple": 1, "bf16_inverse_precision": "high", "num_warps": 4, "num_stages": 2},
     "tpu": {"block_v": 128, "recurrence": "grid", "layout": "heads_first", "pad_pow2": False,
-            "bf16_inverse_precision": "highest"},
+            "k_multiple": 8, "bf16_inverse_precision": "highest"},
     # CPU runs the kernels with interpret=True (tests); it mirrors the GPU structure.
     "cpu": {"block_v": 64, "recurrence": "loop", "layout": "tokens_first", "pad_pow2": False,
-            "bf16_inverse_precision": "highest"},
+            "k_multiple": 1, "bf16_inverse_precision": "highest"},
 }
 
 
