@@ -26,7 +26,7 @@ def get_config(variant: str = "tiny"):
             qk_norm=False, rope_theta=10000.0,
             gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32, conv_kernel=4,
             mlp_hidden=128, tie_embeddings=True, dtype="float32", param_dtype="float32",
-            delta_rule_impl="auto", chunk_size=window, norm_eps=1e-6)
+            delta_rule_impl="auto", chunk_size=32, norm_eps=1e-6)
         config.train.update(steps=1000, batch_size=32, warmup_steps=50, log_every=25,
                             eval_every=0, checkpoint_every=250, eval_batch_size=64)
     else:

@@ -32,7 +32,7 @@ def get_config(variant: str = "tiny"):
             qk_norm=False, rope_theta=10000.0,
             gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32, conv_kernel=4,
             mlp_hidden=128, tie_embeddings=True, dtype="float32", param_dtype="float32",
-            delta_rule_impl="auto", chunk_size=8, norm_eps=1e-6)
+            delta_rule_impl="auto", chunk_size=16, norm_eps=1e-6)
         config.train.update(steps=300, batch_size=64, warmup_steps=30, log_every=25,
                             eval_every=0, checkpoint_every=100, eval_batch_size=128)
     else:
@@ -42,7 +42,7 @@ def get_config(variant: str = "tiny"):
             qk_norm=False, rope_theta=10000.0,
             gdn_heads=4, gdn_v_heads=4, gdn_head_dim=64, gdn_v_head_dim=64, conv_kernel=4,
             mlp_hidden=1024, tie_embeddings=True, dtype="float32", param_dtype="float32",
-            delta_rule_impl="auto", chunk_size=bits, norm_eps=1e-6)
+            delta_rule_impl="auto", chunk_size=32, norm_eps=1e-6)
         config.train.update(steps=20000, batch_size=512, warmup_steps=500, log_every=50,
                             eval_every=2000, checkpoint_every=1000, eval_batch_size=512)
     config.sleep = dict(passes=1, window=bits, eviction="hard", remat="none", truncate_passes=0)

@@ -9,6 +9,8 @@ the latest checkpoint in ``--workdir``. ``--mode=eval`` evaluates the latest che
 Both write ``<workdir>/eval.json`` and ``<workdir>/eval.png``. ``--multihost`` joins a multi-host
 run (one process per host; see ``launch/``) before anything else touches JAX.
 """
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,9 +24,17 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries:
+    """absl log filter: keeps warnings and errors of checkpointing internals, drops their INFO."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     if _MULTIHOST.value:
         from sleep_jax.parallel import initialize_multihost
         initialize_multihost()

@@ -66,19 +66,19 @@ def _field_names(cls) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
 
 
-def _check_keys(block: str, present, allowed, *, required=True) -> None:
+def _check_keys(block: str, present, allowed) -> None:
     unknown = sorted(set(present) - set(allowed))
     if unknown:
         raise ValueError(f"{block}.{unknown[0]}: unknown key; the {block} block takes "
                          f"{sorted(allowed)}")
     missing = sorted(set(allowed) - set(present))
-    if required and missing:
+    if missing:
         raise ValueError(f"{block}.{missing[0]}: missing key in the {block} block")
 
 
 def check_structure(config: ml_collections.ConfigDict) -> None:
-    """Key-level checks that need neither the task nor the devices."""
-    from sleep_jax import tasks
+    """Key-level checks that need neither the task nor the devices (the task block is checked
+    by ``sleep_jax.tasks.make``)."""
     from sleep_jax.model import ModelConfig
     from sleep_jax.sleep import SleepConfig
 
@@ -87,10 +87,6 @@ def check_structure(config: ml_collections.ConfigDict) -> None:
     _check_keys("sleep", config.sleep.keys(), _field_names(SleepConfig))
     _check_keys("train", config.train.keys(), TRAIN_DEFAULTS)
     _check_keys("mesh", config.mesh.keys(), MESH_AXES)
-    if "name" not in config.task:
-        raise ValueError("task.name: missing key in the task block")
-    _check_keys("task", config.task.keys(), tasks.default_config(config.task.name).keys(),
-                required=False)
     passes = config.sleep.passes
     if not isinstance(passes, int) or passes < 1:
         raise ValueError(f"sleep.passes={passes!r}: the number of sleep passes must be an int >= 1")

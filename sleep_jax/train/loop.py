@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Any, Callable
 
 import jax
@@ -30,7 +29,7 @@ from sleep_jax.train import config as config_lib
 from sleep_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from sleep_jax.train.data import to_global, train_iterator
 from sleep_jax.train.evaluation import evaluate, write_eval
-from sleep_jax.train.metrics import MetricsWriter, Progress
+from sleep_jax.train.metrics import MetricsWriter, Progress, StepTimer
 from sleep_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from sleep_jax.train.step import (abstract_train_state, init_train_state, make_predict_step,
                                   make_train_step, model_loss_fn, model_predict_fn)
@@ -121,16 +120,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     inputs = batch_sharding(exp.mesh)
     tokens_per_step = train_cfg.batch_size * exp.task.layout.seq_len
 
-    step = int(jax.device_get(state["step"]))
-    last_time, last_step = time.perf_counter(), step
+    step = first_step = int(jax.device_get(state["step"]))
+    timer = StepTimer(step)
     while step < train_cfg.steps:
         state, metrics = train_step(state, to_global(next(data), inputs))
         step += 1
-        if train_cfg.log_every and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
+        log_now = train_cfg.log_every and (step % train_cfg.log_every == 0 or step == train_cfg.steps)
+        if log_now or step == first_step + 1:  # the first lap is the compile step alone
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            step_time = (now - last_time) / (step - last_step)
-            last_time, last_step = now, step
+            step_time = timer.lap(step)
+        if log_now:
             metrics.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time,
                            lr_muon=float(muon_lr(step - 1)), lr_adamw=float(adamw_lr(step - 1)))
             writer.write(step, metrics)
@@ -144,7 +143,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write(step, _eval_metrics(result), split="eval")
             logging.info("eval at step %d: accuracy %.4f %s", step, result["accuracy"],
                          json.dumps(result["by_difficulty"]))
-            last_time = time.perf_counter()  # eval time is not step time
+            timer.restart()  # eval time is not step time
     checkpointer.close()
     result = _run_eval(exp, predict, state["params"])
     writer.write(step, _eval_metrics(result), split="eval")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Mapping
 
@@ -38,7 +39,9 @@ class MetricsWriter:
         values = {name: float(value) for name, value in metrics.items()}
         self._jsonl.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
         for name, value in values.items():
-            self._tb.add_scalar(f"{split}/{name}", value, global_step=int(step))
+            # TensorBoard tag names allow [\w./-]: "accuracy/t=0" becomes "accuracy/t_0".
+            tag = re.sub(r"[^\w./-]", "_", f"{split}/{name}")
+            self._tb.add_scalar(tag, value, global_step=int(step))
 
     def flush(self) -> None:
         if self.enabled:
@@ -111,3 +114,21 @@ class Progress:
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         logging.info("%s", self.line(step, metrics))
+
+
+class StepTimer:
+    """Mean wall-clock seconds per step between laps (host time, so call it after a sync)."""
+
+    def __init__(self, step: int):
+        self._step, self._time = step, time.perf_counter()
+
+    def lap(self, step: int) -> float:
+        """Seconds per step since the previous lap (or the start), then starts a new lap."""
+        now = time.perf_counter()
+        seconds = (now - self._time) / max(step - self._step, 1)
+        self._step, self._time = step, now
+        return seconds
+
+    def restart(self) -> None:
+        """Starts the current lap afresh (after work that is not training, e.g. an eval)."""
+        self._time = time.perf_counter()

@@ -2,7 +2,7 @@ import glob
 import json
 import os
 
-from sleep_jax.train.metrics import MetricsWriter, Progress, format_duration, read_metrics
+from sleep_jax.train.metrics import MetricsWriter, Progress, StepTimer, format_duration, read_metrics
 
 
 def test_writer_appends_jsonl_and_tensorboard_events(tmp_path):
@@ -44,3 +44,12 @@ def test_progress_line_has_eta_from_measured_steps():
 def test_format_duration():
     assert format_duration(65) == "1:05"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_step_timer_laps():
+    import time
+    timer = StepTimer(0)
+    time.sleep(0.02)
+    assert 0.02 <= timer.lap(1) < 0.5
+    time.sleep(0.02)
+    assert 0.005 <= timer.lap(3) < 0.25  # two steps in one lap

@@ -1,83 +1,64 @@
-"""The sharded train step: 8 simulated CPU devices (data 2, fsdp 2, tensor 2) vs one device."""
+"""The sharded train step: 8 simulated CPU devices (data 2, fsdp 2, tensor 2) vs one device,
+on the real hybrid model with two sleep passes."""
 import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.parallel import make_mesh
+from sleep_jax.sleep import SleepConfig
 from sleep_jax.train.optimizer import make_optimizer
-from sleep_jax.train.step import init_train_state, make_train_step
+from sleep_jax.train.step import init_train_state, make_train_step, model_loss_fn
 
-TRAIN = dict(steps=10, warmup_steps=2, schedule="cosine", final_lr_fraction=0.1, muon_lr=2e-3,
+TRAIN = dict(steps=10, warmup_steps=1, schedule="cosine", final_lr_fraction=0.1, muon_lr=2e-3,
              adamw_lr=5e-5, weight_decay=0.01, grad_clip=1.0, adam_b1=0.9, adam_b2=0.95,
              muon_beta=0.95)
+MODEL = ModelConfig(vocab_size=8, d_model=16, pattern="AG", attn_heads=2, attn_kv_heads=2,
+                    attn_head_dim=8, gdn_heads=2, gdn_v_heads=2, gdn_head_dim=8, gdn_v_head_dim=8,
+                    mlp_hidden=32, chunk_size=16, delta_rule_impl="recurrent")
+SLEEP = SleepConfig(passes=2, window=4, eviction="hard", remat="none", truncate_passes=0)
+KINDS = "CCP"
 
 
-class TinyLM(nnx.Module):
-    """A stand-in language model with every kind of logical axis the rules shard."""
-
-    def __init__(self, *, rngs: nnx.Rngs, vocab=16, d=8, heads=2, head_dim=4, mlp=12):
-        init = jax.nn.initializers.normal(0.3)
-        self.embed = nnx.Param(init(rngs.params(), (vocab, d)), logical_axes=("vocab", "embed"))
-        self.q = nnx.Param(init(rngs.params(), (d, heads, head_dim)),
-                           logical_axes=("embed", "heads", "head_dim"))
-        self.o = nnx.Param(init(rngs.params(), (heads, head_dim, d)),
-                           logical_axes=("heads", "head_dim", "embed"))
-        self.up = nnx.Param(init(rngs.params(), (d, mlp)), logical_axes=("embed", "mlp"))
-        self.down = nnx.Param(init(rngs.params(), (mlp, d)), logical_axes=("mlp", "embed"))
-        self.scale = nnx.Param(jnp.ones((d,)), logical_axes=("embed",))
-
-    def __call__(self, tokens):
-        x = self.embed[tokens] * self.scale[...]
-        x = x + jnp.einsum("bthk,hkd->btd", jnp.einsum("btd,dhk->bthk", x, self.q[...]), self.o[...])
-        x = x + jax.nn.gelu(x @ self.up[...]) @ self.down[...]
-        return x @ self.embed[...].T
+def make_batches(steps=2, batch=8):
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(steps):
+        mask = np.zeros((batch, 12), np.int32)
+        mask[:, 8:11] = 1  # scored positions only in the prediction window
+        batches.append({"tokens": rng.integers(0, 8, (batch, 12), dtype=np.int32), "loss_mask": mask})
+    return batches
 
 
-def tiny_loss_fn(graphdef):
-    def loss_fn(params, batch):
-        logits = nnx.merge(graphdef, params)(batch["tokens"])[:, :-1]
-        targets = batch["tokens"][:, 1:]
-        mask = batch["loss_mask"][:, :-1].astype(jnp.float32)
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
-        loss = (nll * mask).sum() / mask.sum()
-        return loss, {"token_accuracy": ((logits.argmax(-1) == targets) * mask).sum() / mask.sum()}
-    return loss_fn
-
-
-def run_steps(mesh, batches, steps=3):
+def run_steps(mesh, batches):
     optimizer = make_optimizer(TRAIN)
-    graphdef = nnx.graphdef(TinyLM(rngs=nnx.Rngs(0)))
-    state, shardings = init_train_state(lambda: nnx.state(TinyLM(rngs=nnx.Rngs(0))), optimizer, mesh)
-    step = make_train_step(tiny_loss_fn(graphdef), optimizer, mesh, shardings)
+    graphdef = nnx.graphdef(HybridModel(MODEL, rngs=nnx.Rngs(0)))
+    state, shardings = init_train_state(
+        lambda: nnx.split(HybridModel(MODEL, rngs=nnx.Rngs(0)))[1], optimizer, mesh)
+    step = make_train_step(model_loss_fn(graphdef, sleep=SLEEP, kinds=KINDS), optimizer, mesh,
+                           shardings)
     losses = []
-    for i in range(steps):
-        state, metrics = step(state, batches[i])
+    for batch in batches:
+        state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     return losses, jax.tree.map(np.asarray, state["params"]), state
-
-
-def make_batches(steps=3, batch=8, length=12):
-    rng = np.random.default_rng(0)
-    return [{"tokens": rng.integers(0, 16, (batch, length), dtype=np.int32),
-             "loss_mask": (rng.random((batch, length)) < 0.7).astype(np.int32)}
-            for _ in range(steps)]
 
 
 def test_sharded_step_matches_single_device():
     assert jax.device_count() == 8, "tests/conftest.py sets 8 simulated CPU devices"
     batches = make_batches()
-    one_losses, one_params, _ = run_steps(make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
-                                                     jax.devices()[:1]), batches)
-    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    many_losses, many_params, state = run_steps(mesh, batches)
-    # The state really is sharded: the MLP weight is split over fsdp x tensor.
-    assert state["params"]["up"].get_value().sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    one = run_steps(make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]), batches)
+    many = run_steps(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), batches)
+    (one_losses, one_params, _), (many_losses, many_params, state) = one, many
+    # The state really is sharded: an MLP weight over fsdp x tensor, its Muon momentum too.
+    up = state["params"]["blocks"][0]["mlp"]["w_up"].get_value()
+    assert up.sharding.spec == P("fsdp", "tensor")
+    assert len(up.addressable_shards) == 8 and up.addressable_shards[0].data.shape == (8, 16)
     np.testing.assert_allclose(many_losses, one_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(many_params)):
         assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a)
-    # Three steps of Muon/AdamW moved every parameter.
-    init = jax.tree.map(np.asarray, nnx.state(TinyLM(rngs=nnx.Rngs(0))))
+    # Two steps of Muon/AdamW moved every parameter.
+    init = jax.tree.map(np.asarray, nnx.split(HybridModel(MODEL, rngs=nnx.Rngs(0)))[1])
     for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(many_params)):
-        assert not np.allclose(a, b)
+        assert not np.array_equal(a, b)

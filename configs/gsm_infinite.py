@@ -1,0 +1,45 @@
+"""GSM-Infinite-style word problems: long distractor-padded contexts, integer answers.
+
+    python -m sleep_jax.main --config=configs/gsm_infinite.py:tiny --workdir=runs/gsm_tiny
+    python -m sleep_jax.main --config=configs/gsm_infinite.py:paper --workdir=runs/gsm \
+        --config.sleep.passes=2
+
+Variants:
+- ``tiny``: problems of 768-1000 characters, window L = 256, op counts 1-3, d = 64 (CPU smoke
+  scale; expect little accuracy from a model this small).
+- ``paper``: problems of 2000-3300 tokens, window L = 2000, op counts 1-8, batch 256;
+  a 12-layer attention/GDN model with d = 768 trained from scratch on the byte-level vocabulary.
+"""
+from sleep_jax.train.config import base_config
+
+VARIANTS = ("tiny", "paper")
+
+
+def get_config(variant: str = "tiny"):
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/gsm_infinite.py:{variant}: unknown variant; one of {VARIANTS}")
+    config = base_config("gsm_infinite", "tiny" if variant == "tiny" else "paper")
+    window = config.task.window
+    if variant == "tiny":
+        config.model = dict(
+            vocab_size=None, d_model=64, pattern="AGAG", loop=None,
+            attn_heads=2, attn_kv_heads=2, attn_head_dim=32, attn_output_gate=False,
+            qk_norm=False, rope_theta=10000.0,
+            gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32, conv_kernel=4,
+            mlp_hidden=128, tie_embeddings=True, dtype="float32", param_dtype="float32",
+            delta_rule_impl="auto", chunk_size=64, norm_eps=1e-6)
+        config.train.update(steps=200, batch_size=8, warmup_steps=20, log_every=10,
+                            eval_every=0, checkpoint_every=100, eval_batch_size=16)
+    else:
+        config.model = dict(
+            vocab_size=None, d_model=768, pattern="AG" * 6, loop=None,
+            attn_heads=12, attn_kv_heads=4, attn_head_dim=64, attn_output_gate=True,
+            qk_norm=True, rope_theta=100000.0,
+            gdn_heads=6, gdn_v_heads=12, gdn_head_dim=128, gdn_v_head_dim=64, conv_kernel=4,
+            mlp_hidden=3072, tie_embeddings=False, dtype="bfloat16", param_dtype="float32",
+            delta_rule_impl="auto", chunk_size=64, norm_eps=1e-6)
+        config.train.update(steps=20000, batch_size=256, warmup_steps=500, log_every=50,
+                            eval_every=2000, checkpoint_every=1000, eval_batch_size=256)
+    config.sleep = dict(passes=1, window=window, eviction="hard",
+                        remat="pass" if variant == "paper" else "none", truncate_passes=0)
+    return config
