@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 
+from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule
 from sleep_jax.ops.delta_rule.reference import gated_delta_rule_step, recurrent_gated_delta_rule
 
 IMPLS = ("auto", "recurrent", "chunked", "pallas")
@@ -75,13 +76,16 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
     impl = resolve_impl(impl)
     if impl == "recurrent":
         o, final_state = recurrent_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state)
+    elif impl == "chunked":
+        o, final_state = chunked_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                                                  chunk_size=chunk_size)
     elif impl == "pallas":
         # Kernels; on CPU they run in the Pallas interpreter (interpret=True), elsewhere compiled.
         from sleep_jax.ops.delta_rule.pallas import pallas_gated_delta_rule
         o, final_state = pallas_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                                                  chunk_size=chunk_size)
     else:
-        raise NotImplementedError(f"impl={impl!r} is being built")
+        raise AssertionError(f"unhandled impl {impl!r}")  # _check admits only IMPLS
     return o.astype(v.dtype), (final_state if output_final_state else None)
 
 
