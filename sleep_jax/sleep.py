@@ -3,15 +3,17 @@
 A sequence of T tokens is split into T / L windows of L tokens, read in order with the recurrent
 state (fast weights + conv tails) carried from window to window, starting at zero:
 
-- a consolidation window ("C") is embedded once, then the looped layer segment runs N passes as a
-  `lax.scan` carrying (window hidden states, segment recurrent state): pass n reads the hidden
+- a consolidation window ("C") is embedded once, then the looped layer segment runs N passes
+  carrying (window hidden states, segment recurrent state): pass n reads the hidden
   states pass n-1 wrote, S is never reset, and each pass restores the conv tails to their value at
   window entry (it re-reads the window from its start). Afterwards the hidden states and the
   window's keys/values are dropped; only the recurrent state moves on (and, for sliding eviction,
   the final pass's keys/values, which the next window may still attend to).
 - a prediction window ("P") is one ordinary pass; its logits are scored with masked cross-entropy.
 
-Runs of consecutive windows of one kind are a `lax.scan` over windows, so the traced program grows
+Runs of consecutive windows of one kind are scans over windows (for consolidation runs: the prelude
+as a scan over windows, the (window, pass) steps of the looped segment as one scan, the coda as a
+scan over windows, since no layer group reads a later group's output), so the traced program grows
 with the number of runs in `kinds`, not with the number of windows, and not with N.
 
 Eviction: "hard": a token attends causally within its window only. "sliding": a token attends to
@@ -22,8 +24,8 @@ Remat (`jax.checkpoint`, policy `nothing_saveable` at the chosen boundary):
 - "pass": each pass is rematerialised, so each pass costs only its carry in memory;
 - "window": each window is rematerialised, so only window-entry carries are kept across windows
   (one window's N passes are recomputed with all their activations during its backward);
-- "sqrt": passes run as an outer scan of ~sqrt(N) rematerialised groups of ~sqrt(N) rematerialised
-  passes: O(sqrt(N)) carries for deep sleeps, at about one more forward of recomputation.
+- "sqrt": each window's passes run as an outer scan of ~sqrt(N) rematerialised groups of ~sqrt(N)
+  rematerialised passes: O(sqrt(N)) carries per window, at about one more forward of recomputation.
 """
 import dataclasses
 import math
@@ -82,53 +84,60 @@ def window_runs(kinds: str) -> list[tuple[str, int, int]]:
     return runs
 
 
-# ---- passes --------------------------------------------------------------------------------
+# ---- scans ---------------------------------------------------------------------------------
 
 def _stop_gradient_where(condition, tree):
     """tree, with its gradient cut where the traced bool `condition` holds."""
     return jax.tree.map(lambda x: jnp.where(condition, jax.lax.stop_gradient(x), x), tree)
 
 
-def run_passes(one_pass, carry, *, passes: int, remat: str = "none", truncate_passes: int = 0):
-    """Apply `one_pass` (carry -> carry) `passes` times as a scan (never unrolled).
+def _tree_where(condition, on_true, on_false):
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
-    remat "pass" checkpoints each pass; "sqrt" nests a scan of ~sqrt(passes) checkpointed passes
-    inside a checkpointed outer scan; other values keep all activations. truncate_passes k in
-    (0, passes): the gradient flows only through the last k passes (cut on entry to pass passes-k).
+
+def _checkpoint(fn):
+    # prevent_cse=False: every checkpoint here sits inside a scan, which already keeps XLA from
+    # merging the recomputation with the forward pass.
+    return jax.checkpoint(fn, policy=REMAT_POLICY, prevent_cse=False)
+
+
+def scan_steps(step, carry, indices, *, sqrt_groups: bool = False):
+    """Run carry = step(carry, i) for i in indices [S] as one `lax.scan` (never unrolled).
+
+    sqrt_groups: an outer scan over ~sqrt(S) checkpointed groups of steps, plus the remainder, so
+    the backward pass keeps O(sqrt(S)) carries (when `step` is itself checkpointed).
     """
-    cut = passes - truncate_passes if 0 < truncate_passes < passes else None
-    body = jax.checkpoint(one_pass, policy=REMAT_POLICY, prevent_cse=False) if remat in ("pass", "sqrt") else one_pass
+    def body(carry, index):
+        return step(carry, index), None
 
-    def step(carry, index):
-        if cut is not None:
-            carry = _stop_gradient_where(index == cut, carry)
-        return body(carry), None
+    if not sqrt_groups:
+        return jax.lax.scan(body, carry, indices)[0]
+    total = indices.shape[0]
+    group = math.ceil(math.sqrt(total))
+    outer = total // group
 
-    indices = jnp.arange(passes, dtype=jnp.int32)
-    if remat != "sqrt":
-        return jax.lax.scan(step, carry, indices)[0]
-    group = math.ceil(math.sqrt(passes))
-    outer = passes // group
+    def group_body(carry, group_indices):
+        return jax.lax.scan(body, carry, group_indices)[0], None
 
-    def group_step(carry, group_indices):
-        return jax.lax.scan(step, carry, group_indices)[0], None
-
-    group_step = jax.checkpoint(group_step, policy=REMAT_POLICY, prevent_cse=False)
-    carry = jax.lax.scan(group_step, carry, indices[:outer * group].reshape(outer, group))[0]
-    if outer * group < passes:
-        carry = jax.lax.scan(step, carry, indices[outer * group:])[0]
+    carry = jax.lax.scan(_checkpoint(group_body), carry, indices[:outer * group].reshape(outer, group))[0]
+    if outer * group < total:
+        carry = jax.lax.scan(body, carry, indices[outer * group:])[0]
     return carry
 
 
-# ---- one window ----------------------------------------------------------------------------
+# ---- windows -------------------------------------------------------------------------------
 
-def _attention_args(window_index, past, sleep: SleepConfig):
-    """(positions [L], keyword arguments of `HybridModel.apply_blocks`) for window `window_index`."""
-    positions = window_index * sleep.window + jnp.arange(sleep.window, dtype=jnp.int32)
+def _positions(window_index, sleep: SleepConfig):
+    """Absolute positions [L] int32 of window `window_index` (a Python or traced int)."""
+    return window_index * sleep.window + jnp.arange(sleep.window, dtype=jnp.int32)
+
+
+def _attention_kwargs(positions, past, sleep: SleepConfig) -> dict:
+    """Keyword arguments of `HybridModel.apply_blocks` for a window at `positions`."""
     kwargs = dict(window=sleep.window, eviction=sleep.eviction)
     if sleep.eviction == "sliding":
         kwargs.update(past=past, past_positions=positions - sleep.window)
-    return positions, kwargs
+    return kwargs
 
 
 def initial_past(model, batch: int, sleep: SleepConfig) -> dict:
@@ -137,39 +146,130 @@ def initial_past(model, batch: int, sleep: SleepConfig) -> dict:
     return model.init_kv(batch, sleep.window) if sleep.eviction == "sliding" else {}
 
 
-def consolidate(model, tokens, window_index, state: dict, past: dict, *, sleep: SleepConfig):
-    """Sleep on one window: embed once, N passes of the looped segment, prelude/coda once.
+def run_layers_once(model, hidden, first, layers, state: dict, past: dict, *, sleep: SleepConfig):
+    """Blocks `layers` applied once to each of n consecutive windows (a scan over windows).
 
     Args:
-      model: HybridModel. tokens: int [B, L]. window_index: int32 scalar (positions start at
-        window_index * L). state: recurrent state at window entry.
-      past: keys/values of the previous window (sliding eviction; `initial_past` for the first),
-        ignored for hard eviction.
+      hidden: [n, B, L, D] inputs of the windows first, first+1, ...; state, past: at entry.
     Returns:
-      (recurrent state after the sleep, keys/values of the window's final pass for every attention
+      (outputs [n, B, L, D], state, past updated for those blocks).
+    """
+    if len(layers) == 0:
+        return hidden, state, past
+    sliding = sleep.eviction == "sliding"
+
+    def one_window(carry, window):
+        state, past = carry
+        h, index = window
+        positions = _positions(index, sleep)
+        h, state, kv = model.apply_blocks(h, positions, state, layers, **_attention_kwargs(positions, past, sleep))
+        return (state, {**past, **kv} if sliding else past), h
+
+    if sleep.remat == "window":
+        one_window = _checkpoint(one_window)
+    indices = first + jnp.arange(hidden.shape[0], dtype=jnp.int32)
+    (state, past), hidden = jax.lax.scan(one_window, (state, past), (hidden, indices))
+    return hidden, state, past
+
+
+def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepConfig, keep_outputs: bool):
+    """N passes of the looped segment over each of n consecutive consolidation windows.
+
+    Pass n of a window reads the hidden states pass n-1 wrote (pass 0 reads `entry`), carries S
+    across passes and windows, and starts from the conv tail the window was entered with.
+
+    With remat "none" or "pass" the n x N (window, pass) steps are one flat `lax.scan`, so each
+    rematerialised pass keeps exactly its carry (no per-window copies of stacked residuals);
+    "window" nests a scan over passes inside a checkpointed scan over windows; "sqrt" nests
+    ~sqrt(N) checkpointed groups of checkpointed passes in each window.
+
+    Args:
+      entry: [n, B, L, D] segment inputs (the prelude's outputs) of windows first, first+1, ...
+      state, past: at entry. keep_outputs: also return the final pass's hidden states.
+    Returns:
+      (final-pass outputs [n, B, L, D] or None, state, past updated for the segment's blocks).
+    """
+    _, segment, _ = model.config.layer_groups
+    passes, count = sleep.passes, entry.shape[0]
+    sliding = sleep.eviction == "sliding"
+    looped = model.gdn_layers(segment)
+    cut = passes - sleep.truncate_passes if 0 < sleep.truncate_passes < passes else None
+
+    def one_pass(hidden, looped_state, past, positions):
+        return model.apply_blocks(hidden, positions, looped_state, segment,
+                                  **_attention_kwargs(positions, past, sleep))
+
+    if sleep.remat in ("pass", "sqrt"):
+        one_pass = _checkpoint(one_pass)
+    flat = sleep.remat in ("none", "pass")
+
+    def step(carry, index):
+        window, n = index // passes, index % passes
+        recurrent = {key: carry[key] for key in ("hidden", "state", "past", "kv") if key in carry}
+        if cut is not None:  # truncated backprop: no gradient into the passes before the last k
+            recurrent = _stop_gradient_where(n == cut, recurrent)
+        hidden = jnp.where(n == 0, jax.lax.dynamic_index_in_dim(entry, window, keepdims=False), recurrent["hidden"])
+        window_past = _tree_where(n == 0, recurrent["kv"], recurrent["past"]) if sliding else past
+        positions = _positions(first + window, sleep)
+        hidden, new_state, kv = one_pass(hidden, recurrent["state"], window_past, positions)
+        # Every pass restarts from the conv tail at window entry; the last pass's tail moves on.
+        new_state = {name: {"S": new_state[name]["S"],
+                            "conv": jnp.where(n == passes - 1, new_state[name]["conv"],
+                                              recurrent["state"][name]["conv"])} for name in looped}
+        out = {"hidden": hidden, "state": new_state}
+        if sliding:
+            out.update(past=window_past, kv=kv)
+        if "outputs" in carry:
+            kept = jax.lax.dynamic_index_in_dim(carry["outputs"], window, keepdims=False)
+            out["outputs"] = jax.lax.dynamic_update_index_in_dim(
+                carry["outputs"], jnp.where(n == passes - 1, hidden, kept), window, 0)
+        return out
+
+    carry = {"hidden": jnp.zeros_like(entry[0]), "state": {name: state[name] for name in looped}}
+    if sliding:
+        segment_past = {name: past[name] for name in model.attention_layers(segment)}
+        carry.update(past=segment_past, kv=segment_past)
+    indices = jnp.arange(count * passes, dtype=jnp.int32)
+    if flat:
+        if keep_outputs:
+            carry["outputs"] = jnp.zeros_like(entry)
+        carry = scan_steps(step, carry, indices)
+        outputs = carry.pop("outputs", None)
+    else:
+        def one_window(carry, window_indices):
+            carry = scan_steps(step, carry, window_indices, sqrt_groups=sleep.remat == "sqrt")
+            return carry, (carry["hidden"] if keep_outputs else None)
+
+        if sleep.remat == "window":
+            one_window = _checkpoint(one_window)
+        carry, outputs = jax.lax.scan(one_window, carry, indices.reshape(count, passes))
+    state = {**state, **carry["state"]}
+    return outputs, state, ({**past, **carry["kv"]} if sliding else past)
+
+
+def consolidate_run(model, tokens, first, state: dict, past: dict, *, sleep: SleepConfig):
+    """Sleep on n consecutive consolidation windows: embed once, prelude once, N passes of the
+    looped segment, coda once, window after window.
+
+    Args:
+      model: HybridModel. tokens: int [n, B, L], windows first, first+1, ... (positions of window
+        i start at i * L). state: recurrent state at entry.
+      past: keys/values of the window before `first` (sliding eviction; `initial_past` for the
+        first window), {} for hard eviction.
+    Returns:
+      (recurrent state after the last window, keys/values of its final pass for every attention
       block under sliding eviction, else {}).
     """
-    prelude, segment, coda = model.config.layer_groups
-    positions, kwargs = _attention_args(window_index, past, sleep)
-    sliding = sleep.eviction == "sliding"
-    hidden, state, kv = model.apply_blocks(model.embed(tokens), positions, state, prelude, **kwargs)
+    prelude, _, coda = model.config.layer_groups
+    hidden, state, past = run_layers_once(model, model.embed(tokens), first, prelude, state, past, sleep=sleep)
+    hidden, state, past = sleep_segment(model, hidden, first, state, past, sleep=sleep, keep_outputs=len(coda) > 0)
+    _, state, past = run_layers_once(model, hidden, first, coda, state, past, sleep=sleep)
+    return state, past
 
-    looped = model.gdn_layers(segment)
-    conv_at_entry = {name: state[name]["conv"] for name in looped}
 
-    def one_pass(carry):
-        hidden, looped_state, _ = carry
-        looped_state = {name: {"S": looped_state[name]["S"], "conv": conv_at_entry[name]} for name in looped}
-        hidden, looped_state, pass_kv = model.apply_blocks(hidden, positions, looped_state, segment, **kwargs)
-        return hidden, looped_state, (pass_kv if sliding else {})
-
-    carry = (hidden, {name: state[name] for name in looped},
-             model.init_kv(tokens.shape[0], sleep.window, segment) if sliding else {})
-    hidden, looped_state, pass_kv = run_passes(one_pass, carry, passes=sleep.passes, remat=sleep.remat,
-                                               truncate_passes=sleep.truncate_passes)
-    state = {**state, **looped_state}
-    _, state, coda_kv = model.apply_blocks(hidden, positions, state, coda, **kwargs)
-    return state, ({**kv, **pass_kv, **coda_kv} if sliding else {})
+def consolidate(model, tokens, window_index, state: dict, past: dict, *, sleep: SleepConfig):
+    """Sleep on one window: tokens int [B, L] at window `window_index`; see `consolidate_run`."""
+    return consolidate_run(model, tokens[None], window_index, state, past, sleep=sleep)
 
 
 def predict(model, tokens, window_index, state: dict, past: dict, *, sleep: SleepConfig):
@@ -178,9 +278,9 @@ def predict(model, tokens, window_index, state: dict, past: dict, *, sleep: Slee
     Arguments as in `consolidate`. Returns (logits float32 [B, L, vocab], recurrent state after
     the window, keys/values for the next window under sliding eviction, else {}).
     """
-    positions, kwargs = _attention_args(window_index, past, sleep)
+    positions = _positions(window_index, sleep)
     hidden, state, kv = model.apply_blocks(model.embed(tokens), positions, state, range(len(model.blocks)),
-                                           **kwargs)
+                                           **_attention_kwargs(positions, past, sleep))
     return model.logits(hidden), state, (kv if sleep.eviction == "sliding" else {})
 
 
@@ -227,11 +327,6 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
     score_shape = jax.eval_shape(score, logits_shape, jax.ShapeDtypeStruct((batch, length), jnp.int32),
                                  jax.ShapeDtypeStruct((batch, length), jnp.float32))
 
-    def consolidation_window(carry, window):
-        state, past = carry
-        tok, _, _, index = window
-        return consolidate(model, tok, index, state, past, sleep=sleep), None
-
     def prediction_window(carry, window):
         state, past = carry
         tok, tgt, msk, index = window
@@ -239,15 +334,14 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
         return (state, kv), score(logits, tgt, msk)
 
     if sleep.remat == "window":
-        checkpoint = lambda f: jax.checkpoint(f, policy=REMAT_POLICY, prevent_cse=False)
-        consolidation_window, prediction_window = checkpoint(consolidation_window), checkpoint(prediction_window)
+        prediction_window = _checkpoint(prediction_window)
 
     carry = (model.init_state(batch), initial_past(model, batch, sleep))
     outputs = []
     for kind, first, n in window_runs(kinds):
         run = jax.tree.map(lambda x: x[first:first + n], windows)
         if kind == "C":
-            carry, _ = jax.lax.scan(consolidation_window, carry, run)
+            carry = consolidate_run(model, run[0], first, *carry, sleep=sleep)
             outputs.append(jax.tree.map(lambda s: jnp.zeros((n, *s.shape), s.dtype), score_shape))
         else:
             carry, scored = jax.lax.scan(prediction_window, carry, run)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from sleep_jax.layers import attention_mask
 from sleep_jax.model import HybridModel, ModelConfig
-from sleep_jax.sleep import (SleepConfig, consolidate, initial_past, kinds_from_mask, predict, run_passes,
+from sleep_jax.sleep import (SleepConfig, consolidate, initial_past, kinds_from_mask, predict, scan_steps,
                              sequence_logits, sequence_loss, sequence_predictions, window_runs)
 
 WINDOW = 4
@@ -122,18 +122,18 @@ def test_remat_options_give_the_plain_gradient():
 def test_sqrt_remat_nests_a_scan_and_keeps_every_pass():
     seen = []
 
-    def one_pass(carry):
+    def one_pass(carry, index):
         return carry * 1.5 + 1.0
 
     for passes in (1, 4, 5, 10):
-        out = run_passes(one_pass, jnp.float32(0.0), passes=passes, remat="sqrt")
+        out = scan_steps(one_pass, jnp.float32(0.0), jnp.arange(passes), sqrt_groups=True)
         expected = 0.0
         for _ in range(passes):
             expected = expected * 1.5 + 1.0
         seen.append((float(out), expected))
     for got, expected in seen:
         assert got == pytest.approx(expected)
-    jaxpr = jax.make_jaxpr(lambda c: run_passes(one_pass, c, passes=10, remat="sqrt"))(jnp.float32(0.0))
+    jaxpr = jax.make_jaxpr(lambda c: scan_steps(one_pass, c, jnp.arange(10), sqrt_groups=True))(jnp.float32(0.0))
     lengths = sorted(eqn.params["length"] for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == "scan")
     assert lengths == [2, 2, 4]  # an outer scan of 2 groups of 4 passes, then the 2 remaining passes
 
@@ -152,3 +152,44 @@ def _subjaxprs(eqn):
                 yield item.jaxpr
             elif hasattr(item, "eqns"):
                 yield item
+
+
+def reference_logits(model, x, *, sleep, kinds):
+    """DESIGN section 4 written as a plain Python loop over windows and passes (unrolled)."""
+    prelude, segment, coda = model.config.layer_groups
+    batch = x.shape[0]
+    state, past = model.init_state(batch), model.init_kv(batch, sleep.window)
+    sliding = sleep.eviction == "sliding"
+    outputs = []
+    for w, kind in enumerate(kinds):
+        positions = w * sleep.window + jnp.arange(sleep.window)
+        kwargs = dict(window=sleep.window, eviction=sleep.eviction)
+        if sliding:
+            kwargs.update(past=past, past_positions=positions - sleep.window)
+        hidden = model.embed(x[:, w * sleep.window:(w + 1) * sleep.window])
+        if kind == "P":
+            hidden, state, kv = model.apply_blocks(hidden, positions, state, range(len(model.blocks)), **kwargs)
+            outputs.append(model.logits(hidden))
+        else:
+            hidden, state, kv = model.apply_blocks(hidden, positions, state, prelude, **kwargs)
+            entry_conv = {name: state[name]["conv"] for name in model.gdn_layers(segment)}
+            for _ in range(sleep.passes):
+                state = {**state, **{name: {"S": state[name]["S"], "conv": conv} for name, conv in entry_conv.items()}}
+                hidden, state, pass_kv = model.apply_blocks(hidden, positions, state, segment, **kwargs)
+            hidden, state, coda_kv = model.apply_blocks(hidden, positions, state, coda, **kwargs)
+            kv = {**kv, **pass_kv, **coda_kv}
+            outputs.append(jnp.zeros((batch, sleep.window, model.config.vocab_size)))
+        past = kv
+    return jnp.concatenate(outputs, axis=1)
+
+
+@pytest.mark.parametrize("remat, eviction", [("none", "sliding"), ("window", "sliding"), ("pass", "hard")])
+def test_sleep_equals_the_plain_loop_over_windows_and_passes(remat, eviction):
+    """Prelude once, looped segment N times (conv tail restored, S carried), coda once, window
+    after window; under sliding eviction the next window sees the final pass's keys/values."""
+    model = tiny_model(pattern="GAGAG", loop=(1, 4))
+    x, kinds = tokens(2, 20, seed=2), "CCPCP"
+    sleep = SleepConfig(passes=3, window=WINDOW, eviction=eviction, remat=remat)
+    expected = jax.jit(lambda x: reference_logits(model, x, sleep=sleep, kinds=kinds))(x)
+    got = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds=kinds))(x)
+    np.testing.assert_allclose(got, expected, atol=2e-5)

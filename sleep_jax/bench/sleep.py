@@ -1,0 +1,113 @@
+"""Memory and time of one loss+grad step as the sleep deepens; one JSON line per (passes, remat).
+
+    python -m sleep_jax.bench.sleep [--passes=1,2,4,8] [--remat=none,pass,window] [--batch=8]
+        [--window=64] [--sleeping_windows=3] [--d_model=128]
+
+Each setting builds a small hybrid model (pattern AGAG) and a sequence of `sleeping_windows`
+consolidation windows followed by one prediction window, jits `value_and_grad` of
+`sequence_loss`, and reports:
+
+- peak_bytes: from XLA's compiled memory analysis, argument + output - alias + temp bytes, where
+  temp is XLA's heap for every intermediate of the step after buffer assignment (buffers whose
+  lifetimes do not overlap share space), so it is the step's peak working set on the device;
+- carry_bytes: one pass's carry (the window's hidden states [B, L, D] + the looped GDN layers'
+  recurrent state) times the number of sleeping windows: what each extra pass must keep for the
+  backward pass when passes are rematerialised;
+- step_ms: median wall time of the compiled step over `repeats` runs (after one warm-up run);
+- compile_s: time to lower and compile the step.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from sleep_jax.model import HybridModel, ModelConfig
+from sleep_jax.sleep import SleepConfig, sequence_loss
+
+
+def bench_model_config(d_model: int = 128, impl: str = "auto") -> ModelConfig:
+    """The small model of this benchmark: AGAG, 4 attention heads, 2 GDN heads of 32."""
+    return ModelConfig(vocab_size=256, d_model=d_model, pattern="AGAG", attn_heads=4, attn_kv_heads=2,
+                       attn_head_dim=32, gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32,
+                       mlp_hidden=4 * d_model, delta_rule_impl=impl, chunk_size=32)
+
+
+def carry_bytes(model: HybridModel, batch: int, sleep: SleepConfig, kinds: str) -> int:
+    """Bytes of one pass's carry (window hidden states + looped recurrent state) x sleeping windows."""
+    hidden = batch * sleep.window * model.config.d_model * model.config.compute_dtype.itemsize
+    looped = model.init_state(batch, model.config.layer_groups[1])
+    state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(looped))
+    return (hidden + state) * kinds.count("C")
+
+
+def peak_bytes(compiled) -> int:
+    """argument + output - alias + temp bytes of a compiled executable (XLA memory analysis)."""
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
+
+
+def compile_step(model: HybridModel, tokens, loss_mask, sleep: SleepConfig, kinds: str):
+    """(compiled loss+grad step, its arguments, seconds to lower and compile)."""
+    graphdef, params = nnx.split(model)
+
+    def loss(params, tokens, loss_mask):
+        return sequence_loss(nnx.merge(graphdef, params), tokens, loss_mask, sleep=sleep, kinds=kinds)[0]
+
+    start = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, tokens, loss_mask).compile()
+    return compiled, (params, tokens, loss_mask), time.perf_counter() - start
+
+
+def measure(model: HybridModel, *, batch: int, sleep: SleepConfig, sleeping_windows: int, repeats: int = 5,
+            run: bool = True) -> dict:
+    """One JSON-able record for a model, batch and sleep setting (run=False: memory only)."""
+    kinds = "C" * sleeping_windows + "P"
+    steps = sleep.window * len(kinds)
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, model.config.vocab_size, (batch, steps)), jnp.int32)
+    loss_mask = jnp.zeros((batch, steps), jnp.int32).at[:, -sleep.window:-1].set(1)
+    compiled, args, compile_s = compile_step(model, tokens, loss_mask, sleep, kinds)
+    record = {"passes": sleep.passes, "remat": sleep.remat, "peak_bytes": peak_bytes(compiled),
+              "carry_bytes": carry_bytes(model, batch, sleep, kinds), "compile_s": round(compile_s, 3),
+              "batch": batch, "window": sleep.window, "kinds": kinds, "backend": jax.default_backend()}
+    if run:
+        jax.block_until_ready(compiled(*args))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times.append(1e3 * (time.perf_counter() - start))
+        record["step_ms"] = round(statistics.median(times), 3)
+    return record
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("passes", ["1", "2", "4", "8"], "Numbers of passes N to measure.")
+flags.DEFINE_list("remat", ["none", "pass", "window"], "Remat settings to measure.")
+flags.DEFINE_integer("batch", 8, "Batch size.")
+flags.DEFINE_integer("window", 64, "Window length L.")
+flags.DEFINE_integer("sleeping_windows", 3, "Consolidation windows before the prediction window.")
+flags.DEFINE_integer("d_model", 128, "Model width.")
+flags.DEFINE_string("impl", "auto", "Delta rule implementation.")
+flags.DEFINE_integer("repeats", 5, "Timed runs per setting (median reported).")
+
+
+def main(argv):
+    del argv
+    model = HybridModel(bench_model_config(FLAGS.d_model, FLAGS.impl), rngs=nnx.Rngs(0))
+    for remat in FLAGS.remat:
+        for passes in FLAGS.passes:
+            sleep = SleepConfig(passes=int(passes), window=FLAGS.window, remat=remat)
+            print(json.dumps(measure(model, batch=FLAGS.batch, sleep=sleep, sleeping_windows=FLAGS.sleeping_windows,
+                                     repeats=FLAGS.repeats)), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
