@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sleep_jax.ops import gated_delta_rule, gated_delta_rule_step
 from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule
@@ -162,6 +163,22 @@ def test_very_negative_gates_give_finite_values_and_gradients(impl):
         assert bool(jnp.all(jnp.isfinite(x))), name
     qk = jnp.sum(inputs["q"] * inputs["k"], axis=-1) * 8 ** -0.5
     assert rel_rms(o, (qk * inputs["beta"])[..., None] * inputs["v"]) <= 1e-5
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_chunked_form_runs_on_batch_and_head_sharded_inputs(axis_type):
+    # 8 simulated devices (conftest): batch over "data", value heads over "heads".
+    mesh = jax.make_mesh((4, 2), ("data", "heads"), axis_types=(getattr(jax.sharding.AxisType, axis_type),) * 2)
+    inputs = random_inputs(16, B=4, T=20, H=2, K=4, V=4)
+    do, d_final_state = np.ones((4, 20, 2, 4)), np.ones((4, 2, 4, 4))
+    want = outputs_and_grads(inputs, do, d_final_state, impl="chunked", chunk_size=16)
+    spec = {name: P("data", "heads") if name == "initial_state" else P("data", None, "heads") for name in inputs}
+    sharded = {name: jax.device_put(x, NamedSharding(mesh, spec[name])) for name, x in inputs.items()}
+    with jax.set_mesh(mesh):
+        got = outputs_and_grads(sharded, do, d_final_state, impl="chunked", chunk_size=16)
+    for name, a, b in [("o", got[0], want[0]), ("final_state", got[1], want[1])] + [
+            (name, got[2][name], want[2][name]) for name in INPUTS]:
+        assert rel_rms(a, b) <= 1e-6, name
 
 
 def test_padding_does_not_change_the_state():

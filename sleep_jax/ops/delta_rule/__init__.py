@@ -1,5 +1,4 @@
 """Public entry point of the gated delta rule: argument checks, head grouping, impl dispatch."""
-import jax
 import jax.numpy as jnp
 
 from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule

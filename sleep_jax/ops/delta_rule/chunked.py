@@ -55,10 +55,13 @@ def _invert_unit_lower(A):
     autodiff never unrolls or stores the loop.
     """
     C = A.shape[-1]
-    identity = jnp.broadcast_to(jnp.eye(C, dtype=A.dtype), A.shape)
+    identity = jnp.zeros_like(A) + jnp.eye(C, dtype=A.dtype)
 
     def fill_row(i, inverse):
-        return inverse.at[..., i, :].add(-_mm("...j,...jc->...c", A[..., i, :], inverse))
+        row = jax.lax.dynamic_index_in_dim(inverse, i, axis=-2, keepdims=False)
+        a_i = jax.lax.dynamic_index_in_dim(A, i, axis=-2, keepdims=False)
+        row = row - _mm("...j,...jc->...c", a_i, inverse)
+        return jax.lax.dynamic_update_index_in_dim(inverse, row, i, axis=-2)
 
     return jax.lax.fori_loop(1, C, fill_row, identity)
 
