@@ -34,9 +34,14 @@ def gated_delta_rule_step(q, k, v, g, beta, state, *, scale):
 
 
 def recurrent_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state):
-    """Scan over time. Shapes as in `gated_delta_rule`, key heads already repeated to value heads.
+    """The gated delta rule as a scan over time, one token per step (`gated_delta_rule_step`).
 
-    Returns (o [B, T, HV, V] float32, final state [B, HV, K, V] float32).
+    Args:
+      q, k: [B, T, HV, K] (key heads already repeated to the value heads).
+      v: [B, T, HV, V].  g, beta: [B, T, HV] (g <= 0: log forget gate).  Any float dtype.
+      scale: multiplier of q.  initial_state: [B, HV, K, V].
+    Returns:
+      (o [B, T, HV, V] float32, final state [B, HV, K, V] float32). All arithmetic is float32.
     """
     def step(state, inputs):
         o, state = gated_delta_rule_step(*inputs, state, scale=scale)
