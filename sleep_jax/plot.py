@@ -2,9 +2,10 @@
 
     python -m sleep_jax.plot runs/n1 runs/n2 runs/n4 --out=fig.png [--title=...]
 
-draws one line per run directory (labelled by its number of sleep passes, ``N = <passes>``)
-over the difficulty buckets (``t=0, t=1, ...``), like the paper's figures. ``main`` also calls
-``plot_runs`` for a single run at the end of training.
+draws one line per number of sleep passes (labelled ``N = <passes>``) over the difficulty
+buckets (``t=0, t=1, ...``), like the paper's figures. Runs with the same N are merged into one
+line: with one model per t (Rule 110), pass the runs of every t; a bucket scored by several runs
+of the same N (e.g. seeds) is drawn at their mean. Training calls ``plot_runs`` for its own run.
 """
 from __future__ import annotations
 
@@ -37,23 +38,38 @@ def load_eval(run_dir: str) -> dict:
         return json.load(f)
 
 
+def merge_by_label(results: Sequence[Mapping],
+                   labels: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """``label -> {bucket: accuracy}``, averaging a bucket over the runs that share a label.
+
+    The label of a run is ``labels[i]`` if given, else ``"N = <passes>"``; order of first
+    appearance is kept.
+    """
+    if labels is not None and len(labels) != len(results):
+        raise ValueError(f"labels: {len(labels)} labels for {len(results)} runs")
+    scores: dict[str, dict[str, list[float]]] = {}
+    for index, result in enumerate(results):
+        label = labels[index] if labels else f"N = {result['passes']}"
+        for bucket, accuracy in result["by_difficulty"].items():
+            scores.setdefault(label, {}).setdefault(bucket, []).append(float(accuracy))
+    return {label: {b: sum(v) / len(v) for b, v in buckets.items()}
+            for label, buckets in scores.items()}
+
+
 def plot_runs(results: Sequence[Mapping], out: str, *, labels: Sequence[str] | None = None,
               title: str | None = None) -> str:
-    """Draws accuracy by difficulty for each result (an eval.json dict) into the PNG ``out``.
+    """Draws accuracy by difficulty, one line per label, into the PNG ``out``; returns ``out``.
 
-    Returns ``out``. Raises ``ValueError`` if ``results`` is empty or ``labels`` has another length.
+    Raises ``ValueError`` if ``results`` is empty or ``labels`` has another length.
     """
     if not results:
         raise ValueError("results: nothing to plot")
-    if labels is not None and len(labels) != len(results):
-        raise ValueError(f"labels: {len(labels)} labels for {len(results)} runs")
+    lines = merge_by_label(results, labels)
     buckets = sorted({b for r in results for b in r["by_difficulty"]}, key=bucket_order)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(buckets) + 2), 3.6))
-    for index, result in enumerate(results):
-        label = labels[index] if labels else f"N = {result['passes']}"
-        xs = [i for i, b in enumerate(buckets) if b in result["by_difficulty"]]
-        ys = [result["by_difficulty"][buckets[i]] for i in xs]
-        ax.plot(xs, ys, marker="o", label=label)
+    for label, by_bucket in lines.items():
+        xs = [i for i, b in enumerate(buckets) if b in by_bucket]
+        ax.plot(xs, [by_bucket[buckets[i]] for i in xs], marker="o", label=label)
     ax.set_xticks(range(len(buckets)), buckets)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("difficulty")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sleep_jax.plot import bucket_order, load_eval, main, plot_runs
+from sleep_jax.plot import bucket_order, load_eval, main, merge_by_label, plot_runs
 
 
 def write_run(path, passes, by_difficulty):
@@ -34,3 +34,10 @@ def test_bad_inputs_raise(tmp_path):
     with pytest.raises(ValueError, match="labels: 1 labels for 2 runs"):
         record = {"passes": 1, "by_difficulty": {"t=0": 1.0}}
         plot_runs([record, record], str(tmp_path / "x.png"), labels=["a"])
+
+
+def test_runs_with_the_same_passes_merge_into_one_line():
+    runs = [{"passes": 1, "by_difficulty": {"t=1": 0.4}}, {"passes": 1, "by_difficulty": {"t=2": 0.1}},
+            {"passes": 2, "by_difficulty": {"t=1": 0.9}}, {"passes": 2, "by_difficulty": {"t=1": 0.7}}]
+    assert merge_by_label(runs) == {"N = 1": {"t=1": 0.4, "t=2": 0.1}, "N = 2": {"t=1": 0.8}}
+    assert list(merge_by_label(runs, labels=["a", "b", "a", "b"])) == ["a", "b"]
