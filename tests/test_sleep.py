@@ -80,7 +80,7 @@ def test_more_passes_change_the_prediction_and_the_loss():
 def test_gradient_flows_through_the_fast_weights_of_a_consolidation_window():
     """The prediction loss reaches a GDN layer's parameters as used while sleeping on the first
     window, through the recurrent state; cutting that state's gradient makes it exactly zero."""
-    model = tiny_model()
+    model = tiny_model(pattern="AG")
     graphdef, params = nnx.split(model)
     sleep = SleepConfig(passes=2, window=WINDOW)
     x = tokens(2, 8)
@@ -108,11 +108,12 @@ def test_gradient_flows_through_the_fast_weights_of_a_consolidation_window():
 
 def test_remat_options_give_the_plain_gradient():
     """Checkpointing per pass, per window, or sqrt-nested changes memory, not the gradient."""
-    model = tiny_model(pattern="AG")
+    model = tiny_model(pattern="G")
     graphdef, params = nnx.split(model)
     x, kinds = tokens(2, 12), "CCP"
     mask = scored_mask(kinds)
-    grads = {r: jax.jit(jax.grad(loss_fn(graphdef, SleepConfig(passes=5, window=WINDOW, remat=r), kinds)))(
+    # N = 3: sqrt runs one checkpointed group of 2 passes, then the remaining pass.
+    grads = {r: jax.jit(jax.grad(loss_fn(graphdef, SleepConfig(passes=3, window=WINDOW, remat=r), kinds)))(
         params, x, mask) for r in ("none", "pass", "window", "sqrt")}
     for remat in ("pass", "window", "sqrt"):
         for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[remat])):
@@ -183,13 +184,13 @@ def reference_logits(model, x, *, sleep, kinds):
     return jnp.concatenate(outputs, axis=1)
 
 
-@pytest.mark.parametrize("remat, eviction", [("none", "sliding"), ("window", "sliding"), ("pass", "hard")])
-def test_sleep_equals_the_plain_loop_over_windows_and_passes(remat, eviction):
+@pytest.mark.parametrize("remat", ["pass", "window"])  # one flat (window, pass) scan; nested scans
+def test_sleep_equals_the_plain_loop_over_windows_and_passes(remat):
     """Prelude once, looped segment N times (conv tail restored, S carried), coda once, window
     after window; under sliding eviction the next window sees the final pass's keys/values."""
     model = tiny_model(pattern="GAGAG", loop=(1, 4))
-    x, kinds = tokens(2, 20, seed=2), "CCPCP"
-    sleep = SleepConfig(passes=3, window=WINDOW, eviction=eviction, remat=remat)
+    x, kinds = tokens(2, 12, seed=2), "CCP"
+    sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding", remat=remat)
     expected = jax.jit(lambda x: reference_logits(model, x, sleep=sleep, kinds=kinds))(x)
     got = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds=kinds))(x)
     np.testing.assert_allclose(got, expected, atol=2e-5)
@@ -207,7 +208,7 @@ def test_sliding_window_at_least_t_is_full_causal_attention():
 def test_train_step_traces_one_scan_over_passes_and_compiles_as_fast_at_n8():
     """The jaxpr of a loss+grad step is the same size at N = 2 and N = 8 (the passes are a scan,
     not unrolled), and compiling it at N = 8 takes at most 1.5x as long as at N = 2."""
-    model = tiny_model(pattern="AG")
+    model = tiny_model(pattern="G")
     graphdef, params = nnx.split(model)
     x, kinds = tokens(2, 8), "CP"
     mask = scored_mask(kinds)
@@ -242,11 +243,10 @@ def test_truncated_backprop_keeps_only_the_last_passes():
         state, _ = consolidate(model, x, 0, entry, {}, sleep=sleep)
         return state["layer0"]["S"]
 
-    values = {k: jax.jit(final_state, static_argnums=0)(k, entry) for k in (0, 2, 3)}
-    np.testing.assert_array_equal(values[0], values[2])  # the forward pass is unchanged
-    grad = {k: jax.jit(jax.grad(lambda e, k=k: jnp.sum(final_state(k, e))))(entry)["layer0"]["S"] for k in (0, 2, 3)}
+    results = {k: jax.jit(jax.value_and_grad(lambda e, k=k: jnp.sum(final_state(k, e))))(entry) for k in (0, 2)}
+    np.testing.assert_array_equal(results[0][0], results[2][0])  # the forward pass is unchanged
+    grad = {k: g["layer0"]["S"] for k, (_, g) in results.items()}
     assert float(jnp.max(jnp.abs(grad[0]))) > 1e-6
-    np.testing.assert_array_equal(grad[0], grad[3])  # k >= N: no truncation
     assert not np.any(grad[2])  # gradient stops before the last 2 of 3 passes
 
 
@@ -304,7 +304,7 @@ def test_bfloat16_sliding_sleep_trains_with_finite_gradients():
     model = tiny_model(pattern="AG", dtype="bfloat16")
     graphdef, params = nnx.split(model)
     x, kinds = tokens(2, 12, seed=6), "CCP"
-    sleep = SleepConfig(passes=3, window=WINDOW, eviction="sliding", remat="pass")
+    sleep = SleepConfig(passes=3, window=WINDOW, eviction="sliding")
     loss, grads = jax.jit(jax.value_and_grad(loss_fn(graphdef, sleep, kinds)))(params, x, scored_mask(kinds))
     assert np.isfinite(float(loss))
     leaves = jax.tree.leaves(grads)

@@ -12,7 +12,7 @@ from sleep_jax.sleep import SleepConfig
 
 @pytest.fixture(scope="module")
 def records():
-    config = ModelConfig(vocab_size=32, d_model=32, pattern="AG", attn_heads=2, attn_kv_heads=1, attn_head_dim=16,
+    config = ModelConfig(vocab_size=32, d_model=32, pattern="G", attn_heads=2, attn_kv_heads=1, attn_head_dim=16,
                          gdn_heads=2, gdn_v_heads=2, gdn_head_dim=16, gdn_v_head_dim=16, mlp_hidden=64,
                          delta_rule_impl="recurrent", chunk_size=16)
     model = HybridModel(config, rngs=nnx.Rngs(0))
