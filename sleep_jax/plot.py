@@ -66,7 +66,7 @@ def plot_runs(results: Sequence[Mapping], out: str, *, labels: Sequence[str] | N
         raise ValueError("results: nothing to plot")
     lines = merge_by_label(results, labels)
     buckets = sorted({b for r in results for b in r["by_difficulty"]}, key=bucket_order)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(buckets) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(buckets) + 2), 3.8))
     for label, by_bucket in lines.items():
         xs = [i for i, b in enumerate(buckets) if b in by_bucket]
         ax.plot(xs, [by_bucket[buckets[i]] for i in xs], marker="o", label=label)

@@ -35,9 +35,10 @@ def _env(cache_dir):
     return env
 
 
-def _start(workdir):
+def _start(workdir, *extra):
     cache_dir = os.path.join(os.path.dirname(workdir), "jax_cache")
-    return subprocess.Popen([sys.executable, "-m", "sleep_jax.main", f"--workdir={workdir}", *SMALL],
+    return subprocess.Popen([sys.executable, "-m", "sleep_jax.main", f"--workdir={workdir}", *SMALL,
+                             *extra],
                             cwd=REPO, env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -82,6 +83,12 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
     assert record["task"] == "rule110" and record["passes"] == 1 and record["step"] == 40
     assert set(record["by_difficulty"]) == {"t=0", "t=1", "t=2", "t=3"}
     assert os.path.getsize(os.path.join(killed_dir, "eval.png")) > 0
+
+    # --mode=eval scores the latest checkpoint again: the same numbers.
+    os.remove(os.path.join(killed_dir, "eval.json"))
+    _wait(_start(killed_dir, "--mode=eval"))
+    with open(os.path.join(killed_dir, "eval.json")) as f:
+        assert json.load(f) == record
 
 
 def test_config_flags_reject_an_unknown_override_key():
