@@ -124,7 +124,9 @@ class HybridModel(nnx.Module):
 
     def init_state(self, batch: int, layers=None) -> dict:
         """Zero recurrent state for the GDN blocks among `layers` (default all)."""
-        return {name: self.blocks[int(name[5:])].mixer.init_state(batch) for name in self.gdn_layers(layers)}
+        layers = range(len(self.blocks)) if layers is None else layers
+        return {layer_name(i): self.blocks[i].mixer.init_state(batch) for i in layers
+                if self.config.pattern[i] == "G"}
 
     def init_kv(self, batch: int, length: int, layers=None) -> dict:
         """Zero keys/values [B, length, KVH, Dh] for the attention blocks among `layers` (default all)."""
@@ -216,6 +218,8 @@ class HybridModel(nnx.Module):
         """
         position = jnp.asarray(position, jnp.int32)
         capacity = cache["positions"].shape[0]
+        if window is not None and capacity < window:
+            raise ValueError(f"decode_step: cache capacity {capacity} must be >= window={window}")
         positions = cache["positions"].at[position % capacity].set(position)
         layers = dict(cache["layers"])
         state = dict(state)

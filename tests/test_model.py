@@ -113,3 +113,9 @@ def test_bfloat16_compute_keeps_float32_state():
     logits, state = jax.jit(model)(tokens(1, 8))
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
     assert state["layer1"]["S"].dtype == jnp.float32 and state["layer1"]["conv"].dtype == jnp.bfloat16
+
+
+def test_decode_step_rejects_a_cache_shorter_than_the_window():
+    model = HybridModel(tiny_config(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="cache capacity"):
+        model.decode_step(tokens(1, 1)[:, 0], 0, model.init_state(1), model.init_cache(1, 3), window=4)
