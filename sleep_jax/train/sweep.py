@@ -5,8 +5,10 @@
 
 prints 9 commands (passes x t), each with its own ``--workdir=<root>/<name>``, then one
 ``python -m sleep_jax.plot`` command per value of the *other* grid keys, with the runs that differ
-only in ``sleep.passes`` on one figure. Pipe the commands to a shell, a job array or ``parallel``.
-Values are split on commas outside brackets, so tuples like ``(0,)`` stay whole.
+only in ``sleep.passes`` on one figure, and one with every run (``<root>/all.png``). Pipe the commands to a shell, a job array or ``parallel``.
+Values are split on commas outside brackets, so tuples like ``(0,)`` stay whole. Keys joined by
+``+`` take the same value together: ``--grid='task.steps+task.eval_steps=(1,),(2,)'`` trains and
+evaluates each model at its own t (then one plot shows N = 1, 2, 3 over t).
 """
 from __future__ import annotations
 
@@ -46,8 +48,9 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     for item in items:
         key, sep, values = item.partition("=")
         key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", key):
-            raise ValueError(f"--grid {item!r}: expected 'block.key=v1,v2,...'")
+        name = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+"
+        if not sep or not re.fullmatch(rf"{name}(\+{name})*", key):
+            raise ValueError(f"--grid {item!r}: expected 'block.key[+block.key...]=v1,v2,...'")
         if key in grid:
             raise ValueError(f"--grid {key}: given twice")
         grid[key] = split_values(values)
@@ -55,11 +58,12 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
 
 
 def run_name(point: dict[str, str]) -> str:
-    """A directory name for a grid point: ``passes=2_steps=1`` (last key component, safe chars)."""
+    """A directory name for a grid point: ``passes=2_steps=1`` (last component of the first key
+    of each grid entry, safe characters only)."""
     parts = []
     for key, value in point.items():
         clean = re.sub(r"[^\w.-]+", "-", value).strip("-") or "x"
-        parts.append(f"{key.rsplit('.', 1)[-1]}={clean}")
+        parts.append(f"{key.split('+')[0].rsplit('.', 1)[-1]}={clean}")
     return "_".join(parts)
 
 
@@ -83,7 +87,7 @@ def commands(config: str, root: str, grid: dict[str, list[str]], fixed: Sequence
     for point in points:
         workdir = os.path.join(root, run_name(point))
         args = [python, "-m", "sleep_jax.main", f"--config={config}", f"--workdir={workdir}"]
-        args += fixed_flags + [f"--config.{k}={v}" for k, v in point.items()]
+        args += fixed_flags + [f"--config.{k}={v}" for keys, v in point.items() for k in keys.split("+")]
         lines.append(" ".join(shlex.quote(a) for a in args))
     if PASSES_KEY in grid:
         others = {k: v for k, v in grid.items() if k != PASSES_KEY}
@@ -92,6 +96,10 @@ def commands(config: str, root: str, grid: dict[str, list[str]], fixed: Sequence
                     for p in grid[PASSES_KEY]]
             out = os.path.join(root, (run_name(rest) or "all") + ".png")
             args = [python, "-m", "sleep_jax.plot", *dirs, f"--out={out}"]
+            lines.append(" ".join(shlex.quote(a) for a in args))
+        if others:  # every run on one figure: one line per N over all buckets
+            dirs = [os.path.join(root, run_name(point)) for point in points]
+            args = [python, "-m", "sleep_jax.plot", *dirs, f"--out={os.path.join(root, 'all.png')}"]
             lines.append(" ".join(shlex.quote(a) for a in args))
     return lines
 
