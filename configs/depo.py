@@ -9,7 +9,7 @@ Variants:
 - ``paper``: up to 75 nodes, T = 360, L = 75, 10 layers (attention/GDN alternating), d = 512,
   batch 128; trained on k ~ U[1, 16] hops, evaluated at k = 1, 2, 4, 8, 16.
 """
-from sleep_jax.train.config import base_config
+from sleep_jax.train.config import base_config, model_block
 
 VARIANTS = ("tiny", "paper")
 
@@ -20,7 +20,7 @@ def get_config(variant: str = "tiny"):
     config = base_config("depo", "tiny" if variant == "tiny" else "paper")
     window = config.task.window
     if variant == "tiny":
-        config.model = dict(
+        config.model = model_block(
             vocab_size=None, d_model=64, pattern="AGAG", loop=None,
             attn_heads=2, attn_kv_heads=2, attn_head_dim=32, attn_output_gate=False,
             qk_norm=False, rope_theta=10000.0,
@@ -30,7 +30,7 @@ def get_config(variant: str = "tiny"):
         config.train.update(steps=1000, batch_size=32, warmup_steps=50, log_every=25,
                             eval_every=0, checkpoint_every=250, eval_batch_size=64)
     else:
-        config.model = dict(
+        config.model = model_block(
             vocab_size=None, d_model=512, pattern="AG" * 5, loop=None,
             attn_heads=8, attn_kv_heads=8, attn_head_dim=64, attn_output_gate=False,
             qk_norm=False, rope_theta=10000.0,

@@ -10,7 +10,7 @@ Variants:
 - ``paper``: problems of 2000-3300 tokens, window L = 2000, op counts 1-8, batch 256;
   a 12-layer attention/GDN model with d = 768 trained from scratch on the byte-level vocabulary.
 """
-from sleep_jax.train.config import base_config
+from sleep_jax.train.config import base_config, model_block
 
 VARIANTS = ("tiny", "paper")
 
@@ -21,7 +21,7 @@ def get_config(variant: str = "tiny"):
     config = base_config("gsm_infinite", "tiny" if variant == "tiny" else "paper")
     window = config.task.window
     if variant == "tiny":
-        config.model = dict(
+        config.model = model_block(
             vocab_size=None, d_model=64, pattern="AGAG", loop=None,
             attn_heads=2, attn_kv_heads=2, attn_head_dim=32, attn_output_gate=False,
             qk_norm=False, rope_theta=10000.0,
@@ -31,7 +31,7 @@ def get_config(variant: str = "tiny"):
         config.train.update(steps=200, batch_size=8, warmup_steps=20, log_every=10,
                             eval_every=0, checkpoint_every=100, eval_batch_size=16)
     else:
-        config.model = dict(
+        config.model = model_block(
             vocab_size=None, d_model=768, pattern="AG" * 6, loop=None,
             attn_heads=12, attn_kv_heads=4, attn_head_dim=64, attn_output_gate=True,
             qk_norm=True, rope_theta=100000.0,

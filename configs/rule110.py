@@ -14,7 +14,7 @@ Variants:
 The sequence does not say t, so one model is trained per t (``task.steps``, a tuple; a set of
 several t would make the labels ambiguous): sweep t x N with ``python -m sleep_jax.train.sweep``.
 """
-from sleep_jax.train.config import base_config
+from sleep_jax.train.config import base_config, model_block
 
 VARIANTS = ("tiny", "paper")
 
@@ -26,7 +26,7 @@ def get_config(variant: str = "tiny"):
     config.task.steps = (0,)
     bits = config.task.bits
     if variant == "tiny":
-        config.model = dict(
+        config.model = model_block(
             vocab_size=None, d_model=64, pattern="AGAG", loop=None,
             attn_heads=2, attn_kv_heads=2, attn_head_dim=32, attn_output_gate=False,
             qk_norm=False, rope_theta=10000.0,
@@ -36,7 +36,7 @@ def get_config(variant: str = "tiny"):
         config.train.update(steps=300, batch_size=64, warmup_steps=30, log_every=25,
                             eval_every=0, checkpoint_every=100, eval_batch_size=128)
     else:
-        config.model = dict(
+        config.model = model_block(
             vocab_size=None, d_model=256, pattern="AGAG", loop=None,
             attn_heads=4, attn_kv_heads=4, attn_head_dim=64, attn_output_gate=False,
             qk_norm=False, rope_theta=10000.0,

@@ -91,8 +91,21 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
         assert json.load(f) == record
 
 
-def test_config_flags_reject_an_unknown_override_key():
+def _parse(*overrides):
+    argv = ["main", f"--config={REPO}/configs/rule110.py:tiny", *overrides]
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True)
-    with pytest.raises(flags.UnrecognizedFlagError, match="config.train.nope"):
-        values(["main", f"--config={REPO}/configs/rule110.py:tiny", "--config.train.nope=1"])
+    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def test_command_line_overrides_reach_the_config():
+    config = _parse("--config.sleep.passes=3", "--config.model.loop=(0,2)",
+                    "--config.model.vocab_size=10", "--config.task.steps=(1,)")
+    assert (config.sleep.passes, config.model.loop, config.model.vocab_size, config.task.steps) == \
+        (3, (0, 2), 10, (1,))
+
+
+def test_config_flags_reject_an_unknown_override_key():
+    with pytest.raises((KeyError, AttributeError), match="nope"):
+        _parse("--config.train.nope=1")

@@ -62,6 +62,20 @@ def base_config(task_name: str, task_size: str = "paper") -> ml_collections.Conf
     return config
 
 
+# Model fields whose value may be None; typed placeholders let the command line set them.
+_OPTIONAL_MODEL_FIELDS = {"vocab_size": int, "loop": tuple}
+
+
+def model_block(**fields: Any) -> ml_collections.ConfigDict:
+    """The ``model`` block from ``ModelConfig`` field values. ``vocab_size=None`` (take the
+    task's) and ``loop=None`` become typed placeholders, so ``--config.model.loop='(0,2)'`` and
+    ``--config.model.vocab_size=512`` work."""
+    for name, kind in _OPTIONAL_MODEL_FIELDS.items():
+        if fields.get(name) is None:
+            fields[name] = ml_collections.config_dict.placeholder(kind)
+    return ml_collections.ConfigDict(fields)
+
+
 def _field_names(cls) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
 
