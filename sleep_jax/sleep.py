@@ -24,8 +24,9 @@ Remat (`jax.checkpoint`, policy `nothing_saveable` at the chosen boundary):
 - "pass": each pass is rematerialised, so each pass costs only its carry in memory;
 - "window": each window is rematerialised, so only window-entry carries are kept across windows
   (one window's N passes are recomputed with all their activations during its backward);
-- "sqrt": each window's passes run as an outer scan of ~sqrt(N) rematerialised groups of ~sqrt(N)
-  rematerialised passes: O(sqrt(N)) carries per window, at about one more forward of recomputation.
+- "sqrt": the (window, pass) steps of a run of n consolidation windows run as an outer scan of
+  ~sqrt(n N) rematerialised groups of rematerialised passes: O(sqrt(n N)) carries for deep sleeps,
+  at about one more forward of recomputation.
 """
 import dataclasses
 import math
@@ -178,10 +179,11 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
     Pass n of a window reads the hidden states pass n-1 wrote (pass 0 reads `entry`), carries S
     across passes and windows, and starts from the conv tail the window was entered with.
 
-    With remat "none" or "pass" the n x N (window, pass) steps are one flat `lax.scan`, so each
-    rematerialised pass keeps exactly its carry (no per-window copies of stacked residuals);
-    "window" nests a scan over passes inside a checkpointed scan over windows; "sqrt" nests
-    ~sqrt(N) checkpointed groups of checkpointed passes in each window.
+    The n x N (window, pass) steps are one flat `lax.scan`, so with remat "pass" each step keeps
+    exactly its carry for the backward pass (no per-window copies of stacked residuals); "sqrt"
+    splits that scan into ~sqrt(n N) checkpointed groups of checkpointed passes (O(sqrt(n N))
+    carries; with a coda, each group also keeps the [n, B, L, D] buffer of final-pass outputs);
+    "window" nests a scan over passes inside a checkpointed scan over windows.
 
     Args:
       entry: [n, B, L, D] segment inputs (the prelude's outputs) of windows first, first+1, ...
@@ -201,7 +203,7 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
 
     if sleep.remat in ("pass", "sqrt"):
         one_pass = _checkpoint(one_pass)
-    flat = sleep.remat in ("none", "pass")
+    flat = sleep.remat != "window"
 
     def step(carry, index):
         window, n = index // passes, index % passes
@@ -233,16 +235,14 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
     if flat:
         if keep_outputs:
             carry["outputs"] = jnp.zeros_like(entry)
-        carry = scan_steps(step, carry, indices)
+        carry = scan_steps(step, carry, indices, sqrt_groups=sleep.remat == "sqrt")
         outputs = carry.pop("outputs", None)
     else:
         def one_window(carry, window_indices):
-            carry = scan_steps(step, carry, window_indices, sqrt_groups=sleep.remat == "sqrt")
+            carry = scan_steps(step, carry, window_indices)
             return carry, (carry["hidden"] if keep_outputs else None)
 
-        if sleep.remat == "window":
-            one_window = _checkpoint(one_window)
-        carry, outputs = jax.lax.scan(one_window, carry, indices.reshape(count, passes))
+        carry, outputs = jax.lax.scan(_checkpoint(one_window), carry, indices.reshape(count, passes))
     state = {**state, **carry["state"]}
     return outputs, state, ({**past, **carry["kv"]} if sliding else past)
 

@@ -184,7 +184,7 @@ def reference_logits(model, x, *, sleep, kinds):
     return jnp.concatenate(outputs, axis=1)
 
 
-@pytest.mark.parametrize("remat", ["pass", "window"])  # one flat (window, pass) scan; nested scans
+@pytest.mark.parametrize("remat", ["pass", "window", "sqrt"])  # flat scan; nested; grouped
 def test_sleep_equals_the_plain_loop_over_windows_and_passes(remat):
     """Prelude once, looped segment N times (conv tail restored, S carried), coda once, window
     after window; under sliding eviction the next window sees the final pass's keys/values."""
