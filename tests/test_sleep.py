@@ -70,11 +70,6 @@ def test_more_passes_change_the_prediction_and_the_loss():
                                                      kinds="CCP"))(x)
               for n in (1, 2)}
     assert float(jnp.max(jnp.abs(logits[1][:, 8:] - logits[2][:, 8:]))) > 1e-3
-    # A prediction-only sequence does not sleep, so N does not matter there.
-    same = {n: jax.jit(lambda x: sequence_logits(model, x, sleep=SleepConfig(passes=n, window=WINDOW),
-                                                   kinds="PPP"))(x)
-            for n in (1, 2)}
-    np.testing.assert_array_equal(same[1], same[2])
 
 
 def test_gradient_flows_through_the_fast_weights_of_a_consolidation_window():
@@ -106,15 +101,36 @@ def test_gradient_flows_through_the_fast_weights_of_a_consolidation_window():
     assert not np.any(gdn_weight(grad(params, params, True)))
 
 
-def test_remat_options_give_the_plain_gradient():
-    """Checkpointing per pass, per window, or sqrt-nested changes memory, not the gradient."""
+@pytest.fixture(scope="module")
+def gdn_train_step():
+    """(passes, remat) -> (compiled loss+grad step of a one-GDN-block model on kinds "CCP",
+    CPU seconds its compile took, its arguments); each setting compiled once per module."""
     model = tiny_model(pattern="G")
     graphdef, params = nnx.split(model)
-    x, kinds = tokens(2, 12), "CCP"
-    mask = scored_mask(kinds)
-    # N = 3: sqrt runs one checkpointed group of 2 passes, then the remaining pass.
-    grads = {r: jax.jit(jax.grad(loss_fn(graphdef, SleepConfig(passes=3, window=WINDOW, remat=r), kinds)))(
-        params, x, mask) for r in ("none", "pass", "window", "sqrt")}
+    kinds = "CCP"
+    args = (params, tokens(2, 12), scored_mask(kinds))
+    compiled = {}
+
+    def get(passes, remat="none", fresh=False):
+        if fresh or (passes, remat) not in compiled:
+            step = jax.value_and_grad(loss_fn(graphdef, SleepConfig(passes=passes, window=WINDOW, remat=remat), kinds))
+            lowered = jax.jit(step).lower(*args)
+            start = time.process_time()
+            executable = lowered.compile()
+            compiled[passes, remat] = (executable, time.process_time() - start, args)
+        return compiled[passes, remat]
+
+    jax.jit(lambda a: jnp.sin(a) * 2).lower(1.0).compile()  # the first compile of a process pays set-up
+    return get
+
+
+def test_remat_options_give_the_plain_gradient(gdn_train_step):
+    """Checkpointing per pass, per window, or sqrt-grouped changes memory, not the gradient."""
+    # N = 8 over 2 windows: sqrt runs 4 checkpointed groups of 4 (window, pass) steps.
+    grads = {}
+    for remat in ("none", "pass", "window", "sqrt"):
+        step, _, args = gdn_train_step(8, remat)
+        grads[remat] = step(*args)[1]
     for remat in ("pass", "window", "sqrt"):
         for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[remat])):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=remat)
@@ -184,16 +200,17 @@ def reference_logits(model, x, *, sleep, kinds):
     return jnp.concatenate(outputs, axis=1)
 
 
-@pytest.mark.parametrize("remat", ["pass", "window", "sqrt"])  # flat scan; nested; grouped
-def test_sleep_equals_the_plain_loop_over_windows_and_passes(remat):
+def test_sleep_equals_the_plain_loop_over_windows_and_passes():
     """Prelude once, looped segment N times (conv tail restored, S carried), coda once, window
     after window; under sliding eviction the next window sees the final pass's keys/values."""
     model = tiny_model(pattern="GAGAG", loop=(1, 4))
     x, kinds = tokens(2, 12, seed=2), "CCP"
-    sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding", remat=remat)
+    sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding")
     expected = jax.jit(lambda x: reference_logits(model, x, sleep=sleep, kinds=kinds))(x)
-    got = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds=kinds))(x)
-    np.testing.assert_allclose(got, expected, atol=2e-5)
+    for remat in ("pass", "window", "sqrt"):  # one flat (window, pass) scan; nested scans; grouped flat scan
+        sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding", remat=remat)
+        got = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds=kinds))(x)
+        np.testing.assert_allclose(got, expected, atol=2e-5, err_msg=remat)
 
 
 def test_sliding_window_at_least_t_is_full_causal_attention():
@@ -205,31 +222,23 @@ def test_sliding_window_at_least_t_is_full_causal_attention():
     np.testing.assert_allclose(sliding, full, atol=1e-5)
 
 
-def test_train_step_traces_one_scan_over_passes_and_compiles_as_fast_at_n8():
+def test_train_step_traces_one_scan_over_passes_and_compiles_as_fast_at_n8(gdn_train_step):
     """The jaxpr of a loss+grad step is the same size at N = 2 and N = 8 (the passes are a scan,
     not unrolled), and compiling it at N = 8 takes at most 1.5x as long as at N = 2."""
     model = tiny_model(pattern="G")
     graphdef, params = nnx.split(model)
-    x, kinds = tokens(2, 8), "CP"
+    x, kinds = tokens(2, 12), "CCP"
     mask = scored_mask(kinds)
-    steps = {n: jax.value_and_grad(loss_fn(graphdef, SleepConfig(passes=n, window=WINDOW), kinds)) for n in (2, 8)}
-    jaxprs = {n: jax.make_jaxpr(step)(params, x, mask).jaxpr for n, step in steps.items()}
+    jaxprs = {n: jax.make_jaxpr(jax.value_and_grad(loss_fn(graphdef, SleepConfig(passes=n, window=WINDOW), kinds)))(
+        params, x, mask).jaxpr for n in (2, 8)}
     counts = {n: sum(1 for _ in _all_eqns(j)) for n, j in jaxprs.items()}
     assert counts[2] == counts[8]
     lengths = [eqn.params["length"] for eqn in _all_eqns(jaxprs[8]) if eqn.primitive.name == "scan"]
-    assert lengths.count(8) == 2  # the passes, forward and backward
+    assert lengths.count(2 * 8) == 2  # the (window, pass) steps of the 2 sleeping windows, forward and backward
 
-    def compile_seconds(n):
-        lowered = jax.jit(steps[n]).lower(params, x, mask)
-        start = time.process_time()
-        lowered.compile()
-        return time.process_time() - start
-
-    jax.jit(lambda a: jnp.sin(a) * 2).lower(1.0).compile()  # the first compile of a process pays set-up
-    for attempt in range(2):  # CPU time, and one retry: the machine is shared
-        seconds = {n: compile_seconds(n) for n in (2, 8)}
-        if seconds[8] <= 1.5 * seconds[2]:
-            break
+    seconds = {n: gdn_train_step(n)[1] for n in (2, 8)}
+    if seconds[8] > 1.5 * seconds[2]:  # CPU time on a shared machine: measure once more
+        seconds = {n: gdn_train_step(n, fresh=True)[1] for n in (2, 8)}
     assert seconds[8] <= 1.5 * seconds[2], seconds
 
 
@@ -300,13 +309,9 @@ def test_sequence_loss_rejects_bad_inputs(steps, kinds, mask_shape, message):
         sequence_loss(model, tokens(2, steps), jnp.zeros(mask_shape), sleep=SleepConfig(window=WINDOW), kinds=kinds)
 
 
-def test_bfloat16_sliding_sleep_trains_with_finite_gradients():
+def test_bfloat16_sliding_sleep_keeps_its_carry_dtypes():
     model = tiny_model(pattern="AG", dtype="bfloat16")
-    graphdef, params = nnx.split(model)
     x, kinds = tokens(2, 12, seed=6), "CCP"
     sleep = SleepConfig(passes=3, window=WINDOW, eviction="sliding")
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn(graphdef, sleep, kinds)))(params, x, scored_mask(kinds))
-    assert np.isfinite(float(loss))
-    leaves = jax.tree.leaves(grads)
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-    assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
+    loss, metrics = jax.jit(lambda x, m: sequence_loss(model, x, m, sleep=sleep, kinds=kinds))(x, scored_mask(kinds))
+    assert loss.dtype == jnp.float32 and np.isfinite(float(loss)) and float(metrics["scored"]) == 2 * 3
