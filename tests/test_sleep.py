@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sleep_jax.layers import attention_mask
 from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.sleep import (SleepConfig, consolidate, initial_past, kinds_from_mask, predict, scan_steps,
                              sequence_logits, sequence_loss, sequence_predictions, window_runs)

@@ -1,6 +1,5 @@
 """SwiGLU feed-forward: down(silu(x W_gate) * (x W_up))."""
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from sleep_jax.layers.common import dense_param
