@@ -96,10 +96,14 @@ def _tree_where(condition, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
 
-def _checkpoint(fn):
-    # prevent_cse=False: every checkpoint here sits inside a scan, which already keeps XLA from
-    # merging the recomputation with the forward pass.
-    return jax.checkpoint(fn, policy=REMAT_POLICY, prevent_cse=False)
+def _checkpoint(fn, *, prevent_cse: bool = False):
+    """fn rematerialised in the backward pass, keeping only its inputs.
+
+    Inside a scan, prevent_cse=False is enough (and faster): the loop keeps XLA from merging the
+    recomputation with the forward pass. Outer loops that may run a single iteration (which XLA
+    unrolls) pass prevent_cse=True.
+    """
+    return jax.checkpoint(fn, policy=REMAT_POLICY, prevent_cse=prevent_cse)
 
 
 def scan_steps(step, carry, indices, *, sqrt_groups: bool = False):
@@ -120,7 +124,7 @@ def scan_steps(step, carry, indices, *, sqrt_groups: bool = False):
     def group_body(carry, group_indices):
         return jax.lax.scan(body, carry, group_indices)[0], None
 
-    carry = jax.lax.scan(_checkpoint(group_body), carry, indices[:outer * group].reshape(outer, group))[0]
+    carry = jax.lax.scan(_checkpoint(group_body, prevent_cse=True), carry, indices[:outer * group].reshape(outer, group))[0]
     if outer * group < total:
         carry = jax.lax.scan(body, carry, indices[outer * group:])[0]
     return carry
@@ -242,7 +246,8 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
             carry = scan_steps(step, carry, window_indices)
             return carry, (carry["hidden"] if keep_outputs else None)
 
-        carry, outputs = jax.lax.scan(_checkpoint(one_window), carry, indices.reshape(count, passes))
+        carry, outputs = jax.lax.scan(_checkpoint(one_window, prevent_cse=True), carry,
+                                      indices.reshape(count, passes))
     state = {**state, **carry["state"]}
     return outputs, state, ({**past, **carry["kv"]} if sliding else past)
 
