@@ -9,7 +9,7 @@ Variants:
 - ``paper``: up to 75 nodes, T = 360, L = 75, 10 layers (attention/GDN alternating), d = 512,
   batch 128; trained on k ~ U[1, 16] hops, evaluated at k = 1, 2, 4, 8, 16.
 """
-from sleep_jax.train.config import base_config, model_block
+from sleep_jax.train.config import base_config, model_block, sleep_block
 
 VARIANTS = ("tiny", "paper")
 
@@ -20,24 +20,15 @@ def get_config(variant: str = "tiny"):
     config = base_config("depo", "tiny" if variant == "tiny" else "paper")
     window = config.task.window
     if variant == "tiny":
-        config.model = model_block(
-            vocab_size=None, d_model=64, pattern="AGAG", loop=None,
-            attn_heads=2, attn_kv_heads=2, attn_head_dim=32, attn_output_gate=False,
-            qk_norm=False, rope_theta=10000.0,
-            gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32, conv_kernel=4,
-            mlp_hidden=128, tie_embeddings=True, dtype="float32", param_dtype="float32",
-            delta_rule_impl="auto", chunk_size=32, norm_eps=1e-6)
+        config.model = model_block(d_model=64, attn_heads=2, mlp_hidden=128, chunk_size=32)
         config.train.update(steps=1000, batch_size=32, warmup_steps=50, log_every=25,
                             eval_every=0, checkpoint_every=250, eval_batch_size=64)
     else:
         config.model = model_block(
-            vocab_size=None, d_model=512, pattern="AG" * 5, loop=None,
-            attn_heads=8, attn_kv_heads=8, attn_head_dim=64, attn_output_gate=False,
-            qk_norm=False, rope_theta=10000.0,
-            gdn_heads=4, gdn_v_heads=4, gdn_head_dim=128, gdn_v_head_dim=128, conv_kernel=4,
-            mlp_hidden=2048, tie_embeddings=True, dtype="float32", param_dtype="float32",
-            delta_rule_impl="auto", chunk_size=64, norm_eps=1e-6)
+            d_model=512, pattern="AG" * 5, attn_heads=8, attn_kv_heads=8, attn_head_dim=64,
+            gdn_heads=4, gdn_v_heads=4, gdn_head_dim=128, gdn_v_head_dim=128,
+            mlp_hidden=2048)
         config.train.update(steps=20000, batch_size=128, warmup_steps=500, log_every=50,
                             eval_every=2000, checkpoint_every=1000, eval_batch_size=128)
-    config.sleep = dict(passes=1, window=window, eviction="hard", remat="none", truncate_passes=0)
+    config.sleep = sleep_block(window=window)
     return config

@@ -10,7 +10,7 @@ Variants:
 - ``paper``: problems of 2000-3300 tokens, window L = 2000, op counts 1-8, batch 256;
   a 12-layer attention/GDN model with d = 768 trained from scratch on the byte-level vocabulary.
 """
-from sleep_jax.train.config import base_config, model_block
+from sleep_jax.train.config import base_config, model_block, sleep_block
 
 VARIANTS = ("tiny", "paper")
 
@@ -21,25 +21,16 @@ def get_config(variant: str = "tiny"):
     config = base_config("gsm_infinite", "tiny" if variant == "tiny" else "paper")
     window = config.task.window
     if variant == "tiny":
-        config.model = model_block(
-            vocab_size=None, d_model=64, pattern="AGAG", loop=None,
-            attn_heads=2, attn_kv_heads=2, attn_head_dim=32, attn_output_gate=False,
-            qk_norm=False, rope_theta=10000.0,
-            gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32, conv_kernel=4,
-            mlp_hidden=128, tie_embeddings=True, dtype="float32", param_dtype="float32",
-            delta_rule_impl="auto", chunk_size=64, norm_eps=1e-6)
+        config.model = model_block(d_model=64, attn_heads=2, mlp_hidden=128)
         config.train.update(steps=200, batch_size=8, warmup_steps=20, log_every=10,
                             eval_every=0, checkpoint_every=100, eval_batch_size=16)
     else:
         config.model = model_block(
-            vocab_size=None, d_model=768, pattern="AG" * 6, loop=None,
-            attn_heads=12, attn_kv_heads=4, attn_head_dim=64, attn_output_gate=True,
-            qk_norm=True, rope_theta=100000.0,
-            gdn_heads=6, gdn_v_heads=12, gdn_head_dim=128, gdn_v_head_dim=64, conv_kernel=4,
-            mlp_hidden=3072, tie_embeddings=False, dtype="bfloat16", param_dtype="float32",
-            delta_rule_impl="auto", chunk_size=64, norm_eps=1e-6)
+            d_model=768, pattern="AG" * 6, attn_heads=12, attn_kv_heads=4, attn_head_dim=64,
+            attn_output_gate=True, qk_norm=True, rope_theta=100000.0,
+            gdn_heads=6, gdn_v_heads=12, gdn_head_dim=128, gdn_v_head_dim=64,
+            mlp_hidden=3072, tie_embeddings=False, dtype="bfloat16")
         config.train.update(steps=20000, batch_size=256, warmup_steps=500, log_every=50,
                             eval_every=2000, checkpoint_every=1000, eval_batch_size=256)
-    config.sleep = dict(passes=1, window=window, eviction="hard",
-                        remat="pass" if variant == "paper" else "none", truncate_passes=0)
+    config.sleep = sleep_block(window=window, remat="pass" if variant == "paper" else "none")
     return config

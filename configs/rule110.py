@@ -14,7 +14,7 @@ Variants:
 The sequence does not say t, so one model is trained per t (``task.steps``, a tuple; a set of
 several t would make the labels ambiguous): sweep t x N with ``python -m sleep_jax.train.sweep``.
 """
-from sleep_jax.train.config import base_config, model_block
+from sleep_jax.train.config import base_config, model_block, sleep_block
 
 VARIANTS = ("tiny", "paper")
 
@@ -27,23 +27,16 @@ def get_config(variant: str = "tiny"):
     bits = config.task.bits
     if variant == "tiny":
         config.model = model_block(
-            vocab_size=None, d_model=64, pattern="AGAG", loop=None,
-            attn_heads=2, attn_kv_heads=2, attn_head_dim=32, attn_output_gate=False,
-            qk_norm=False, rope_theta=10000.0,
-            gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32, conv_kernel=4,
-            mlp_hidden=128, tie_embeddings=True, dtype="float32", param_dtype="float32",
-            delta_rule_impl="recurrent", chunk_size=16, norm_eps=1e-6)  # 8-token windows: a scan beats chunks
+            d_model=64, attn_heads=2, mlp_hidden=128,
+            delta_rule_impl="recurrent", chunk_size=16)  # 8-token windows: a scan beats chunks
         config.train.update(steps=300, batch_size=64, warmup_steps=30, log_every=25,
                             eval_every=0, checkpoint_every=100, eval_batch_size=128)
     else:
         config.model = model_block(
-            vocab_size=None, d_model=256, pattern="AGAG", loop=None,
-            attn_heads=4, attn_kv_heads=4, attn_head_dim=64, attn_output_gate=False,
-            qk_norm=False, rope_theta=10000.0,
-            gdn_heads=4, gdn_v_heads=4, gdn_head_dim=64, gdn_v_head_dim=64, conv_kernel=4,
-            mlp_hidden=1024, tie_embeddings=True, dtype="float32", param_dtype="float32",
-            delta_rule_impl="auto", chunk_size=32, norm_eps=1e-6)
+            d_model=256, attn_kv_heads=4, attn_head_dim=64,
+            gdn_heads=4, gdn_v_heads=4, gdn_head_dim=64, gdn_v_head_dim=64,
+            mlp_hidden=1024, chunk_size=32)
         config.train.update(steps=20000, batch_size=512, warmup_steps=500, log_every=50,
                             eval_every=2000, checkpoint_every=1000, eval_batch_size=512)
-    config.sleep = dict(passes=1, window=bits, eviction="hard", remat="none", truncate_passes=0)
+    config.sleep = sleep_block(window=bits)
     return config

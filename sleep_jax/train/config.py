@@ -66,25 +66,58 @@ def base_config(task_name: str, task_size: str = "paper") -> ml_collections.Conf
 _OPTIONAL_MODEL_FIELDS = {"vocab_size": int, "loop": tuple}
 
 
-def model_block(**fields: Any) -> ml_collections.ConfigDict:
-    """The ``model`` block from ``ModelConfig`` field values. ``vocab_size=None`` (take the
-    task's) and ``loop=None`` become typed placeholders, so ``--config.model.loop='(0,2)'`` and
-    ``--config.model.vocab_size=512`` work."""
+def _defaults(cls) -> dict[str, Any]:
+    """{field: default} of a config dataclass, for the fields that have one."""
+    return {field.name: field.default for field in dataclasses.fields(cls)
+            if field.default is not dataclasses.MISSING}
+
+
+def _with_overrides(block: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    _check_known_keys(block, overrides, defaults)
+    return {**defaults, **overrides}
+
+
+def model_block(**overrides: Any) -> ml_collections.ConfigDict:
+    """The ``model`` block: ``sleep_jax.model.ModelConfig``'s defaults with ``overrides``.
+
+    ``vocab_size`` defaults to None (take the task's). ``vocab_size=None`` and ``loop=None``
+    become typed placeholders, so ``--config.model.loop='(0,2)'`` and
+    ``--config.model.vocab_size=512`` work. An unknown field raises ``ValueError``.
+    """
+    from sleep_jax.model import ModelConfig
+
+    fields = _with_overrides("model", {"vocab_size": None, **_defaults(ModelConfig)}, overrides)
     for name, kind in _OPTIONAL_MODEL_FIELDS.items():
-        if fields.get(name) is None:
+        if fields[name] is None:
             fields[name] = ml_collections.config_dict.placeholder(kind)
     return ml_collections.ConfigDict(fields)
+
+
+def sleep_block(window: int, **overrides: Any) -> ml_collections.ConfigDict:
+    """The ``sleep`` block: ``sleep_jax.sleep.SleepConfig``'s defaults with ``overrides``.
+
+    ``window`` (L, tokens) has no default here: it must be the task layout's window. An unknown
+    field raises ``ValueError``.
+    """
+    from sleep_jax.sleep import SleepConfig
+
+    return ml_collections.ConfigDict(_with_overrides("sleep", _defaults(SleepConfig),
+                                                      dict(overrides, window=window)))
 
 
 def _field_names(cls) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
 
 
-def _check_keys(block: str, present, allowed) -> None:
+def _check_known_keys(block: str, present, allowed) -> None:
     unknown = sorted(set(present) - set(allowed))
     if unknown:
         raise ValueError(f"{block}.{unknown[0]}: unknown key; the {block} block takes "
                          f"{sorted(allowed)}")
+
+
+def _check_keys(block: str, present, allowed) -> None:
+    _check_known_keys(block, present, allowed)
     missing = sorted(set(allowed) - set(present))
     if missing:
         raise ValueError(f"{block}.{missing[0]}: missing key in the {block} block")

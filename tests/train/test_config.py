@@ -102,3 +102,19 @@ def test_bad_train_values():
     config = rule110_tiny()
     config.train.warmup_steps = 10 ** 6
     assert _error(config).startswith("train.warmup_steps=1000000 exceeds train.steps")
+
+
+def test_blocks_are_the_dataclass_defaults_plus_overrides():
+    from sleep_jax.model import ModelConfig
+    from sleep_jax.sleep import SleepConfig
+
+    model = config_lib.model_block(d_model=48, chunk_size=16)
+    assert (model.vocab_size, model.loop) == (None, None)
+    assert ModelConfig(**dict(model.to_dict(), vocab_size=7)) == \
+        ModelConfig(vocab_size=7, d_model=48, chunk_size=16)
+    sleep = config_lib.sleep_block(window=8, passes=3)
+    assert SleepConfig(**sleep.to_dict()) == SleepConfig(window=8, passes=3)
+    with pytest.raises(ValueError, match=r"^model\.d_modle: unknown key"):
+        config_lib.model_block(d_modle=48)
+    with pytest.raises(ValueError, match=r"^sleep\.pases: unknown key"):
+        config_lib.sleep_block(window=8, pases=3)
