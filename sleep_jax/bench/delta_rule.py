@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule
 
 FLAGS = flags.FLAGS
@@ -126,11 +127,6 @@ def time_fla(inputs, do, d_final):
         fwd = triton.testing.do_bench(forward, return_mode="median")
     fwd_bwd = triton.testing.do_bench(forward_backward, grad_to_none=leaves, return_mode="median")
     return fwd, fwd_bwd
-
-
-def rel_rms(actual, expected):
-    actual, expected = jnp.asarray(actual, jnp.float32), jnp.asarray(expected, jnp.float32)
-    return float(jnp.sqrt(jnp.mean((actual - expected) ** 2) / jnp.mean(expected ** 2)))
 
 
 def check(inputs, do, d_final, chunk):

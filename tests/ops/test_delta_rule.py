@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule, gated_delta_rule_step
 from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule
 
@@ -17,12 +18,6 @@ GOLDEN = np.load(pathlib.Path(__file__).parents[2] / "third_party/golden/gated_d
 NUM_CASES = 4
 INPUTS = ("q", "k", "v", "g", "beta", "initial_state")
 IMPLS = ("recurrent", "chunked")
-
-
-def rel_rms(actual, expected):
-    """Root-mean-square error relative to the root-mean-square of `expected`."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.sqrt(np.mean((actual - expected) ** 2) / np.mean(expected ** 2)))
 
 
 def random_inputs(seed, B, T, H, K, V, HV=None):

@@ -6,17 +6,13 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule
 from sleep_jax.ops.delta_rule.pallas import chunk_math, pallas_gated_delta_rule, sharded
 from sleep_jax.ops.delta_rule.reference import recurrent_gated_delta_rule
 
 GOLDEN = "third_party/golden/gated_delta_rule.npz"
 INPUTS = ("q", "k", "v", "g", "beta", "initial_state")
-
-
-def rel_rms(actual, expected):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.sqrt(np.mean((actual - expected) ** 2) / np.mean(expected ** 2)))
 
 
 def random_inputs(seed, B, T, H, K, V, dtype=jnp.float32, g_value=None):
