@@ -80,25 +80,25 @@ def make_predict_step(predict_fn: Callable[[Any, dict[str, jax.Array]], jax.Arra
     return jax.jit(predict_fn, in_shardings=(param_shardings, batch), out_shardings=batch)
 
 
+def _on_model(sequence_fn: Callable, graphdef: nnx.GraphDef, sleep: Any, kinds: str) -> Callable:
+    """``(params, batch) -> sequence_fn(model, tokens, loss_mask, sleep=sleep, kinds=kinds)``, the
+    model merged from ``graphdef`` and ``params``."""
+    def fn(params, batch_arrays):
+        model = nnx.merge(graphdef, params)
+        return sequence_fn(model, batch_arrays["tokens"], batch_arrays["loss_mask"],
+                           sleep=sleep, kinds=kinds)
+    return fn
+
+
 def model_loss_fn(graphdef: nnx.GraphDef, *, sleep: Any, kinds: str) -> LossFn:
     """``(params, batch) -> (loss, metrics)`` for the hybrid model through ``sleep.sequence_loss``."""
     from sleep_jax.sleep import sequence_loss
 
-    def loss_fn(params, batch_arrays):
-        model = nnx.merge(graphdef, params)
-        return sequence_loss(model, batch_arrays["tokens"], batch_arrays["loss_mask"],
-                             sleep=sleep, kinds=kinds)
-
-    return loss_fn
+    return _on_model(sequence_loss, graphdef, sleep, kinds)
 
 
 def model_predict_fn(graphdef: nnx.GraphDef, *, sleep: Any, kinds: str) -> Callable:
     """``(params, batch) -> int32 [B, T]`` through ``sleep.sequence_predictions``."""
     from sleep_jax.sleep import sequence_predictions
 
-    def predict_fn(params, batch_arrays):
-        model = nnx.merge(graphdef, params)
-        return sequence_predictions(model, batch_arrays["tokens"], batch_arrays["loss_mask"],
-                                    sleep=sleep, kinds=kinds)
-
-    return predict_fn
+    return _on_model(sequence_predictions, graphdef, sleep, kinds)
