@@ -17,7 +17,7 @@ VARIANTS = ("tiny", "paper")
 def get_config(variant: str = "tiny"):
     if variant not in VARIANTS:
         raise ValueError(f"configs/depo.py:{variant}: unknown variant; one of {VARIANTS}")
-    config = base_config("depo", "tiny" if variant == "tiny" else "paper")
+    config = base_config("depo", variant)
     window = config.task.window
     if variant == "tiny":
         config.model = model_block(d_model=64, attn_heads=2, mlp_hidden=128, chunk_size=32)

@@ -22,7 +22,7 @@ VARIANTS = ("tiny", "paper")
 def get_config(variant: str = "tiny"):
     if variant not in VARIANTS:
         raise ValueError(f"configs/rule110.py:{variant}: unknown variant; one of {VARIANTS}")
-    config = base_config("rule110", "tiny" if variant == "tiny" else "paper")
+    config = base_config("rule110", variant)
     config.task.steps = (0,)
     bits = config.task.bits
     if variant == "tiny":
