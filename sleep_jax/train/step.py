@@ -69,15 +69,25 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-    return jax.jit(step, in_shardings=(state_shardings, batch), out_shardings=(state_shardings, replicated),
-                   donate_argnums=0)
+    return _on_mesh(mesh, jax.jit(step, in_shardings=(state_shardings, batch),
+                                  out_shardings=(state_shardings, replicated), donate_argnums=0))
 
 
 def make_predict_step(predict_fn: Callable[[Any, dict[str, jax.Array]], jax.Array],
                       mesh: jax.sharding.Mesh, param_shardings: Any) -> Callable:
     """``predict(params, batch) -> int32 [B, T]`` greedy predictions, jitted on the mesh."""
     batch = batch_sharding(mesh, ndim=2)
-    return jax.jit(predict_fn, in_shardings=(param_shardings, batch), out_shardings=batch)
+    return _on_mesh(mesh, jax.jit(predict_fn, in_shardings=(param_shardings, batch), out_shardings=batch))
+
+
+def _on_mesh(mesh: jax.sharding.Mesh, jitted: Callable) -> Callable:
+    """``jitted`` called with ``mesh`` as the ambient mesh (``jax.set_mesh``), so that ops which
+    need the mesh while tracing find it: the Pallas delta rule wraps its kernels in a
+    ``shard_map`` over batch and heads."""
+    def call(*args):
+        with jax.set_mesh(mesh):
+            return jitted(*args)
+    return call
 
 
 def _on_model(sequence_fn: Callable, graphdef: nnx.GraphDef, sleep: Any, kinds: str) -> Callable:

@@ -194,6 +194,28 @@ def test_sharded_over_batch_and_heads_matches_single_device():
     np.testing.assert_allclose(np.asarray(final_state), np.asarray(final_ref), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit])
+def test_pallas_impl_under_an_ambient_mesh_runs_in_shard_map(axis_type):
+    # The train step traces under jax.set_mesh; gated_delta_rule(impl="pallas") then splits batch
+    # rows over (data, fsdp) and value heads over tensor, and gives the single-device values and
+    # gradients.
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(axis_type,) * 3)
+    q, k, v, g, beta, state = random_inputs(6, B=4, T=20, H=2, K=8, V=8)
+
+    def loss(q, k, v, g, beta, state):
+        o, final_state = gated_delta_rule(q, k, v, g, beta, initial_state=state, impl="pallas",
+                                          chunk_size=16, output_final_state=True)
+        return jnp.sum(o * o) + jnp.sum(final_state), (o, final_state)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5), has_aux=True))
+    want_grads, (want_o, want_state) = grad(q, k, v, g, beta, state)
+    with jax.set_mesh(mesh):
+        assert "shard_map" in str(jax.make_jaxpr(grad)(q, k, v, g, beta, state))
+        got_grads, (got_o, got_state) = grad(q, k, v, g, beta, state)
+    for got, want in zip((got_o, got_state, *got_grads), (want_o, want_state, *want_grads)):
+        assert rel_rms(got, want) <= 1e-6
+
+
 def test_bad_arguments_raise():
     q, k, v, g, beta, state = random_inputs(5, B=1, T=4, H=1, K=8, V=8)
     with pytest.raises(ValueError, match="chunk_size"):

@@ -1,6 +1,10 @@
 """The sharded train step: 8 simulated CPU devices (data 2, fsdp 2, tensor 2) vs one device,
-on the real hybrid model with two sleep passes."""
+on the real hybrid model with two sleep passes (and with the Pallas delta rule, which the step runs
+inside a shard_map)."""
+import dataclasses
+
 import jax
+import pytest
 import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
@@ -32,11 +36,11 @@ def make_batches(steps=2, batch=8):
     return batches
 
 
-def run_steps(mesh, batches):
+def run_steps(mesh, batches, model=MODEL):
     optimizer = make_optimizer(TRAIN)
-    graphdef = nnx.graphdef(HybridModel(MODEL, rngs=nnx.Rngs(0)))
+    graphdef = nnx.graphdef(HybridModel(model, rngs=nnx.Rngs(0)))
     state, shardings = init_train_state(
-        lambda: nnx.split(HybridModel(MODEL, rngs=nnx.Rngs(0)))[1], optimizer, mesh)
+        lambda: nnx.split(HybridModel(model, rngs=nnx.Rngs(0)))[1], optimizer, mesh)
     step = make_train_step(model_loss_fn(graphdef, sleep=SLEEP, kinds=KINDS), optimizer, mesh,
                            shardings)
     losses = []
@@ -46,11 +50,13 @@ def run_steps(mesh, batches):
     return losses, jax.tree.map(np.asarray, state["params"]), state
 
 
-def test_sharded_step_matches_single_device():
+@pytest.mark.parametrize("impl", ["recurrent", "pallas"])
+def test_sharded_step_matches_single_device(impl):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 simulated CPU devices"
+    model = dataclasses.replace(MODEL, delta_rule_impl=impl)
     batches = make_batches()
-    one = run_steps(make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]), batches)
-    many = run_steps(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), batches)
+    one = run_steps(make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]), batches, model)
+    many = run_steps(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), batches, model)
     (one_losses, one_params, _), (many_losses, many_params, state) = one, many
     # The state really is sharded: an MLP weight over fsdp x tensor, its Muon momentum too.
     up = state["params"]["blocks"][0]["mlp"]["w_up"].get_value()
@@ -60,6 +66,6 @@ def test_sharded_step_matches_single_device():
     for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(many_params)):
         assert rel_rms(b, a) <= 1e-5
     # Two steps of Muon/AdamW moved every parameter.
-    init = jax.tree.map(np.asarray, nnx.split(HybridModel(MODEL, rngs=nnx.Rngs(0)))[1])
+    init = jax.tree.map(np.asarray, nnx.split(HybridModel(model, rngs=nnx.Rngs(0)))[1])
     for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(many_params)):
         assert not np.array_equal(a, b)

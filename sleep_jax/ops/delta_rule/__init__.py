@@ -80,9 +80,10 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
                                                   chunk_size=chunk_size)
     elif impl == "pallas":
         # Kernels; on CPU they run in the Pallas interpreter (interpret=True), elsewhere compiled.
-        from sleep_jax.ops.delta_rule.pallas import pallas_gated_delta_rule
-        o, final_state = pallas_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                                                 chunk_size=chunk_size)
+        # Under a multi-device mesh set with jax.set_mesh they run in a shard_map over batch and heads.
+        from sleep_jax.ops.delta_rule.pallas import on_ambient_mesh
+        o, final_state = on_ambient_mesh(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                                         chunk_size=chunk_size)
     else:
         raise AssertionError(f"unhandled impl {impl!r}")  # _check admits only IMPLS
     return o.astype(v.dtype), (final_state if output_final_state else None)
