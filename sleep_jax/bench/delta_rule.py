@@ -5,10 +5,16 @@
         --iters=3                                             # a small shape (CPU)
 
 With --check it times nothing and instead compares pallas against float32 chunked (see `check`).
+Tuning on an accelerator (one JSON line per block-size set, then per kernel):
+    python -m sleep_jax.bench.delta_rule --impls=pallas --sizes=block_v=32 \
+        --sizes=block_v=128,num_warps=8 --per_kernel
 
 Prints one JSON line per (shape, impl): impl, backend, device, dtype, B, T, H, K, V, chunk_size,
 fwd_ms, fwd_bwd_ms (medians), fwd_tflops, fwd_bwd_tflops, and `interpret` (true where the Pallas
-kernels ran in the interpreter: CPU; those times are not kernel performance). `--impls` may include
+kernels ran in the interpreter: CPU; those times are not kernel performance). Pallas rows timed with
+--sizes overrides carry `sizes`; --per_kernel adds rows `kernel` and `ms` for each Pallas kernel
+alone. A configuration that fails (a Triton compile error, say) prints a row with `error` instead
+and the run goes on; the exit status is then 1. `--impls` may include
 `fla` (flash-linear-attention's Triton `chunk_gated_delta_rule` through torch on the GPU); it is
 measured when torch, triton and fla import, and reported as skipped otherwise.
 
@@ -17,6 +23,7 @@ chunked algorithm per chunk of C tokens and head, 2*C^2*(3K + 2V) (k k^T, w, u, 
 plus 6*C*K*V (w S, the state update, q S); forward+backward counts 3x the forward.
 The backward differentiates sum(o * do) + sum(final_state * d_final_state) w.r.t. q, k, v, g, beta.
 """
+import functools
 import json
 import statistics
 import time
@@ -27,6 +34,9 @@ from absl import app, flags
 
 from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule
+from sleep_jax.ops.delta_rule.pallas import backward, forward
+from sleep_jax.ops.delta_rule.pallas.api import kernel_inputs, pallas_gated_delta_rule
+from sleep_jax.ops.delta_rule.pallas.block_sizes import block_sizes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shapes", ["8x4096", "1x32768"], "BxT pairs.")
@@ -42,6 +52,24 @@ flags.DEFINE_bool("check", False, "Instead of timing: compare `pallas` in --dtyp
                   "in float32 (outputs, final state, all gradients) at each shape; exit 1 if any "
                   "relative RMS exceeds --check_tol.")
 flags.DEFINE_float("check_tol", 1e-2, "Largest relative RMS that --check accepts.")
+flags.DEFINE_multi_string("sizes", [], "Pallas block-size overrides to time, one set per flag, e.g. "
+                          "'block_v=32,num_warps=8' (keys of pallas.block_sizes). Each set adds a "
+                          "pallas row after the impls' rows.")
+flags.DEFINE_bool("per_kernel", False, "Also time each Pallas kernel alone (wy_prep, recurrence, "
+                  "output, reverse_recurrence, chunk_gradients) with the default block sizes and "
+                  "with each --sizes set.")
+
+
+def parse_sizes(text):
+    """'block_v=32,num_warps=8' -> {"block_v": 32, "num_warps": 8} (integers where they parse)."""
+    sizes = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--sizes: {item!r} is not key=value (in {text!r})")
+        value = value.strip()
+        sizes[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
+    return sizes
 
 
 def nominal_flops(B, T, H, K, V, chunk):
@@ -77,10 +105,17 @@ def median_ms(fn, args, warmup, iters):
     return statistics.median(times)
 
 
-def time_jax(impl, inputs, do, d_final, chunk, warmup, iters):
+def time_jax(impl, inputs, do, d_final, chunk, warmup, iters, sizes=None):
+    """(forward ms, forward+backward ms) of `gated_delta_rule(impl=...)`; with `sizes`, of the
+    Pallas kernels with those block-size overrides (initial state zero, scale K^-0.5, as there)."""
     def forward(q, k, v, g, beta):
-        return gated_delta_rule(q, k, v, g, beta, output_final_state=True, impl=impl,
-                                chunk_size=chunk)
+        if sizes is None:
+            return gated_delta_rule(q, k, v, g, beta, output_final_state=True, impl=impl,
+                                    chunk_size=chunk)
+        B, _, H, K = q.shape
+        state = jnp.zeros((B, H, K, v.shape[-1]), jnp.float32)
+        return pallas_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=state,
+                                       chunk_size=chunk, sizes=sizes)
 
     def loss(q, k, v, g, beta):
         o, final_state = forward(q, k, v, g, beta)
@@ -89,6 +124,31 @@ def time_jax(impl, inputs, do, d_final, chunk, warmup, iters):
     fwd = jax.jit(forward)
     fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
     return median_ms(fwd, inputs, warmup, iters), median_ms(fwd_bwd, inputs, warmup, iters)
+
+
+def time_kernels(inputs, do, chunk, warmup, iters, sizes=None):
+    """{kernel name: median ms} of each Pallas kernel alone, on kernel-layout inputs (initial
+    state zero, scale K^-0.5), the backward kernels on d_o = `do`."""
+    B, _, H, K = inputs[0].shape
+    zero_state = jnp.zeros((B, H, K, inputs[2].shape[-1]), jnp.float32)
+    layout = functools.partial(kernel_inputs, initial_state=zero_state, scale=K ** -0.5,
+                               chunk_size=chunk, sizes=sizes)
+    (q, k, v, gc, beta, state), cfg = layout(*inputs)
+    d_o = layout(inputs[0], inputs[1], do, *inputs[3:])[0][2]
+    kernels = {
+        "wy_prep": jax.jit(lambda *a: forward.wy_prep(*a, cfg)),
+        "recurrence": jax.jit(lambda *a: forward.recurrence(*a, cfg)),
+        "output": jax.jit(lambda *a: forward.output(*a, v.dtype, cfg)),
+        "reverse_recurrence": jax.jit(lambda *a: backward.reverse_recurrence(*a, cfg)),
+        "chunk_gradients": jax.jit(lambda *a: backward.chunk_gradients(*a, cfg)),
+    }
+    w, u = kernels["wy_prep"](k, v, beta, gc)
+    h, v_new, _ = kernels["recurrence"](w, u, k, gc, state)
+    dh, d_v_new, _ = kernels["reverse_recurrence"](q, k, w, d_o, gc, state)
+    arguments = {"wy_prep": (k, v, beta, gc), "recurrence": (w, u, k, gc, state),
+                 "output": (q, k, v_new, h, gc), "reverse_recurrence": (q, k, w, d_o, gc, state),
+                 "chunk_gradients": (q, k, v, beta, gc, h, dh, v_new, d_v_new, d_o)}
+    return {name: median_ms(fn, arguments[name], warmup, iters) for name, fn in kernels.items()}
 
 
 def time_fla(inputs, do, d_final):
@@ -147,42 +207,84 @@ def check(inputs, do, d_final, chunk):
     return {name: rel_rms(a, b) for name, a, b in zip(names, got, want)}
 
 
+def _significant(x):
+    return float(f"{x:.4g}")
+
+
+def _error(exc):
+    """A failed configuration's message, first line, for its JSON row."""
+    lines = str(exc).strip().splitlines() or [""]
+    return f"{type(exc).__name__}: {lines[0][:300]}"
+
+
 def main(argv):
     del argv
     backend = jax.default_backend()
     device = jax.devices()[0].device_kind
     dtype = jnp.dtype(FLAGS.dtype)
     H, K, V, C = FLAGS.heads, FLAGS.head_dim_k, FLAGS.head_dim_v, FLAGS.chunk_size
+    size_sets = [parse_sizes(text) for text in FLAGS.sizes]
+    known = block_sizes(backend)
+    for sizes in size_sets:
+        if set(sizes) - set(known):
+            raise app.UsageError(f"--sizes: unknown keys {sorted(set(sizes) - set(known))} for "
+                                 f"backend {backend!r}; known: {sorted(known)}")
     failed = False
+
+    def emit(row):
+        print(json.dumps(row), flush=True)
+
     for shape in FLAGS.shapes:
         B, T = (int(x) for x in shape.lower().split("x"))
         inputs, do, d_final = make_inputs(B, T, H, K, V, dtype)
         flops = nominal_flops(B, T, H, K, V, C)
+        common = dict(backend=backend, device=device, dtype=dtype.name, B=B, T=T, H=H, K=K, V=V,
+                      chunk_size=C)
         if FLAGS.check:
-            errors = check(inputs, do, d_final, C)
+            row = dict(check="pallas_vs_chunked_float32", **common, tol=FLAGS.check_tol)
+            try:
+                errors = check(inputs, do, d_final, C)
+            except Exception as exc:  # noqa: BLE001 -- reported as a row; the run goes on
+                emit({**row, "passed": False, "error": _error(exc)})
+                failed = True
+                continue
             ok = all(e <= FLAGS.check_tol for e in errors.values())
-            print(json.dumps(dict(check="pallas_vs_chunked_float32", backend=backend, device=device,
-                                  dtype=dtype.name, B=B, T=T, H=H, K=K, V=V, chunk_size=C,
-                                  tol=FLAGS.check_tol, passed=ok, rel_rms=errors)), flush=True)
+            emit({**row, "passed": ok, "rel_rms": errors})
             failed = failed or not ok
             continue
-        for impl in FLAGS.impls:
-            row = dict(impl=impl, backend=backend, device=device, dtype=dtype.name, B=B, T=T, H=H,
-                       K=K, V=V, chunk_size=C, interpret=(impl == "pallas" and backend == "cpu"))
-            if impl == "fla":
-                times = time_fla(inputs, do, d_final)
-                if times is None:
-                    print(json.dumps({**row, "skipped": "torch/triton/fla or CUDA not available"}),
-                          flush=True)
-                    continue
-            else:
-                times = time_jax(impl, inputs, do, d_final, C, FLAGS.warmup, FLAGS.iters)
+        runs = [(impl, None) for impl in FLAGS.impls] + [("pallas", sizes) for sizes in size_sets]
+        for impl, sizes in runs:
+            row = dict(impl=impl, **common, interpret=(impl == "pallas" and backend == "cpu"))
+            if sizes is not None:
+                row["sizes"] = sizes
+            try:
+                if impl == "fla":
+                    times = time_fla(inputs, do, d_final)
+                    if times is None:
+                        emit({**row, "skipped": "torch/triton/fla or CUDA not available"})
+                        continue
+                else:
+                    times = time_jax(impl, inputs, do, d_final, C, FLAGS.warmup, FLAGS.iters, sizes)
+            except Exception as exc:  # noqa: BLE001
+                emit({**row, "error": _error(exc)})
+                failed = True
+                continue
             fwd_ms, fwd_bwd_ms = times
-            significant = lambda x: float(f"{x:.4g}")
-            row.update(fwd_ms=significant(fwd_ms), fwd_bwd_ms=significant(fwd_bwd_ms),
-                       fwd_tflops=significant(flops / fwd_ms / 1e9),
-                       fwd_bwd_tflops=significant(3 * flops / fwd_bwd_ms / 1e9))
-            print(json.dumps(row), flush=True)
+            emit({**row, "fwd_ms": _significant(fwd_ms), "fwd_bwd_ms": _significant(fwd_bwd_ms),
+                  "fwd_tflops": _significant(flops / fwd_ms / 1e9),
+                  "fwd_bwd_tflops": _significant(3 * flops / fwd_bwd_ms / 1e9)})
+        if FLAGS.per_kernel:
+            for sizes in [None, *size_sets]:
+                row = dict(impl="pallas", **common, interpret=backend == "cpu",
+                           **({} if sizes is None else {"sizes": sizes}))
+                try:
+                    times = time_kernels(inputs, do, C, FLAGS.warmup, FLAGS.iters, sizes)
+                except Exception as exc:  # noqa: BLE001
+                    emit({**row, "kernel": "all", "error": _error(exc)})
+                    failed = True
+                    continue
+                for kernel, ms in times.items():
+                    emit({**row, "kernel": kernel, "ms": _significant(ms)})
     if failed:
         raise SystemExit(1)
 

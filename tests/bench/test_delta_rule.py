@@ -1,7 +1,8 @@
 """The delta-rule benchmark at a tiny shape on CPU: one JSON line per impl, and the check mode."""
 import json
 
-from absl import flags
+import pytest
+from absl import app, flags
 
 from sleep_jax.bench import delta_rule
 
@@ -32,3 +33,32 @@ def test_check_mode_passes(capsys):
     assert row["passed"] is True
     assert set(row["rel_rms"]) == {"o", "final_state", "d_q", "d_k", "d_v", "d_g", "d_beta"}
     assert max(row["rel_rms"].values()) <= 1e-2
+
+
+def test_sizes_rows_and_per_kernel_rows(capsys):
+    rows = run_main(capsys, "--impls=pallas", "--sizes=block_v=8", "--per_kernel")
+    timed = [r for r in rows if "kernel" not in r]
+    assert [r.get("sizes") for r in timed] == [None, {"block_v": 8}]
+    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in timed)
+    kernels = ["wy_prep", "recurrence", "output", "reverse_recurrence", "chunk_gradients"]
+    per_kernel = [r for r in rows if "kernel" in r]
+    assert [r["kernel"] for r in per_kernel] == kernels * 2
+    assert [r.get("sizes") for r in per_kernel] == [None] * 5 + [{"block_v": 8}] * 5
+    assert all(r["ms"] > 0 for r in per_kernel)
+
+
+def test_failing_configuration_is_a_row_and_the_run_goes_on(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(capsys, "--impls=pallas", "--sizes=recurrence=spiral", "--sizes=block_v=8")
+    assert exit_info.value.code == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r.get("sizes") for r in rows] == [None, {"recurrence": "spiral"}, {"block_v": 8}]
+    assert "recurrence" in rows[1]["error"] and "fwd_ms" in rows[2]
+
+
+def test_sizes_flag_errors_name_the_key(capsys):
+    with pytest.raises(app.UsageError, match="num_warps"):
+        run_main(capsys, "--sizes=num_warps=8")  # a GPU-only key on the CPU
+    with pytest.raises(ValueError, match="'block_v'"):
+        delta_rule.parse_sizes("block_v")
+    assert delta_rule.parse_sizes("block_v=32,layout=heads_first") == {"block_v": 32, "layout": "heads_first"}

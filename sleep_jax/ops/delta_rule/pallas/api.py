@@ -80,9 +80,28 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
       (o [B, T, HV, V] in v's dtype, final state [B, HV, K, V] float32). q, k, v are promoted to
       one dtype, which is also the dtype of the kernels' matmul operands.
     """
+    B, T, HV, K = q.shape
+    V = v.shape[-1]
+    args, cfg = kernel_inputs(q, k, v, g, beta, initial_state, scale=scale, chunk_size=chunk_size,
+                              interpret=interpret, backend=backend, sizes=sizes)
+    o, final_state = chunked_kernels(*args, cfg)
+    _, kp, vp = final_state.shape
+    if cfg.layout == "heads_first":  # [B*HV, Tp, V'] -> [B, Tp, HV, V']
+        o = jnp.swapaxes(o.reshape(B, HV, -1, vp), 1, 2)
+    o = o[:, :T, :, :V]
+    final_state = final_state.reshape(B, HV, kp, vp)[:, :, :K, :V]
+    return o.astype(v.dtype), final_state
+
+
+def kernel_inputs(q, k, v, g, beta, initial_state, *, scale, chunk_size=64, interpret=None,
+                  backend=None, sizes=None):
+    """The arguments of `chunked_kernels` (padded, in the backend's layout; see `launch.py`) and
+    its KernelConfig, from the arguments of `pallas_gated_delta_rule`.
+
+    Returns ((q, k, v, gc, beta, initial_state) in the kernel layout, KernelConfig).
+    """
     if chunk_size not in (16, 32, 64):
         raise ValueError(f"pallas gated delta rule: `chunk_size`={chunk_size} must be 16, 32 or 64")
-    out_dtype = v.dtype
     q, k, v = (x.astype(jnp.result_type(q, k, v)) for x in (q, k, v))
     backend = _backend(backend or jax.default_backend())
     if interpret is None:
@@ -125,11 +144,6 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
     gc = jnp.cumsum(g.reshape(B, tp // c, c, HV), axis=2).reshape(B, tp, HV, 1)
     beta = beta.astype(jnp.float32)[..., None]
     state = jnp.pad(initial_state.astype(jnp.float32), ((0, 0), (0, 0), (0, kp - K), (0, vp - V)))
-    o, final_state = chunked_kernels(
-        per_token(q, kp), per_token(k, kp), per_token(v, vp), per_token(gc, 1), per_token(beta, 1),
-        state.reshape(B * HV, kp, vp), cfg)
-    if heads_first:
-        o = jnp.swapaxes(o.reshape(B, HV, tp, vp), 1, 2)
-    o = o[:, :T, :, :V]
-    final_state = final_state.reshape(B, HV, kp, vp)[:, :, :K, :V]
-    return o.astype(out_dtype), final_state
+    args = (per_token(q, kp), per_token(k, kp), per_token(v, vp), per_token(gc, 1), per_token(beta, 1),
+            state.reshape(B * HV, kp, vp))
+    return args, cfg
