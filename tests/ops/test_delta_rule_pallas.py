@@ -138,6 +138,26 @@ def test_matches_recurrent_ragged_length_and_v_tiles(sizes):
         assert rel_rms(a, b) <= 1e-4, name
 
 
+@pytest.mark.parametrize("K, V, dtype, tol", [(128, 128, jnp.float32, 1e-5),
+                                               (256, 256, jnp.float32, 1e-5),
+                                               (128, 128, jnp.bfloat16, 2e-2)],
+                         ids=["k128_f32", "k256_f32", "k128_bf16"])
+def test_gpu_block_sizes_at_model_head_sizes(K, V, dtype, tol):
+    # The GPU entry of block_sizes as the GPU runs it (chunk 64, V in tiles of 64, bf16 inverse
+    # at "high"), interpreted, at the head sizes the models use; T = 130 ends in a partial chunk.
+    inputs = random_inputs(4, B=1, T=130, H=1, K=K, V=V, dtype=dtype)
+
+    def gpu_kernels(q, k, v, g, beta, state):
+        return pallas_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=state,
+                                       backend="gpu", interpret=True)
+    got = loss_and_grads(gpu_kernels, inputs)
+    want = loss_and_grads(recurrent, inputs)
+    assert rel_rms(got[0], want[0]) <= tol
+    assert rel_rms(got[1], want[1]) <= tol
+    for name, a, b in zip(INPUTS, got[2], want[2]):
+        assert rel_rms(a, b) <= (1e-4 if dtype == jnp.float32 else tol), name
+
+
 def test_grouped_value_heads_and_chunk_32():
     # One key head shared by three value heads; T = 45 spans two chunks of 32.
     q, k, v, g, beta, state = random_inputs(1, B=1, T=45, H=3, K=8, V=16)
