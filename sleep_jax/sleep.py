@@ -25,8 +25,8 @@ Remat (`jax.checkpoint`, policy `nothing_saveable` at the chosen boundary):
 - "window": each window is rematerialised, so only window-entry carries are kept across windows
   (one window's N passes are recomputed with all their activations during its backward);
 - "sqrt": the (window, pass) steps of a run of n consolidation windows run as an outer scan of
-  ~sqrt(n N) rematerialised groups of rematerialised passes: O(sqrt(n N)) carries for deep sleeps,
-  at about one more forward of recomputation.
+  rematerialised groups of ~sqrt(n N) rematerialised passes (`sqrt_group`): O(sqrt(n N)) carries
+  for deep sleeps, at about one more forward of recomputation.
 """
 import dataclasses
 import math
@@ -106,11 +106,20 @@ def _checkpoint(fn, *, prevent_cse: bool = False):
     return jax.checkpoint(fn, policy=REMAT_POLICY, prevent_cse=prevent_cse)
 
 
+def sqrt_group(total: int) -> int:
+    """Steps per checkpointed group of `scan_steps(sqrt_groups=True)`: the divisor of `total`
+    nearest sqrt(total), so the groups tile the steps with no remainder scan
+    (a separate remainder scan cost up to ~20 carries of memory at small totals). A prime total
+    gives groups of one step, i.e. per-pass remat."""
+    divisors = [d for d in range(1, total + 1) if total % d == 0]
+    return min(divisors, key=lambda d: abs(d - math.sqrt(total)))
+
+
 def scan_steps(step, carry, indices, *, sqrt_groups: bool = False):
     """Run carry = step(carry, i) for i in indices [S] as one `lax.scan` (never unrolled).
 
-    sqrt_groups: an outer scan over ~sqrt(S) checkpointed groups of steps, plus the remainder, so
-    the backward pass keeps O(sqrt(S)) carries (when `step` is itself checkpointed).
+    sqrt_groups: an outer scan over S / g checkpointed groups of g = `sqrt_group(S)` steps, so the
+    backward pass keeps O(sqrt(S)) carries (when `step` is itself checkpointed).
     """
     def body(carry, index):
         return step(carry, index), None
@@ -118,16 +127,13 @@ def scan_steps(step, carry, indices, *, sqrt_groups: bool = False):
     if not sqrt_groups:
         return jax.lax.scan(body, carry, indices)[0]
     total = indices.shape[0]
-    group = math.ceil(math.sqrt(total))
-    outer = total // group
+    group = sqrt_group(total)
 
     def group_body(carry, group_indices):
         return jax.lax.scan(body, carry, group_indices)[0], None
 
-    carry = jax.lax.scan(_checkpoint(group_body, prevent_cse=True), carry, indices[:outer * group].reshape(outer, group))[0]
-    if outer * group < total:
-        carry = jax.lax.scan(body, carry, indices[outer * group:])[0]
-    return carry
+    groups = indices.reshape(total // group, group)
+    return jax.lax.scan(_checkpoint(group_body, prevent_cse=True), carry, groups)[0]
 
 
 # ---- windows -------------------------------------------------------------------------------
@@ -185,7 +191,7 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
 
     The n x N (window, pass) steps are one flat `lax.scan`, so with remat "pass" each step keeps
     exactly its carry for the backward pass (no per-window copies of stacked residuals); "sqrt"
-    splits that scan into ~sqrt(n N) checkpointed groups of checkpointed passes (O(sqrt(n N))
+    splits that scan into checkpointed groups of ~sqrt(n N) checkpointed passes (O(sqrt(n N))
     carries; with a coda, each group also keeps the [n, B, L, D] buffer of final-pass outputs);
     "window" nests a scan over passes inside a checkpointed scan over windows.
 

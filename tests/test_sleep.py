@@ -8,7 +8,7 @@ from flax import nnx
 
 from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.sleep import (SleepConfig, consolidate, initial_past, kinds_from_mask, predict, scan_steps,
-                             sequence_logits, sequence_loss, sequence_predictions, window_runs)
+                             sequence_logits, sequence_loss, sequence_predictions, sqrt_group, window_runs)
 
 WINDOW = 4
 
@@ -141,7 +141,7 @@ def test_sqrt_remat_nests_a_scan_and_keeps_every_pass():
     def one_pass(carry, index):
         return carry * 1.5 + 1.0
 
-    for passes in (1, 4, 5, 10):
+    for passes in (1, 4, 5, 10, 12):
         out = scan_steps(one_pass, jnp.float32(0.0), jnp.arange(passes), sqrt_groups=True)
         expected = 0.0
         for _ in range(passes):
@@ -149,9 +149,11 @@ def test_sqrt_remat_nests_a_scan_and_keeps_every_pass():
         seen.append((float(out), expected))
     for got, expected in seen:
         assert got == pytest.approx(expected)
-    jaxpr = jax.make_jaxpr(lambda c: scan_steps(one_pass, c, jnp.arange(10), sqrt_groups=True))(jnp.float32(0.0))
+    # Groups tile the steps: the divisor nearest sqrt(S); a prime S gives groups of one.
+    assert [sqrt_group(s) for s in (1, 3, 4, 6, 10, 12, 24, 96, 7)] == [1, 1, 2, 2, 2, 3, 4, 8, 1]
+    jaxpr = jax.make_jaxpr(lambda c: scan_steps(one_pass, c, jnp.arange(12), sqrt_groups=True))(jnp.float32(0.0))
     lengths = sorted(eqn.params["length"] for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == "scan")
-    assert lengths == [2, 2, 4]  # an outer scan of 2 groups of 4 passes, then the 2 remaining passes
+    assert lengths == [3, 4]  # an outer scan of 4 checkpointed groups of 3 passes, no remainder
 
 
 def _all_eqns(jaxpr):
