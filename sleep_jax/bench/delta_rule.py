@@ -5,6 +5,8 @@
         --iters=3                                             # a small shape (CPU)
 
 With --check it times nothing and instead compares pallas against float32 chunked (see `check`).
+With --resources it runs nothing: it compiles the GPU kernels for sm_--arch with Triton, no GPU
+needed, and prints registers, spills and shared memory per kernel (see `kernel_resources.py`).
 Tuning on an accelerator (one JSON line per block-size set, then per kernel):
     python -m sleep_jax.bench.delta_rule --impls=pallas --sizes=block_v=32 \
         --sizes=block_v=128,num_warps=8 --per_kernel
@@ -32,11 +34,12 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from sleep_jax.bench.kernel_resources import kernel_resources
 from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule
 from sleep_jax.ops.delta_rule.pallas import backward, forward
 from sleep_jax.ops.delta_rule.pallas.api import kernel_inputs, pallas_gated_delta_rule
-from sleep_jax.ops.delta_rule.pallas.block_sizes import block_sizes
+from sleep_jax.ops.delta_rule.pallas.block_sizes import block_sizes, parse_overrides
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shapes", ["8x4096", "1x32768"], "BxT pairs.")
@@ -55,21 +58,14 @@ flags.DEFINE_float("check_tol", 1e-2, "Largest relative RMS that --check accepts
 flags.DEFINE_multi_string("sizes", [], "Pallas block-size overrides to time, one set per flag, e.g. "
                           "'block_v=32,num_warps=8' (keys of pallas.block_sizes). Each set adds a "
                           "pallas row after the impls' rows.")
+flags.DEFINE_bool("resources", False, "Instead of timing: compile the Pallas kernels for an NVIDIA GPU "
+                  "(sm_--arch) with the `triton` package, no GPU needed, and print each kernel's "
+                  "registers, spills and shared memory, for the GPU defaults and each --sizes set; "
+                  "exit 1 if one fails to compile or needs too much shared memory.")
+flags.DEFINE_integer("arch", 90, "--resources: compute capability (90: H100, H200).")
 flags.DEFINE_bool("per_kernel", False, "Also time each Pallas kernel alone (wy_prep, recurrence, "
                   "output, reverse_recurrence, chunk_gradients) with the default block sizes and "
                   "with each --sizes set.")
-
-
-def parse_sizes(text):
-    """'block_v=32,num_warps=8' -> {"block_v": 32, "num_warps": 8} (integers where they parse)."""
-    sizes = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--sizes: {item!r} is not key=value (in {text!r})")
-        value = value.strip()
-        sizes[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
-    return sizes
 
 
 def nominal_flops(B, T, H, K, V, chunk):
@@ -223,12 +219,13 @@ def main(argv):
     device = jax.devices()[0].device_kind
     dtype = jnp.dtype(FLAGS.dtype)
     H, K, V, C = FLAGS.heads, FLAGS.head_dim_k, FLAGS.head_dim_v, FLAGS.chunk_size
-    size_sets = [parse_sizes(text) for text in FLAGS.sizes]
-    known = block_sizes(backend)
+    size_sets = [parse_overrides(text) for text in FLAGS.sizes]
+    sizes_backend = "gpu" if FLAGS.resources else backend
+    known = block_sizes(sizes_backend)
     for sizes in size_sets:
         if set(sizes) - set(known):
             raise app.UsageError(f"--sizes: unknown keys {sorted(set(sizes) - set(known))} for "
-                                 f"backend {backend!r}; known: {sorted(known)}")
+                                 f"backend {sizes_backend!r}; known: {sorted(known)}")
     failed = False
 
     def emit(row):
@@ -236,10 +233,17 @@ def main(argv):
 
     for shape in FLAGS.shapes:
         B, T = (int(x) for x in shape.lower().split("x"))
-        inputs, do, d_final = make_inputs(B, T, H, K, V, dtype)
-        flops = nominal_flops(B, T, H, K, V, C)
         common = dict(backend=backend, device=device, dtype=dtype.name, B=B, T=T, H=H, K=K, V=V,
                       chunk_size=C)
+        if FLAGS.resources:
+            for sizes in [None, *size_sets]:
+                for row in kernel_resources(B, T, H, K, V, dtype, sizes, chunk_size=C, arch=FLAGS.arch):
+                    emit({**common, "backend": "gpu", "device": f"sm_{FLAGS.arch} (compiled only)",
+                          **({} if sizes is None else {"sizes": sizes}), **row})
+                    failed = failed or "error" in row
+            continue
+        inputs, do, d_final = make_inputs(B, T, H, K, V, dtype)
+        flops = nominal_flops(B, T, H, K, V, C)
         if FLAGS.check:
             row = dict(check="pallas_vs_chunked_float32", **common, tol=FLAGS.check_tol)
             try:

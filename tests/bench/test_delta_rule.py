@@ -5,6 +5,7 @@ import pytest
 from absl import app, flags
 
 from sleep_jax.bench import delta_rule
+from sleep_jax.ops.delta_rule.pallas.block_sizes import parse_overrides
 
 
 def run_main(capsys, *args):
@@ -60,5 +61,13 @@ def test_sizes_flag_errors_name_the_key(capsys):
     with pytest.raises(app.UsageError, match="num_warps"):
         run_main(capsys, "--sizes=num_warps=8")  # a GPU-only key on the CPU
     with pytest.raises(ValueError, match="'block_v'"):
-        delta_rule.parse_sizes("block_v")
-    assert delta_rule.parse_sizes("block_v=32,layout=heads_first") == {"block_v": 32, "layout": "heads_first"}
+        parse_overrides("block_v")
+    assert parse_overrides("block_v=32,layout=heads_first") == {"block_v": 32, "layout": "heads_first"}
+
+
+def test_resources_mode_compiles_each_kernel_once_per_size_set(capsys):
+    rows = run_main(capsys, "--resources", "--sizes=num_warps=8")  # a GPU key is fine here
+    assert len(rows) == 10 and all("error" not in r for r in rows)
+    assert [r.get("sizes") for r in rows] == [None] * 5 + [{"num_warps": 8}] * 5
+    assert [r["num_warps"] for r in rows] == [4] * 5 + [8] * 5
+    assert all(r["device"] == "sm_90 (compiled only)" and r["registers"] > 0 for r in rows)

@@ -41,3 +41,15 @@ def block_sizes(backend: str) -> dict:
         raise ValueError(f"delta-rule pallas: no block sizes for backend {backend!r}; "
                          f"known: {sorted(BLOCK_SIZES)}")
     return dict(BLOCK_SIZES[backend])
+
+
+def parse_overrides(text: str) -> dict:
+    """'block_v=32,num_warps=8' -> {"block_v": 32, "num_warps": 8} (integers where they parse)."""
+    sizes = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"block-size overrides: {item!r} is not key=value (in {text!r})")
+        value = value.strip()
+        sizes[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
+    return sizes
