@@ -7,6 +7,8 @@
 With --check it times nothing and instead compares pallas against float32 chunked (see `check`).
 With --resources it runs nothing: it compiles the GPU kernels for sm_--arch with Triton, no GPU
 needed, and prints registers, spills and shared memory per kernel (see `kernel_resources.py`).
+With --tpu_compile=v5e:2x2 it compiles forward and forward+backward for that TPU with the TPU
+compiler, no TPU needed (libtpu; see `tpu_compile.py`).
 Tuning on an accelerator (one JSON line per block-size set, then per kernel):
     python -m sleep_jax.bench.delta_rule --impls=pallas --sizes=block_v=32 \
         --sizes=block_v=128,num_warps=8 --per_kernel
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from sleep_jax.bench.kernel_resources import kernel_resources
+from sleep_jax.bench.tpu_compile import tpu_compile
 from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule
 from sleep_jax.ops.delta_rule.pallas import backward, forward
@@ -63,6 +66,9 @@ flags.DEFINE_bool("resources", False, "Instead of timing: compile the Pallas ker
                   "registers, spills and shared memory, for the GPU defaults and each --sizes set; "
                   "exit 1 if one fails to compile or needs too much shared memory.")
 flags.DEFINE_integer("arch", 90, "--resources: compute capability (90: H100, H200).")
+flags.DEFINE_string("tpu_compile", "", "Instead of timing: compile forward and forward+backward for "
+                    "this compile-only TPU topology (e.g. v5e:2x2, v6e:2x2, v4:2x2x1; needs "
+                    "libtpu), for the TPU defaults and each --sizes set; exit 1 if one fails.")
 flags.DEFINE_bool("per_kernel", False, "Also time each Pallas kernel alone (wy_prep, recurrence, "
                   "output, reverse_recurrence, chunk_gradients) with the default block sizes and "
                   "with each --sizes set.")
@@ -220,7 +226,7 @@ def main(argv):
     dtype = jnp.dtype(FLAGS.dtype)
     H, K, V, C = FLAGS.heads, FLAGS.head_dim_k, FLAGS.head_dim_v, FLAGS.chunk_size
     size_sets = [parse_overrides(text) for text in FLAGS.sizes]
-    sizes_backend = "gpu" if FLAGS.resources else backend
+    sizes_backend = "gpu" if FLAGS.resources else "tpu" if FLAGS.tpu_compile else backend
     known = block_sizes(sizes_backend)
     for sizes in size_sets:
         if set(sizes) - set(known):
@@ -241,6 +247,13 @@ def main(argv):
                     emit({**common, "backend": "gpu", "device": f"sm_{FLAGS.arch} (compiled only)",
                           **({} if sizes is None else {"sizes": sizes}), **row})
                     failed = failed or "error" in row
+            continue
+        if FLAGS.tpu_compile:
+            for sizes in [None, *size_sets]:
+                for row in tpu_compile(FLAGS.tpu_compile, B, T, H, K, V, dtype, sizes, chunk_size=C):
+                    emit({**common, "backend": "tpu", "device": f"{FLAGS.tpu_compile} (compiled only)",
+                          **({} if sizes is None else {"sizes": sizes}), **row})
+                    failed = failed or not row["compiled"]
             continue
         inputs, do, d_final = make_inputs(B, T, H, K, V, dtype)
         flops = nominal_flops(B, T, H, K, V, C)
