@@ -21,7 +21,9 @@ Keys of each entry:
   num_warps, num_stages   Triton launch settings (GPU only).
 
 Nothing here was tuned on hardware: the GPU and TPU entries are starting points for the session
-that first measures them (see `sleep_jax/bench/gpu_check.sh`).
+that first measures them (see `sleep_jax/bench/gpu_check.sh`). Both compile without the hardware:
+`python -m sleep_jax.bench.delta_rule --resources` (GPU registers, spills, shared memory per
+kernel) and `--tpu_compile=v5e:2x2` (the TPU compiler); CI runs both at the anchor head size.
 """
 BLOCK_SIZES = {
     "gpu": {"block_v": 64, "recurrence": "loop", "layout": "tokens_first", "pad_pow2": True,
