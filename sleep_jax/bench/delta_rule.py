@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from sleep_jax.bench.kernel_resources import kernel_resources
+from sleep_jax.bench.programs import failure
 from sleep_jax.bench.tpu_compile import tpu_compile
 from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule
@@ -213,10 +214,9 @@ def _significant(x):
     return float(f"{x:.4g}")
 
 
-def _error(exc):
-    """A failed configuration's message, first line, for its JSON row."""
-    lines = str(exc).strip().splitlines() or [""]
-    return f"{type(exc).__name__}: {lines[0][:300]}"
+def _sized(sizes):
+    """The `sizes` field of a row timed or compiled with block-size overrides (none: defaults)."""
+    return {} if sizes is None else {"sizes": sizes}
 
 
 def main(argv):
@@ -241,19 +241,16 @@ def main(argv):
         B, T = (int(x) for x in shape.lower().split("x"))
         common = dict(backend=backend, device=device, dtype=dtype.name, B=B, T=T, H=H, K=K, V=V,
                       chunk_size=C)
-        if FLAGS.resources:
+        if FLAGS.resources or FLAGS.tpu_compile:  # compile only, for sizes_backend
+            target = f"sm_{FLAGS.arch}" if FLAGS.resources else FLAGS.tpu_compile
             for sizes in [None, *size_sets]:
-                for row in kernel_resources(B, T, H, K, V, dtype, sizes, chunk_size=C, arch=FLAGS.arch):
-                    emit({**common, "backend": "gpu", "device": f"sm_{FLAGS.arch} (compiled only)",
-                          **({} if sizes is None else {"sizes": sizes}), **row})
+                rows = (kernel_resources(B, T, H, K, V, dtype, sizes, chunk_size=C, arch=FLAGS.arch)
+                        if FLAGS.resources else
+                        tpu_compile(FLAGS.tpu_compile, B, T, H, K, V, dtype, sizes, chunk_size=C))
+                for row in rows:
+                    emit({**common, "backend": sizes_backend, "device": f"{target} (compiled only)",
+                          **_sized(sizes), **row})
                     failed = failed or "error" in row
-            continue
-        if FLAGS.tpu_compile:
-            for sizes in [None, *size_sets]:
-                for row in tpu_compile(FLAGS.tpu_compile, B, T, H, K, V, dtype, sizes, chunk_size=C):
-                    emit({**common, "backend": "tpu", "device": f"{FLAGS.tpu_compile} (compiled only)",
-                          **({} if sizes is None else {"sizes": sizes}), **row})
-                    failed = failed or not row["compiled"]
             continue
         inputs, do, d_final = make_inputs(B, T, H, K, V, dtype)
         flops = nominal_flops(B, T, H, K, V, C)
@@ -262,7 +259,7 @@ def main(argv):
             try:
                 errors = check(inputs, do, d_final, C)
             except Exception as exc:  # noqa: BLE001 -- reported as a row; the run goes on
-                emit({**row, "passed": False, "error": _error(exc)})
+                emit({**row, "passed": False, "error": failure(exc)})
                 failed = True
                 continue
             ok = all(e <= FLAGS.check_tol for e in errors.values())
@@ -271,9 +268,8 @@ def main(argv):
             continue
         runs = [(impl, None) for impl in FLAGS.impls] + [("pallas", sizes) for sizes in size_sets]
         for impl, sizes in runs:
-            row = dict(impl=impl, **common, interpret=(impl == "pallas" and backend == "cpu"))
-            if sizes is not None:
-                row["sizes"] = sizes
+            row = dict(impl=impl, **common, interpret=(impl == "pallas" and backend == "cpu"),
+                       **_sized(sizes))
             try:
                 if impl == "fla":
                     times = time_fla(inputs, do, d_final)
@@ -283,7 +279,7 @@ def main(argv):
                 else:
                     times = time_jax(impl, inputs, do, d_final, C, FLAGS.warmup, FLAGS.iters, sizes)
             except Exception as exc:  # noqa: BLE001
-                emit({**row, "error": _error(exc)})
+                emit({**row, "error": failure(exc)})
                 failed = True
                 continue
             fwd_ms, fwd_bwd_ms = times
@@ -292,12 +288,11 @@ def main(argv):
                   "fwd_bwd_tflops": _significant(3 * flops / fwd_bwd_ms / 1e9)})
         if FLAGS.per_kernel:
             for sizes in [None, *size_sets]:
-                row = dict(impl="pallas", **common, interpret=backend == "cpu",
-                           **({} if sizes is None else {"sizes": sizes}))
+                row = dict(impl="pallas", **common, interpret=backend == "cpu", **_sized(sizes))
                 try:
                     times = time_kernels(inputs, do, C, FLAGS.warmup, FLAGS.iters, sizes)
                 except Exception as exc:  # noqa: BLE001
-                    emit({**row, "kernel": "all", "error": _error(exc)})
+                    emit({**row, "kernel": "all", "error": failure(exc)})
                     failed = True
                     continue
                 for kernel, ms in times.items():

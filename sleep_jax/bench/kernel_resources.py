@@ -16,12 +16,11 @@ import subprocess
 import tempfile
 
 import jax
-import jax.numpy as jnp
-from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
+from jax.sharding import use_abstract_mesh
 from jaxlib.mlir import ir
 from jaxlib.triton import dialect as tt_dialect
 
-from sleep_jax.ops.delta_rule.pallas import pallas_gated_delta_rule
+from sleep_jax.bench.programs import H100, abstract_gpu, abstract_inputs, failure, forward_and_gradient
 
 # Shared memory per thread block, bytes, by compute capability (sm_90: 227 KiB).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -61,20 +60,9 @@ def triton_calls(lowered):
 
 def lower_kernels(B, T, H, K, V, dtype, sizes, device_kind, chunk_size=64):
     """The jax lowering (for CUDA) of forward + backward of the Pallas delta rule."""
-    gpu = AbstractMesh((1,), ("x",), abstract_device=AbstractDevice(
-        device_kind=device_kind, num_cores=None, platform="gpu"))
-    shape = lambda *s, dt=dtype: jax.ShapeDtypeStruct(s, dt)
-    args = (shape(B, T, H, K), shape(B, T, H, K), shape(B, T, H, V), shape(B, T, H, dt=jnp.float32),
-            shape(B, T, H, dt=jnp.float32), shape(B, H, K, V, dt=jnp.float32))
-
-    def loss(q, k, v, g, beta, state):
-        o, final_state = pallas_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5,
-                                                 initial_state=state, chunk_size=chunk_size,
-                                                 backend="gpu", interpret=False, sizes=sizes)
-        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(final_state)
-
-    with use_abstract_mesh(gpu):
-        return jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower(
+    _, gradient = forward_and_gradient("gpu", sizes=sizes, chunk_size=chunk_size)
+    with use_abstract_mesh(abstract_gpu(device_kind)):
+        return jax.jit(gradient).trace(*abstract_inputs(B, T, H, K, V, dtype)).lower(
             lowering_platforms=("cuda",))
 
 
@@ -109,7 +97,7 @@ def compile_kernel(name, module, launch, arch):
 
 
 def kernel_resources(B, T, H, K, V, dtype, sizes=None, *, chunk_size=64,
-                     device_kind="NVIDIA H100 80GB HBM3", arch=90):
+                     device_kind=H100, arch=90):
     """One dict per distinct kernel: kernel, num_warps, num_stages, grid, and shared_bytes,
     registers, spill_store_bytes, spill_load_bytes, or `error` (a failed compile, or more shared
     memory than SHARED_LIMIT[arch])."""
@@ -122,7 +110,7 @@ def kernel_resources(B, T, H, K, V, dtype, sizes=None, *, chunk_size=64,
         try:
             row.update(compile_kernel(name, module, launch, arch))
         except Exception as exc:  # noqa: BLE001 -- reported in the row; the other kernels go on
-            row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+            row["error"] = failure(exc)
         else:
             if row["shared_bytes"] > SHARED_LIMIT[arch]:
                 row["error"] = f"shared memory {row['shared_bytes']} B > {SHARED_LIMIT[arch]} B"

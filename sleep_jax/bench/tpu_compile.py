@@ -9,11 +9,10 @@ capacity). Nothing runs, so nothing is timed or compared numerically.
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sleep_jax.ops.delta_rule.pallas import pallas_gated_delta_rule
+from sleep_jax.bench.programs import abstract_inputs, failure, forward_and_gradient
 
 MOSAIC_CALL = "tpu_custom_call"
 
@@ -34,27 +33,15 @@ def tpu_compile(topology, B, T, H, K, V, dtype, sizes=None, *, chunk_size=64):
     """Two dicts, for the forward and for forward+backward: `compiled` (bool), `seconds`,
     `mosaic_kernels` (Mosaic calls left in the compiled program), or `error`."""
     sharding = NamedSharding(Mesh(np.array([tpu_device(topology)]), ("x",)), P())
-    shape = lambda *s, dt=dtype: jax.ShapeDtypeStruct(s, dt, sharding=sharding)
-    args = (shape(B, T, H, K), shape(B, T, H, K), shape(B, T, H, V), shape(B, T, H, dt=jnp.float32),
-            shape(B, T, H, dt=jnp.float32), shape(B, H, K, V, dt=jnp.float32))
-
-    def forward(q, k, v, g, beta, state):
-        return pallas_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=state,
-                                       chunk_size=chunk_size, backend="tpu", interpret=False,
-                                       sizes=sizes)
-
-    def loss(*inputs):
-        o, final_state = forward(*inputs)
-        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(final_state)
-
+    args = abstract_inputs(B, T, H, K, V, dtype, sharding)
+    forward, gradient = forward_and_gradient("tpu", sizes=sizes, chunk_size=chunk_size)
     rows = []
-    for name, fn in (("forward", forward), ("forward+backward", jax.grad(loss, argnums=tuple(range(6))))):
+    for name, fn in (("forward", forward), ("forward+backward", gradient)):
         start = time.perf_counter()
         try:
             compiled = jax.jit(fn).trace(*args).lower().compile()
         except Exception as exc:  # noqa: BLE001 -- reported in the row
-            rows.append(dict(program=name, compiled=False,
-                             error=f"{type(exc).__name__}: {str(exc).strip()[:500]}"))
+            rows.append(dict(program=name, compiled=False, error=failure(exc)))
             continue
         rows.append(dict(program=name, compiled=True,
                          seconds=round(time.perf_counter() - start, 2),

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AbstractDevice, AbstractMesh, NamedSharding, PartitionSpec as P, use_abstract_mesh
+from jax.sharding import NamedSharding, PartitionSpec as P, use_abstract_mesh
 
+from sleep_jax.bench.programs import abstract_gpu, abstract_inputs, forward_and_gradient
 from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule
 from sleep_jax.ops.delta_rule.pallas import chunk_math, pallas_gated_delta_rule, sharded
@@ -254,31 +255,18 @@ def test_bad_arguments_raise():
         sharded(q, k, v, g, beta, scale=1.0, initial_state=state, mesh=mesh, head_axis="model")
 
 
-# Lowering for a GPU with no GPU attached: jax >= 0.11 reads the target from the abstract mesh.
-H100 = AbstractMesh((1,), ("x",), abstract_device=AbstractDevice(
-    device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu"))
-
-
 @pytest.mark.parametrize("platform, backend", [("cuda", "gpu"), ("tpu", "tpu")])
 @pytest.mark.parametrize("T, H, K, V", [(80, 2, 24, 32), (4096, 16, 128, 128), (200, 2, 256, 256)],
                          ids=["small", "anchor", "k256"])
 def test_kernels_lower_for_triton_and_mosaic_tpu(platform, backend, T, H, K, V):
     # Lowering only (no accelerator here): every kernel of the forward and backward must pass the
     # Pallas Triton / Mosaic TPU lowering with that backend's block sizes. Compilation by Triton or
-    # by the TPU compiler, and correctness there, are not checked by this test.
-    B = 1
-    shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
-    args = (shape(B, T, H, K), shape(B, T, H, K), shape(B, T, H, V), shape(B, T, H, dtype=jnp.float32),
-            shape(B, T, H, dtype=jnp.float32), shape(B, H, K, V, dtype=jnp.float32))
-
-    def loss(q, k, v, g, beta, state):
-        o, final_state = pallas_gated_delta_rule(q, k, v, g, beta, scale=0.2, initial_state=state,
-                                                 backend=backend, interpret=False)
-        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(final_state)
-
-    target = use_abstract_mesh(H100) if platform == "cuda" else contextlib.nullcontext()
+    # by the TPU compiler is checked in tests/bench (kernel_resources, tpu_compile).
+    _, gradient = forward_and_gradient(backend)
+    # Lowering for a GPU with no GPU attached: jax >= 0.11 reads the target from the abstract mesh.
+    target = use_abstract_mesh(abstract_gpu()) if platform == "cuda" else contextlib.nullcontext()
     with target:
-        lowered = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower(
+        lowered = jax.jit(gradient).trace(*abstract_inputs(1, T, H, K, V, jnp.bfloat16)).lower(
             lowering_platforms=(platform,))
     text = lowered.as_text()
     marker = "__gpu$xla.gpu.triton" if platform == "cuda" else "tpu_custom_call"
