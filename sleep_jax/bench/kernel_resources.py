@@ -26,6 +26,9 @@ from sleep_jax.bench.programs import H100, abstract_gpu, abstract_inputs, failur
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
+# The Triton release of the GPU machine, with which every kernel compiles (pinned in
+# pyproject.toml's `bench` extra; 3.9.0's bundled ptxas rejects the kernels' PTX with exit 255).
+KNOWN_GOOD_TRITON = "3.6.0"
 
 
 def triton_calls(lowered):
@@ -72,12 +75,22 @@ def ptxas_usage(ptx, arch, ptxas):
         path = os.path.join(tmp, "kernel.ptx")
         with open(path, "w") as f:
             f.write(ptx)
-        report = subprocess.run([ptxas, f"-arch=sm_{arch}a", "-v", path, "-o", os.devnull],
-                                capture_output=True, text=True, check=True).stderr
+        done = subprocess.run([ptxas, f"-arch=sm_{arch}a", "-v", path, "-o", os.devnull],
+                              capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{ptxas} -arch=sm_{arch}a exited {done.returncode}: "
+                           f"{(done.stderr or done.stdout).strip()[-300:]}")
+    report = done.stderr
     number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, report)) else 0
     return dict(registers=number(r"Used (\d+) registers"),
                 spill_store_bytes=number(r"(\d+) bytes spill stores"),
                 spill_load_bytes=number(r"(\d+) bytes spill loads"))
+
+
+def compiler_version() -> str:
+    """"triton X.Y.Z" of the installed Triton compiler (and its bundled ptxas)."""
+    import triton
+    return f"triton {triton.__version__}"
 
 
 def compile_kernel(name, module, launch, arch):
@@ -110,7 +123,8 @@ def kernel_resources(B, T, H, K, V, dtype, sizes=None, *, chunk_size=64,
         try:
             row.update(compile_kernel(name, module, launch, arch))
         except Exception as exc:  # noqa: BLE001 -- reported in the row; the other kernels go on
-            row["error"] = failure(exc)
+            row["error"] = (f"{failure(exc)} [compiled with {compiler_version()}; known to work: "
+                            f"triton {KNOWN_GOOD_TRITON}]")
         else:
             if row["shared_bytes"] > SHARED_LIMIT[arch]:
                 row["error"] = f"shared memory {row['shared_bytes']} B > {SHARED_LIMIT[arch]} B"
