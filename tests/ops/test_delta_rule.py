@@ -146,6 +146,18 @@ def test_decoding_steps_continue_the_sequence():
     assert rel_rms(state, want_state) <= 1e-5
 
 
+def test_decoding_steps_read_key_heads_of_grouped_value_heads():
+    # Two value heads per key head: the step takes q, k with the H key heads, as the impls do.
+    inputs = random_inputs(14, B=1, T=12, H=2, K=8, V=4, HV=4)
+    want_o, want_state = run(inputs, impl="recurrent")
+    step = jax.jit(functools.partial(gated_delta_rule_step, scale=8 ** -0.5))
+    state = inputs["initial_state"]
+    for t in range(12):
+        o, state = step(*(inputs[name][:, t] for name in INPUTS[:5]), state)
+        assert rel_rms(o, want_o[:, t]) <= 1e-5
+    assert rel_rms(state, want_state) <= 1e-5
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_very_negative_gates_give_finite_values_and_gradients(impl):
     # g = -30 forgets everything at every step: o_t = scale beta_t (q_t . k_t) v_t.

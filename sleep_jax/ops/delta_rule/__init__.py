@@ -1,4 +1,8 @@
-"""Public entry point of the gated delta rule: argument checks, head grouping, impl dispatch."""
+"""Public entry point of the gated delta rule: argument checks and impl dispatch.
+
+Every impl takes q, k with H key heads and v, g, beta with HV value heads (HV a multiple of H) and
+maps value head h to key head h // (HV // H) itself, by a group axis or an index map, so q and k
+are never copied per value head."""
 import jax.numpy as jnp
 
 from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule
@@ -69,9 +73,6 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
         scale = K ** -0.5
     if initial_state is None:
         initial_state = jnp.zeros((B, HV, K, V), jnp.float32)
-    if HV != H:
-        q = jnp.repeat(q, HV // H, axis=2)
-        k = jnp.repeat(k, HV // H, axis=2)
     impl = resolve_impl(impl)
     if impl == "recurrent":
         o, final_state = recurrent_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state)

@@ -91,8 +91,8 @@ def chunked_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_si
     """Chunk form of the gated delta rule; same convention as `recurrent_gated_delta_rule`.
 
     Args:
-      q, k: [B, T, HV, K] (key heads already repeated to the value heads).
-      v: [B, T, HV, V].  g, beta: [B, T, HV] (g <= 0: log forget gate).  Any float dtype.
+      q, k: [B, T, H, K] key heads.  v: [B, T, HV, V], HV a multiple of H: value head h reads key
+        head h // (HV // H), through a group axis (q, k are never copied per value head).  g, beta: [B, T, HV] (g <= 0: log forget gate).  Any float dtype.
       scale: multiplier of q.  initial_state: [B, HV, K, V].
       chunk_size: tokens per chunk, a power of two (the public entry point allows 16, 32, 64).
     Returns:
@@ -107,15 +107,20 @@ def chunked_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_si
     C = chunk_size
     num_chunks = -(-T // C)
     pad = num_chunks * C - T
+    B, _, H, _ = q.shape
+    HV = v.shape[2]
     q, k, v, g, beta = (
         _to_chunks(jnp.pad(x.astype(f32), [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)), num_chunks, C)
-        for x in (q, k, v, g, beta))  # [N, B, HV, C, D] and [N, B, HV, C]
+        for x in (q, k, v, g, beta))  # [N, B, H or HV, C, D] and [N, B, HV, C]
+    # Group axis: key-head arrays get a broadcast axis of 1, value-head arrays split HV = H x G.
+    q, k = q[:, :, :, None], k[:, :, :, None]                            # [N, B, H, 1, C, K]
+    v, g, beta = (x.reshape(num_chunks, B, H, HV // H, *x.shape[3:]) for x in (v, g, beta))
 
     # Per-chunk quantities, for all chunks at once.
     G = jnp.cumsum(g, axis=-1)
     G_last = G[..., -1:]
     rows, cols = jnp.arange(C)[:, None], jnp.arange(C)[None, :]
-    decay = _masked_decay(G, rows >= cols)  # exp(G_t - G_j), j <= t: [N, B, HV, C, C]
+    decay = _masked_decay(G, rows >= cols)  # exp(G_t - G_j), j <= t: [N, B, H, G, C, C]
     strict_decay = jnp.where(rows > cols, decay, 0.0)
     A = beta[..., None] * strict_decay * _mm("...tk,...jk->...tj", k, k)
     rhs = beta[..., None] * jnp.concatenate([v, jnp.exp(G)[..., None] * k], axis=-1)
@@ -124,7 +129,7 @@ def chunked_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_si
     P = scale * decay * _mm("...tk,...jk->...tj", q, k)  # intra-chunk attention, causal
     q_decayed = (scale * jnp.exp(G))[..., None] * q  # reads the chunk's start state
     k_to_end = jnp.exp(G_last - G)[..., None] * k  # writes into the chunk's end state
-    chunk_decay = jnp.exp(G_last)[..., None]  # [N, B, HV, 1, 1]
+    chunk_decay = jnp.exp(G_last)[..., None]  # [N, B, H, G, 1, 1]
 
     def advance(state, chunk):
         """One chunk: write vectors, outputs, and the state at the chunk's end."""
@@ -134,6 +139,7 @@ def chunked_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_si
         state = decay_n * state + _mm("...ck,...cv->...kv", k_n, u)
         return state, o
 
-    final_state, o = jax.lax.scan(
-        advance, initial_state.astype(f32), (U, W, P, q_decayed, k_to_end, chunk_decay))
-    return _from_chunks(o, T), final_state
+    state = initial_state.astype(f32).reshape(B, H, HV // H, *initial_state.shape[2:])
+    final_state, o = jax.lax.scan(advance, state, (U, W, P, q_decayed, k_to_end, chunk_decay))
+    o = o.reshape(num_chunks, B, HV, *o.shape[4:])
+    return _from_chunks(o, T), final_state.reshape(initial_state.shape)

@@ -48,7 +48,23 @@ def _backward_rule(cfg, saved, cotangents):
         q, k, w, d_o.astype(v.dtype), gc, d_final_state.astype(jnp.float32), cfg)
     dq, dk, dv, dbeta, dgc = backward.chunk_gradients(q, k, v, beta, gc, h, dh, v_new, d_v_new,
                                                       d_o.astype(v.dtype), cfg)
+    dq, dk = _sum_over_groups(dq, q, cfg), _sum_over_groups(dk, k, cfg)
     return dq, dk, dv, dgc, dbeta, d_initial_state.astype(initial_state.dtype)
+
+
+def _sum_over_groups(grad, primal, cfg):
+    """Per-value-head gradient of a key-head input -> the input's shape: the sum over the
+    HV // H value heads that read each key head (float32 sum, in the input's dtype)."""
+    if cfg.group == 1:
+        return grad
+    grad = grad.astype(jnp.float32)
+    if cfg.layout == "heads_first":  # [B*HV, Tp, D] -> [B, H, G, Tp, D]
+        n, tp, d = grad.shape
+        grad = grad.reshape(n // cfg.heads, cfg.key_heads, cfg.group, tp, d).sum(axis=2)
+    else:  # [B, Tp, HV, D] -> [B, Tp, H, G, D]
+        b, tp, _, d = grad.shape
+        grad = grad.reshape(b, tp, cfg.key_heads, cfg.group, d).sum(axis=3)
+    return grad.reshape(primal.shape).astype(primal.dtype)
 
 
 chunked_kernels.defvjp(_forward_rule, _backward_rule)
@@ -70,8 +86,9 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
     """Gated delta rule through the Pallas kernels.
 
     Args:
-      q, k: [B, T, HV, K] (key heads already repeated to the value heads).
-      v: [B, T, HV, V].  g, beta: [B, T, HV].  initial_state: [B, HV, K, V].
+      q, k: [B, T, H, K] key heads.  v: [B, T, HV, V], HV a multiple of H (value head h reads key
+        head h // (HV // H) through the kernels' index maps).  g, beta: [B, T, HV].
+      initial_state: [B, HV, K, V].
       scale: multiplier of q.  chunk_size: 16, 32 or 64.
       interpret: run the kernels in the Pallas interpreter; default: on CPU only.
       backend: "cpu" | "gpu" | "tpu" picks the block sizes; default: jax's default backend.
@@ -80,8 +97,8 @@ def pallas_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_siz
       (o [B, T, HV, V] in v's dtype, final state [B, HV, K, V] float32). q, k, v are promoted to
       one dtype, which is also the dtype of the kernels' matmul operands.
     """
-    B, T, HV, K = q.shape
-    V = v.shape[-1]
+    B, T, _, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
     args, cfg = kernel_inputs(q, k, v, g, beta, initial_state, scale=scale, chunk_size=chunk_size,
                               interpret=interpret, backend=backend, sizes=sizes)
     o, final_state = chunked_kernels(*args, cfg)
@@ -121,8 +138,8 @@ def kernel_inputs(q, k, v, g, beta, initial_state, *, scale, chunk_size=64, inte
         # Triton runs grid steps as independent programs: nothing carries a state between them.
         raise ValueError("pallas gated delta rule: `sizes` recurrence='grid' needs sequential grid "
                          "steps, which the GPU (Triton) backend does not have; use 'loop'")
-    B, T, HV, K = q.shape
-    V = v.shape[-1]
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
     c = chunk_size
     tp = -(-T // c) * c
     kp, vp = (_next_pow2(K), _next_pow2(V)) if sizes["pad_pow2"] else (K, V)
@@ -130,15 +147,15 @@ def kernel_inputs(q, k, v, g, beta, initial_state, *, scale, chunk_size=64, inte
     block_v = sizes["block_v"] if vp % sizes["block_v"] == 0 else vp
     cfg = KernelConfig(chunk=c, block_v=block_v, scale=float(scale), mm_dtype=jnp.dtype(q.dtype).name,
                        recurrence=sizes["recurrence"], backend=backend, interpret=bool(interpret),
-                       layout=sizes["layout"], heads=HV,
+                       layout=sizes["layout"], heads=HV, key_heads=H,
                        bf16_inverse_precision=sizes["bf16_inverse_precision"],
                        num_warps=sizes.get("num_warps"),
                        num_stages=sizes.get("num_stages"))
     heads_first = cfg.layout == "heads_first"
 
-    def per_token(x, width):  # [B, T', HV, D] -> padded to [B, Tp, HV, width], then the layout
+    def per_token(x, width):  # [B, T', heads, D] -> padded to [B, Tp, heads, width], then the layout
         x = jnp.pad(x, ((0, 0), (0, tp - x.shape[1]), (0, 0), (0, width - x.shape[-1])))
-        return jnp.swapaxes(x, 1, 2).reshape(B * HV, tp, width) if heads_first else x
+        return jnp.swapaxes(x, 1, 2).reshape(B * x.shape[2], tp, width) if heads_first else x
 
     g = jnp.pad(g.astype(jnp.float32), ((0, 0), (0, tp - T), (0, 0)))
     gc = jnp.cumsum(g.reshape(B, tp // c, c, HV), axis=2).reshape(B, tp, HV, 1)

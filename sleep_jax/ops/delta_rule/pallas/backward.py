@@ -19,8 +19,8 @@ from sleep_jax.ops.delta_rule.pallas.launch import KernelConfig, call, token_dim
 def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
     """Returns (dh [N, NT*K, V] input dtype: gradient of each chunk's end state,
     d_v_new (per-token, width V) float32, d_initial_state [N, K, V] float32)."""
-    n, tp, dk = token_dims(q, cfg)
-    dv = d_o.shape[-1]
+    n, tp, dv = token_dims(d_o, cfg)
+    dk = q.shape[-1]
     c, bv = cfg.chunk, cfg.block_v
     nt = tp // c
     out_shape = [jax.ShapeDtypeStruct((n, nt * dk, dv), q.dtype),
@@ -41,11 +41,11 @@ def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
 
             ds0_ref[...] = jax.lax.fori_loop(0, nt, body, dsf_ref[...].astype(jnp.float32))
 
-        seq = lambda d: token_spec(tp, d, lambda i, j: (i, 0, 0), cfg)
+        seq = lambda d, key_heads=False: token_spec(tp, d, lambda i, j: (i, 0, 0), cfg, key_heads=key_heads)
         seq_v = token_spec(tp, bv, lambda i, j: (i, 0, j), cfg)
         state = pl.BlockSpec((None, dk, bv), lambda i, j: (i, 0, j))
         return call(kernel, cfg, grid=(n, dv // bv),
-                    in_specs=[seq(dk), seq(dk), seq(dk), seq_v, seq(1), state],
+                    in_specs=[seq(dk, True), seq(dk, True), seq(dk), seq_v, seq(1), state],
                     out_specs=[pl.BlockSpec((None, nt * dk, bv), lambda i, j: (i, 0, j)), seq_v,
                                state],
                     out_shape=out_shape, name="gdr_reverse_recurrence")(
@@ -66,11 +66,12 @@ def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
         ds0_ref[...] = d_state
 
     back = lambda t: nt - 1 - t
-    tok = lambda d: token_spec(c, d, lambda i, j, t: (i, back(t), 0), cfg)
+    tok = lambda d, key_heads=False: token_spec(c, d, lambda i, j, t: (i, back(t), 0), cfg,
+                                                key_heads=key_heads)
     tok_v = token_spec(c, bv, lambda i, j, t: (i, back(t), j), cfg)
     state = pl.BlockSpec((None, dk, bv), lambda i, j, t: (i, 0, j))
     return call(kernel, cfg, grid=(n, dv // bv, nt),
-                in_specs=[tok(dk), tok(dk), tok(dk), tok_v, tok(1), state],
+                in_specs=[tok(dk, True), tok(dk, True), tok(dk), tok_v, tok(1), state],
                 out_specs=[pl.BlockSpec((None, dk, bv), lambda i, j, t: (i, back(t), j)), tok_v,
                            state],
                 out_shape=out_shape, sequential_last=True,
@@ -78,13 +79,14 @@ def reverse_recurrence(q, k, w, d_o, gc, d_final_state, cfg: KernelConfig):
 
 
 def chunk_gradients(q, k, v, beta, gc, h, dh, v_new, d_v_new, d_o, cfg: KernelConfig):
-    """Returns per-token (dq, dk in q's dtype, dv in v's dtype, dbeta, dgc float32).
+    """Returns per-token (dq, dk in q's dtype, dv in v's dtype, dbeta, dgc float32), all per
+    value head (the caller sums dq, dk over the value heads of each key head).
 
     One program per (head, chunk); inside, the value dimension is walked in tiles of
     `cfg.block_v` so that only [K, block_v] of the two chunk states is live at a time.
     """
-    n, tp, dk = token_dims(q, cfg)
-    dv = v.shape[-1]
+    n, tp, dv = token_dims(v, cfg)
+    dk = q.shape[-1]
     c, bv = cfg.chunk, cfg.block_v
 
     def kernel(q_ref, k_ref, v_ref, beta_ref, gc_ref, h_ref, dh_ref, vn_ref, dvn_ref, do_ref,
@@ -103,10 +105,10 @@ def chunk_gradients(q, k, v, beta, gc, h, dh, v_new, d_v_new, d_o, cfg: KernelCo
         for ref, grad in zip((dq_ref, dk_ref, dbeta_ref, dgc_ref), grads):
             ref[...] = grad.astype(ref.dtype)
 
-    tok = lambda d: token_spec(c, d, lambda i, t: (i, t, 0), cfg)
+    tok = lambda d, key_heads=False: token_spec(c, d, lambda i, t: (i, t, 0), cfg, key_heads=key_heads)
     state = pl.BlockSpec((None, dk, dv), lambda i, t: (i, t, 0))
     return call(kernel, cfg, grid=(n, tp // c),
-                in_specs=[tok(dk), tok(dk), tok(dv), tok(1), tok(1), state, state, tok(dv),
+                in_specs=[tok(dk, True), tok(dk, True), tok(dv), tok(1), tok(1), state, state, tok(dv),
                           tok(dv), tok(dv)],
                 out_specs=[tok(dk), tok(dk), tok(dv), tok(1), tok(1)],
                 out_shape=[token_shape(n, tp, dk, q.dtype, cfg), token_shape(n, tp, dk, k.dtype, cfg),

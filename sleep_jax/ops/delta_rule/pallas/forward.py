@@ -16,8 +16,8 @@ from sleep_jax.ops.delta_rule.pallas.launch import KernelConfig, call, token_dim
 
 def wy_prep(k, v, beta, gc, cfg: KernelConfig):
     """(w [.., K], u [.., V]) per-token arrays in the input dtype."""
-    n, tp, dk = token_dims(k, cfg)
-    dv = v.shape[-1]
+    n, tp, dv = token_dims(v, cfg)
+    dk = k.shape[-1]
     c = cfg.chunk
 
     def kernel(k_ref, v_ref, beta_ref, gc_ref, w_ref, u_ref):
@@ -26,9 +26,9 @@ def wy_prep(k, v, beta, gc, cfg: KernelConfig):
         w_ref[...] = w.astype(w_ref.dtype)
         u_ref[...] = u.astype(u_ref.dtype)
 
-    tok = lambda d: token_spec(c, d, lambda i, j: (i, j, 0), cfg)
+    tok = lambda d, key_heads=False: token_spec(c, d, lambda i, j: (i, j, 0), cfg, key_heads=key_heads)
     return call(kernel, cfg, grid=(n, tp // c),
-                in_specs=[tok(dk), tok(dv), tok(1), tok(1)],
+                in_specs=[tok(dk, True), tok(dv), tok(1), tok(1)],
                 out_specs=[tok(dk), tok(dv)],
                 out_shape=[token_shape(n, tp, dk, k.dtype, cfg), token_shape(n, tp, dv, v.dtype, cfg)],
                 name="gdr_wy_prep")(k, v, beta, gc)
@@ -40,8 +40,8 @@ def recurrence(w, u, k, gc, initial_state, cfg: KernelConfig):
     Returns (h [N, NT*K, V] chunk start states in the input dtype, v_new (per-token, width V)
     in the input dtype, final state [N, K, V] float32).
     """
-    n, tp, dk = token_dims(k, cfg)
-    dv = u.shape[-1]
+    n, tp, dv = token_dims(u, cfg)
+    dk = k.shape[-1]
     c, bv = cfg.chunk, cfg.block_v
     nt = tp // c
     out_shape = [jax.ShapeDtypeStruct((n, nt * dk, dv), k.dtype),
@@ -61,11 +61,11 @@ def recurrence(w, u, k, gc, initial_state, cfg: KernelConfig):
 
             sf_ref[...] = jax.lax.fori_loop(0, nt, body, s0_ref[...].astype(jnp.float32))
 
-        seq = lambda d: token_spec(tp, d, lambda i, j: (i, 0, 0), cfg)
+        seq = lambda d, key_heads=False: token_spec(tp, d, lambda i, j: (i, 0, 0), cfg, key_heads=key_heads)
         seq_v = token_spec(tp, bv, lambda i, j: (i, 0, j), cfg)
         state = pl.BlockSpec((None, dk, bv), lambda i, j: (i, 0, j))
         return call(kernel, cfg, grid=(n, dv // bv),
-                    in_specs=[seq(dk), seq_v, seq(dk), seq(1), state],
+                    in_specs=[seq(dk), seq_v, seq(dk, True), seq(1), state],
                     out_specs=[pl.BlockSpec((None, nt * dk, bv), lambda i, j: (i, 0, j)), seq_v,
                                state],
                     out_shape=out_shape, name="gdr_recurrence")(w, u, k, gc, initial_state)
@@ -83,11 +83,11 @@ def recurrence(w, u, k, gc, initial_state, cfg: KernelConfig):
         vn_ref[...] = v_new.astype(vn_ref.dtype)
         sf_ref[...] = state
 
-    tok = lambda d: token_spec(c, d, lambda i, j, t: (i, t, 0), cfg)
+    tok = lambda d, key_heads=False: token_spec(c, d, lambda i, j, t: (i, t, 0), cfg, key_heads=key_heads)
     tok_v = token_spec(c, bv, lambda i, j, t: (i, t, j), cfg)
     state = pl.BlockSpec((None, dk, bv), lambda i, j, t: (i, 0, j))
     return call(kernel, cfg, grid=(n, dv // bv, nt),
-                in_specs=[tok(dk), tok_v, tok(dk), tok(1), state],
+                in_specs=[tok(dk), tok_v, tok(dk, True), tok(1), state],
                 out_specs=[pl.BlockSpec((None, dk, bv), lambda i, j, t: (i, t, j)), tok_v, state],
                 out_shape=out_shape, sequential_last=True, name="gdr_recurrence")(
         w, u, k, gc, initial_state)
@@ -95,8 +95,8 @@ def recurrence(w, u, k, gc, initial_state, cfg: KernelConfig):
 
 def output(q, k, v_new, h, gc, out_dtype, cfg: KernelConfig):
     """o (per-token, width V) in `out_dtype`."""
-    n, tp, dk = token_dims(q, cfg)
-    dv = v_new.shape[-1]
+    n, tp, dv = token_dims(v_new, cfg)
+    dk = q.shape[-1]
     c, bv = cfg.chunk, cfg.block_v
 
     def kernel(q_ref, k_ref, vn_ref, h_ref, gc_ref, o_ref):
@@ -104,10 +104,10 @@ def output(q, k, v_new, h, gc, out_dtype, cfg: KernelConfig):
                                     cfg.scale, cfg.matmul_dtype)
         o_ref[...] = o.astype(o_ref.dtype)
 
-    tok = lambda d: token_spec(c, d, lambda i, t, j: (i, t, 0), cfg)
+    tok = lambda d, key_heads=False: token_spec(c, d, lambda i, t, j: (i, t, 0), cfg, key_heads=key_heads)
     tok_v = token_spec(c, bv, lambda i, t, j: (i, t, j), cfg)
     return call(kernel, cfg, grid=(n, tp // c, dv // bv),
-                in_specs=[tok(dk), tok(dk), tok_v,
+                in_specs=[tok(dk, True), tok(dk, True), tok_v,
                           pl.BlockSpec((None, dk, bv), lambda i, t, j: (i, t, j)), tok(1)],
                 out_specs=tok_v,
                 out_shape=token_shape(n, tp, dv, out_dtype, cfg), name="gdr_output")(q, k, v_new, h, gc)

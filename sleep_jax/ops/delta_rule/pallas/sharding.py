@@ -22,8 +22,9 @@ def sharded(q, k, v, g, beta, *, scale, initial_state, mesh, batch_axis=None, he
     """`pallas_gated_delta_rule` with batch split over mesh axis `batch_axis` and value heads over
     `head_axis` (either may be None: not split; each may be a name or a tuple of names).
 
-    Shapes as in `pallas_gated_delta_rule` (heads already repeated to HV). B must divide by the
-    size of `batch_axis` and HV by the size of `head_axis`. Returns (o, final state), sharded the
+    Shapes as in `pallas_gated_delta_rule` (q, k with H key heads). B must divide by the
+    size of `batch_axis` and H (hence HV) by the size of `head_axis`: each device holds whole
+    groups of value heads with their key head. Returns (o, final state), sharded the
     same way.
     """
     for name, axis in (("batch_axis", batch_axis), ("head_axis", head_axis)):
@@ -49,7 +50,7 @@ def sharded(q, k, v, g, beta, *, scale, initial_state, mesh, batch_axis=None, he
 def on_ambient_mesh(q, k, v, g, beta, *, scale, initial_state, chunk_size=64):
     """`pallas_gated_delta_rule` on the mesh set by `jax.set_mesh`, if any spans several devices.
 
-    Shapes as in `pallas_gated_delta_rule` (heads already repeated to HV). Without such a mesh it
+    Shapes as in `pallas_gated_delta_rule` (q, k with H key heads). Without such a mesh it
     is the plain single-device call.
     """
     mesh = jax.sharding.get_abstract_mesh()
@@ -58,6 +59,7 @@ def on_ambient_mesh(q, k, v, g, beta, *, scale, initial_state, chunk_size=64):
                                        chunk_size=chunk_size)
     from sleep_jax.parallel.rules import logical_to_spec
 
-    batch_axis, _, head_axis, _ = logical_to_spec(("batch", None, "heads", None), v.shape, mesh)
+    # Split heads only where the axis divides the key heads (then each device holds whole groups).
+    batch_axis, _, head_axis, _ = logical_to_spec(("batch", None, "heads", None), q.shape, mesh)
     return sharded(q, k, v, g, beta, scale=scale, initial_state=initial_state, mesh=mesh,
                    batch_axis=batch_axis, head_axis=head_axis, chunk_size=chunk_size)
