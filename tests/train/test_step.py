@@ -13,12 +13,12 @@ from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.numerics import rel_rms
 from sleep_jax.parallel import make_mesh
 from sleep_jax.sleep import SleepConfig
+from sleep_jax.train.config import TrainConfig
 from sleep_jax.train.optimizer import make_optimizer
 from sleep_jax.train.step import init_train_state, make_train_step, model_loss_fn
 
-TRAIN = dict(steps=10, warmup_steps=1, schedule="cosine", final_lr_fraction=0.1, muon_lr=2e-3,
-             adamw_lr=5e-5, weight_decay=0.01, grad_clip=1.0, adam_b1=0.9, adam_b2=0.95,
-             muon_beta=0.95)
+TRAIN = TrainConfig(steps=10, warmup_steps=1, schedule="cosine", final_lr_fraction=0.1,
+                    muon_lr=2e-3, adamw_lr=5e-5, weight_decay=0.01, grad_clip=1.0)
 MODEL = ModelConfig(vocab_size=8, d_model=16, pattern="AG", attn_heads=2, attn_kv_heads=2,
                     attn_head_dim=8, gdn_heads=2, gdn_v_heads=2, gdn_head_dim=8, gdn_v_head_dim=8,
                     mlp_hidden=32, chunk_size=16, delta_rule_impl="recurrent")
