@@ -70,6 +70,10 @@ class Checkpointer:
     def path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
+    def should_save(self, step: int) -> bool:
+        """Whether ``step`` is on the save cadence (orbax's policy; never a step already saved)."""
+        return self._manager.should_save(step)
+
     def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None, *,
              force: bool = False) -> bool:
         """Starts saving ``state`` (a pytree of arrays) and the iterator position at ``step`` if

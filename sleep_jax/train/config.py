@@ -236,6 +236,16 @@ def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
     return shape
 
 
+def make_task(config: ml_collections.ConfigDict) -> Any:
+    """``sleep_jax.tasks.make(config.task)``; its errors (naming ``task.<key>``) as ConfigError."""
+    from sleep_jax import tasks
+
+    try:
+        return tasks.make(config.task)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
     """``TrainConfig`` from the ``train`` block (checking every value)."""
     return TrainConfig(**config.train.to_dict())
