@@ -72,5 +72,17 @@ def main(argv):
         sys.exit(f"run stopped: {error}")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a config override that cannot be applied (e.g. a misspelled
+    block, ``--config.trian.steps=2``) reported in one line like any other flag error."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as error:
+        message = " ".join(str(error).replace("\\n", " ").split())
+        sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
+                         "Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -4,7 +4,6 @@ inside a shard_map)."""
 import dataclasses
 
 import chex
-
 import jax
 import pytest
 import numpy as np
