@@ -36,6 +36,7 @@ def reason(error: BaseException, limit: int = 300) -> str:
     """An exception as one line: ``Type: message`` with whitespace collapsed, at most ``limit``
     characters."""
     text = re.sub(r"\s+", " ", f"{type(error).__name__}: {error}").strip()
+    text = re.sub(r"\s*See full TensorStore details.*", "", text)  # a dump of the whole spec
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -85,6 +86,11 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        try:  # the previous save first (orbax waits for it anyway): its failure is its own
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001
+            raise RunStopped(self._save_failed(self._saving_step, error)) from None
         try:
             started = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
         except Exception as error:  # noqa: BLE001 - a failed save of any kind stops the run
