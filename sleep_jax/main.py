@@ -3,25 +3,39 @@ r"""Train or evaluate a sleep model from a config file.
     python -m sleep_jax.main --config=configs/rule110.py:tiny --workdir=runs/rule110_tiny \
         [--config.sleep.passes=2 --config.train.steps=500 ...] [--mode=train|eval] [--multihost]
 
+    python -m sleep_jax.main --mode=eval --workdir=runs/rule110_tiny \
+        [--config=configs/rule110.py:tiny --config.sleep.passes=2]
+
 ``--mode=train`` (default) trains, evaluating every ``train.eval_every`` steps and at the end,
 checkpointing every ``train.checkpoint_every`` steps; rerunning the same command resumes from
-the latest checkpoint in ``--workdir``. ``--mode=eval`` evaluates the latest checkpoint.
-Both write ``<workdir>/eval.json`` and ``<workdir>/eval.png``. ``--multihost`` joins a multi-host
-run (one process per host; see ``launch/``) before anything else touches JAX.
+the newest readable checkpoint in ``--workdir`` (changing only the keys listed in
+``sleep_jax.train.config.RESUMABLE_KEYS``). It writes ``<workdir>/config.json``, the run's
+record, once the config has validated and any restore has succeeded. ``--mode=eval`` evaluates
+the newest checkpoint with the run's config.json; ``--config.<block>.<key>=v`` overrides change
+it (``--config`` is then needed only to parse them) and the result goes to
+``eval-<block>.<key>=v.json`` beside the run's own ``eval.json``. ``--multihost`` joins a
+multi-host run (one process per host; see ``launch/``) before anything else touches JAX.
+
+A bad config or input stops with one line starting with the key; a run that cannot go on
+(non-finite loss or gradient, no readable checkpoint, a failed save) stops with one line naming
+the step and the files, and exit status 1.
 """
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# Unknown keys are let through here so that validation names them (``sleep.foo: unknown key``).
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/rule110.py:tiny.", lock_config=True)
+    "config", None, "Config file, e.g. configs/rule110.py:tiny.", lock_config=False,
+    accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and eval.json.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming) and evaluate; eval: evaluate the latest checkpoint.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() first (TPU pods, SLURM clusters).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 class _QuietLibraries:
@@ -38,14 +52,37 @@ def main(argv):
     if _MULTIHOST.value:
         from sleep_jax.parallel import initialize_multihost
         initialize_multihost()
-    from sleep_jax.train.loop import evaluate_checkpoint, train
+    from sleep_jax.train.errors import ConfigError, RunStopped
+    from sleep_jax.train.loop import eval_config, evaluate_checkpoint, train
 
-    logging.info("config:\n%s", _CONFIG.value)
-    if _MODE.value == "train":
-        train(_CONFIG.value, _WORKDIR.value)
-    else:
-        evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    try:
+        if _MODE.value == "train":
+            if _CONFIG.value is None:
+                raise ConfigError("--config: required for --mode=train")
+            logging.info("config:\n%s", _CONFIG.value)
+            train(_CONFIG.value, _WORKDIR.value)
+        else:
+            overrides = flags.FLAGS["config"].override_values if _CONFIG.value is not None else {}
+            config = eval_config(_WORKDIR.value, _CONFIG.value, overrides)
+            logging.info("config:\n%s", config)
+            evaluate_checkpoint(config, _WORKDIR.value)
+    except ConfigError as error:
+        raise app.UsageError(str(error)) from None
+    except RunStopped as error:
+        sys.exit(f"run stopped: {error}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a config override that cannot be applied (e.g. a misspelled
+    block, ``--config.trian.steps=2``) reported in one line like any other flag error."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as error:
+        message = " ".join(str(error).replace("\\n", " ").split())
+        sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
+                         "Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -1,10 +1,12 @@
 """Test setup: 8 simulated CPU devices, so sharding is exercised without accelerators.
 
-The flag must be set before jax is imported anywhere, which is why it lives here.
+``chex.set_n_cpu_devices`` must run before JAX creates its CPU backend, which is why it lives
+here (pytest imports this file before any test module).
 """
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import chex  # noqa: E402  (after JAX_PLATFORMS, before any backend exists)
+
+chex.set_n_cpu_devices(8)

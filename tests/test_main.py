@@ -1,6 +1,8 @@
-"""The main job: config errors at start, and exact resume after SIGKILL (subprocesses)."""
+"""The main job (subprocesses): exact resume after SIGKILL; the run's config.json decides what a
+resume or an eval may change; divergence stops the run; config errors are one line."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from sleep_jax.train import config as config_lib
+from sleep_jax.train.errors import ConfigError
 from sleep_jax.train.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,9 +39,9 @@ def _env(cache_dir):
     return env
 
 
-def _start(workdir, *extra):
+def _start(workdir, *extra, config=SMALL):
     cache_dir = os.path.join(os.path.dirname(workdir), "jax_cache")
-    return subprocess.Popen([sys.executable, "-m", "sleep_jax.main", f"--workdir={workdir}", *SMALL,
+    return subprocess.Popen([sys.executable, "-m", "sleep_jax.main", f"--workdir={workdir}", *config,
                              *extra],
                             cwd=REPO, env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -54,6 +58,19 @@ def _wait(process, timeout=300):
     out, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, out[-3000:]
     return out
+
+
+def _fails(process, timeout=300):
+    """The last line of a run that must stop with status 1 and no traceback."""
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    return out.strip().splitlines()[-1]
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def test_killed_run_resumes_with_identical_losses(tmp_path):
@@ -84,17 +101,59 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
     assert set(record["by_difficulty"]) == {"t=0", "t=1", "t=2", "t=3"}
     assert os.path.getsize(os.path.join(killed_dir, "eval.png")) > 0
 
-    # --mode=eval scores the latest checkpoint again: the same numbers.
+    # A resume that would change the sleep stops, naming the key and both values, and leaves the
+    # run's record as it was.
+    record_before = _read(os.path.join(killed_dir, "config.json"))
+    last = _fails(_start(killed_dir, "--config.sleep.passes=3"))
+    assert last.startswith(f"sleep.passes=3: the run in {killed_dir} was trained with "
+                           "sleep.passes=1"), last
+    assert _read(os.path.join(killed_dir, "config.json")) == record_before
+
+    # --mode=eval reads the run's config.json (no --config) and scores the latest checkpoint
+    # again: the same numbers.
     os.remove(os.path.join(killed_dir, "eval.json"))
-    _wait(_start(killed_dir, "--mode=eval"))
+    _wait(_start(killed_dir, "--mode=eval", config=[]))
+    with open(os.path.join(killed_dir, "eval.json")) as f:
+        assert json.load(f) == record
+    # An eval with other settings writes beside the run's own eval.json, never over it.
+    _wait(_start(killed_dir, "--mode=eval", "--config.sleep.passes=2",
+                 config=["--config=configs/rule110.py:tiny"]))
+    with open(os.path.join(killed_dir, "eval-sleep.passes=2.json")) as f:
+        assert json.load(f)["passes"] == 2
     with open(os.path.join(killed_dir, "eval.json")) as f:
         assert json.load(f) == record
 
 
+def test_divergence_stops_the_run_before_saving_or_evaluating_it(tmp_path):
+    workdir = str(tmp_path / "diverged")
+    last = _fails(_start(workdir, "--config.train.muon_lr=1e6", "--config.train.adamw_lr=1e6",
+                         "--config.train.grad_clip=0", "--config.train.steps=8",
+                         "--config.train.checkpoint_every=2"))
+    match = re.fullmatch(r"run stopped: step (\d+): the loss or gradient is not finite .*; "
+                         r"last good checkpoint: (.*) \(step (\d+)\); .*", last)
+    assert match, last
+    bad, good = int(match[1]), int(match[3])
+    assert match[2] == os.path.join(workdir, "checkpoints", str(good))
+    assert _finished_checkpoints(workdir)[-1] == good < bad  # nothing after the last good step
+    assert not os.path.exists(os.path.join(workdir, "eval.json"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.sleep.foo=2", "sleep.foo: unknown key; the sleep block takes"),
+    ("--config.train.seed=-1", "train.seed=-1: must be an int >= 0"),
+])
+def test_config_errors_are_one_line_naming_the_key(tmp_path, override, message):
+    workdir = str(tmp_path / "run")
+    assert _fails(_start(workdir, override)).startswith(message)
+    assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
 def _parse(*overrides):
+    """The config as sleep_jax.main parses it (unknown keys pass through to validation)."""
     argv = ["main", f"--config={REPO}/configs/rule110.py:tiny", *overrides]
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True, sys_argv=argv)
+    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=False,
+                                    accept_new_attributes=True, sys_argv=argv)
     values(argv)
     return values.config
 
@@ -106,6 +165,7 @@ def test_command_line_overrides_reach_the_config():
         (3, (0, 2), 10, (1,))
 
 
-def test_config_flags_reject_an_unknown_override_key():
-    with pytest.raises((KeyError, AttributeError), match="nope"):
-        _parse("--config.train.nope=1")
+def test_an_unknown_override_key_is_named_by_validation():
+    config = _parse("--config.train.nope=1")
+    with pytest.raises(ConfigError, match=r"^train\.nope: unknown key"):
+        config_lib.check_structure(config)

@@ -7,26 +7,58 @@ A checkpoint at step ``s`` is the directory ``<workdir>/checkpoints/<s>/`` with 
 - ``data``: the grain iterator state, one small JSON file per process (``grain.checkpoint``).
 
 Orbax writes into a temporary directory and renames it when complete, so a process killed while
-saving leaves no half checkpoint: ``latest_step`` only ever sees finished ones (atomic).
+saving leaves no half checkpoint: ``latest_step`` only ever sees finished ones (atomic). The
+cadence is orbax's own ``FixedIntervalPolicy`` (``train.checkpoint_every``; the last step is
+forced). A checkpoint that cannot be read (a truncated or missing file) is reported and the next
+older one restored (``restore_newest_readable``); when training resumes from an older one, the
+unreadable newer ones are moved to ``<workdir>/checkpoints_unreadable/`` (kept for inspection,
+out of the way of the steps about to be saved again). A background save that failed is raised
+by ``check_saved`` as ``RunStopped`` naming the cause.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+from sleep_jax.train.errors import RunStopped
+
+UNREADABLE = "checkpoints_unreadable"
+
+
+def reason(error: BaseException, limit: int = 300) -> str:
+    """An exception as one line: ``Type: message`` with whitespace collapsed, at most ``limit``
+    characters."""
+    text = re.sub(r"\s+", " ", f"{type(error).__name__}: {error}").strip()
+    text = re.sub(r"\s*See full TensorStore details.*", "", text)  # a dump of the whole spec
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class Checkpointer:
     """Saves and restores (train state, data iterator) pairs under ``<workdir>/checkpoints``."""
 
-    def __init__(self, workdir: str, *, max_to_keep: int = 3):
-        directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self._manager = ocp.CheckpointManager(directory, options=options,
-                                              item_names=("state", "data"))
+    def __init__(self, workdir: str, *, max_to_keep: int = 3, save_every: int = 0):
+        """``save_every``: steps between saves (0: only forced saves, see ``save``)."""
+        self._workdir = os.path.abspath(workdir)
+        directory = os.path.join(self._workdir, "checkpoints")
+        if save_every:
+            policy = ocp.checkpoint_managers.FixedIntervalPolicy(save_every)
+        else:
+            policy = ocp.checkpoint_managers.SpecificStepsPolicy(())
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               save_decision_policy=policy)
+        try:
+            self._manager = ocp.CheckpointManager(directory, options=options,
+                                                  item_names=("state", "data"))
+        except Exception as error:  # noqa: BLE001 - e.g. unreadable metadata: say which directory
+            raise RunStopped(f"{directory}: cannot open the checkpoints: {reason(error)}") from None
+        self._saving_step = None
 
     @property
     def directory(self) -> str:
@@ -36,16 +68,49 @@ class Checkpointer:
         """The newest finished checkpoint's step, or None if there is none."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None) -> None:
-        """Starts saving ``state`` (a pytree of arrays) and the iterator position at ``step``.
+    def path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def should_save(self, step: int) -> bool:
+        """Whether ``step`` is on the save cadence (orbax's policy; never a step already saved)."""
+        return self._manager.should_save(step)
+
+    def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None, *,
+             force: bool = False) -> bool:
+        """Starts saving ``state`` (a pytree of arrays) and the iterator position at ``step`` if
+        ``step`` is on the cadence or ``force``; returns whether it did.
 
         The arrays are copied off the device before this returns, so ``state`` may be donated
-        to the next train step; the write itself finishes in the background.
+        to the next train step; the write itself finishes in the background (``check_saved``).
         """
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self._manager.save(step, args=ocp.args.Composite(**items))
+        try:  # the previous save first (orbax waits for it anyway): its failure is its own
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001
+            raise RunStopped(self._save_failed(self._saving_step, error)) from None
+        try:
+            started = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as error:  # noqa: BLE001 - a failed save of any kind stops the run
+            raise RunStopped(self._save_failed(step, error)) from None
+        if started:
+            self._saving_step = step
+        return started
+
+    def check_saved(self) -> None:
+        """Raises ``RunStopped`` if a background save has failed (cheap: call it every step)."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001
+            raise RunStopped(self._save_failed(self._saving_step, error)) from None
+
+    def _save_failed(self, step: int | None, error: BaseException) -> str:
+        latest = self._manager.latest_step()
+        last_good = self.path(latest) if latest is not None else "none"
+        return (f"saving checkpoint {self.path(step) if step is not None else ''} failed: "
+                f"{reason(error)}; training stopped; last good checkpoint: {last_good}")
 
     def restore(self, abstract_state: Any, data_iterator: grain.DatasetIterator | None,
                 step: int | None = None) -> Any:
@@ -61,13 +126,57 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
+    def restore_newest_readable(self, abstract_state: Any,
+                                data_iterator: grain.DatasetIterator | None, *,
+                                set_aside_unreadable: bool) -> tuple[int, Any]:
+        """``(step, state)`` of the newest checkpoint that reads, newest first; each one that
+        fails is logged (path and reason). ``set_aside_unreadable``: move the unreadable ones
+        newer than the restored step to ``<workdir>/checkpoints_unreadable/`` (training goes on
+        from the restored step and saves those steps again). Raises ``RunStopped`` listing what
+        was tried when none reads."""
+        tried = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(abstract_state, data_iterator, step)
+            except Exception as error:  # noqa: BLE001 - any failure to read: try the next older
+                tried.append((step, reason(error)))
+                logging.warning("checkpoint %s cannot be read (%s); trying the next older one",
+                                self.path(step), tried[-1][1])
+                continue
+            if tried and set_aside_unreadable:
+                self._set_aside([bad for bad, _ in tried])
+            return step, state
+        if not tried:
+            raise RunStopped(f"{self.directory}: no checkpoint to restore")
+        raise RunStopped(f"{self.directory}: no checkpoint could be read; tried " +
+                         "; ".join(f"{self.path(step)} ({why})" for step, why in tried))
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if jax.process_index() == 0:
+            target = os.path.join(self._workdir, UNREADABLE)
+            os.makedirs(target, exist_ok=True)
+            for step in steps:
+                destination = os.path.join(target, str(step))
+                if os.path.exists(destination):
+                    shutil.rmtree(destination)
+                shutil.move(self.path(step), destination)
+                logging.warning("moved the unreadable checkpoint %s to %s", self.path(step),
+                                destination)
+        self._manager.reload()
+
     def wait_until_finished(self) -> None:
         """Blocks until background writes are on disk."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for background writes (raising ``RunStopped`` if one failed) and closes."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001
+            raise RunStopped(self._save_failed(self._saving_step, error)) from None
+        finally:
+            self._manager.close()
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

@@ -6,44 +6,114 @@ A config (``configs/<task>.py``) is an ``ml_collections.ConfigDict`` with exactl
   (filled from the task's vocabulary).
 - ``sleep``: the fields of ``sleep_jax.sleep.SleepConfig`` 1:1 (``passes`` N, ``window`` L, ...).
 - ``task``: ``sleep_jax.tasks.default_config(name)`` with overrides.
-- ``train``: the keys of ``TRAIN_DEFAULTS`` (steps, batch size, optimiser, logging, eval).
+- ``train``: the fields of ``TrainConfig`` 1:1 (steps, batch size, optimiser, logging, eval).
 - ``mesh``: ``data``, ``fsdp``, ``tensor`` sizes (one may be -1: the remaining devices).
 
 ``validate`` checks a config against the task and the devices before anything is built, and
-raises ``ValueError`` naming the key at fault.
+raises ``ConfigError`` (a ``ValueError``), one line starting with the key at fault. Each rule
+lives in one place: the typed configs (``TrainConfig`` here, ``ModelConfig``, ``SleepConfig``,
+the task's ``make``) check their own values; ``validate`` adds only what needs two blocks, the
+task or the devices.
+
+The run directory keeps the run's record, ``<workdir>/config.json`` (``write_run_config``,
+``load_run_config``); ``check_resume`` compares a resumed run's config with it and
+``eval_tag`` names an eval whose settings differ from it.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
 from typing import Any
 
 import ml_collections
 
 from sleep_jax.parallel.mesh import MESH_AXES, mesh_shape
+from sleep_jax.train.errors import ConfigError
 
 BLOCKS = ("model", "sleep", "task", "train", "mesh")
 
-TRAIN_DEFAULTS = dict(
-    steps=1000,             # optimiser steps
-    batch_size=64,          # global batch (sequences per step, over all processes)
-    seed=0,                 # parameter init and training data
-    muon_lr=2e-3,           # peak LR of Muon (hidden weight matrices)
-    adamw_lr=5e-5,          # peak LR of AdamW (embeddings, unembedding, vectors)
-    warmup_steps=100,       # linear warmup from 0
-    schedule="cosine",      # after warmup: constant | cosine | linear
-    final_lr_fraction=0.1,  # cosine/linear decay to peak * this at train.steps
-    weight_decay=0.0,
-    grad_clip=1.0,          # global-norm clipping; <= 0 disables
-    adam_b1=0.9,
-    adam_b2=0.95,
-    muon_beta=0.95,         # Muon momentum
-    log_every=10,           # steps between metrics lines (0: never)
-    eval_every=0,           # steps between evaluations during training (0: only at the end)
-    checkpoint_every=500,   # steps between checkpoints (0: only at the end)
-    keep_checkpoints=3,
-    eval_batch_size=128,    # the eval set's size is the task's (task.eval_examples)
-    eval_seed=0,            # seed of the eval split (fixed across runs: the same held-out set)
-)
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` block, field for field; every rule on a train value is checked here.
+
+    Errors are ``ConfigError`` starting with the key, e.g. ``train.seed=-1: must be an int >= 0``.
+    """
+    steps: int = 1000             # optimiser steps
+    batch_size: int = 64          # global batch (sequences per step, over all processes)
+    seed: int = 0                 # parameter init and training data
+    muon_lr: float = 2e-3         # peak LR of Muon (hidden weight matrices)
+    adamw_lr: float = 5e-5        # peak LR of AdamW (embeddings, unembedding, vectors)
+    warmup_steps: int = 100       # linear warmup from 0
+    schedule: str = "cosine"      # after warmup: constant | cosine | linear
+    final_lr_fraction: float = 0.1  # cosine/linear decay to peak * this at train.steps
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0        # global-norm clipping; 0 disables
+    adam_b1: float = 0.9
+    adam_b2: float = 0.95
+    muon_beta: float = 0.95       # Muon momentum
+    log_every: int = 10           # steps between metrics lines (0: never)
+    eval_every: int = 0           # steps between evaluations during training (0: only at the end)
+    checkpoint_every: int = 500   # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 3     # newest checkpoints kept on disk (>= 1: the last one always is)
+    eval_batch_size: int = 128    # the eval set's size is the task's (task.eval_examples)
+    eval_seed: int = 0            # seed of the eval split (fixed across runs: the same held-out set)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_batch_size", "keep_checkpoints"):
+            self._check_int(name, 1)
+        for name in ("seed", "eval_seed", "warmup_steps", "log_every", "eval_every",
+                     "checkpoint_every"):
+            self._check_int(name, 0)
+        for name in ("muon_lr", "adamw_lr"):
+            self._check_float(name, self._number(name) > 0, "a learning rate > 0")
+        for name in ("weight_decay", "grad_clip"):
+            self._check_float(name, self._number(name) >= 0, "a number >= 0")
+        self._check_float("final_lr_fraction", 0 <= self._number("final_lr_fraction") <= 1,
+                          "a number in [0, 1]")
+        for name in ("adam_b1", "adam_b2", "muon_beta"):
+            self._check_float(name, 0 <= self._number(name) < 1, "a number in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule={self.schedule!r}: must be one of {SCHEDULES}")
+        if self.warmup_steps > self.steps:
+            raise ConfigError(f"train.warmup_steps={self.warmup_steps}: exceeds train.steps="
+                              f"{self.steps}")
+
+    def _check_int(self, name: str, minimum: int) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"train.{name}={value!r}: must be an int >= {minimum}")
+
+    def _number(self, name: str) -> float:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
+            raise ConfigError(f"train.{name}={value!r}: must be a finite number")
+        return float(value)
+
+    def _check_float(self, name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"train.{name}={getattr(self, name)!r}: must be {what}")
+
+
+def _defaults(cls) -> dict[str, Any]:
+    """{field: default} of a config dataclass, for the fields that have one."""
+    return {field.name: field.default for field in dataclasses.fields(cls)
+            if field.default is not dataclasses.MISSING}
+
+
+TRAIN_DEFAULTS = _defaults(TrainConfig)
+
+# Keys a resumed run may change: they touch neither the model, the task, the sleep nor the
+# optimiser state (``train.steps`` moves the end of the LR schedule; that is what extending a run
+# means). Every other key must equal the run's config.json.
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                  "train.keep_checkpoints", "train.eval_batch_size",
+                  "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
 def base_config(task_name: str, task_size: str = "paper") -> ml_collections.ConfigDict:
@@ -64,12 +134,6 @@ def base_config(task_name: str, task_size: str = "paper") -> ml_collections.Conf
 
 # Model fields whose value may be None; typed placeholders let the command line set them.
 _OPTIONAL_MODEL_FIELDS = {"vocab_size": int, "loop": tuple}
-
-
-def _defaults(cls) -> dict[str, Any]:
-    """{field: default} of a config dataclass, for the fields that have one."""
-    return {field.name: field.default for field in dataclasses.fields(cls)
-            if field.default is not dataclasses.MISSING}
 
 
 def _with_overrides(block: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -112,45 +176,33 @@ def _field_names(cls) -> tuple[str, ...]:
 def _check_known_keys(block: str, present, allowed) -> None:
     unknown = sorted(set(present) - set(allowed))
     if unknown:
-        raise ValueError(f"{block}.{unknown[0]}: unknown key; the {block} block takes "
-                         f"{sorted(allowed)}")
+        raise ConfigError(f"{block}.{unknown[0]}: unknown key; the {block} block takes "
+                          f"{sorted(allowed)}")
 
 
 def _check_keys(block: str, present, allowed) -> None:
     _check_known_keys(block, present, allowed)
     missing = sorted(set(allowed) - set(present))
     if missing:
-        raise ValueError(f"{block}.{missing[0]}: missing key in the {block} block")
+        raise ConfigError(f"{block}.{missing[0]}: missing key in the {block} block")
 
 
 def check_structure(config: ml_collections.ConfigDict) -> None:
-    """Key-level checks that need neither the task nor the devices (the task block is checked
-    by ``sleep_jax.tasks.make``)."""
+    """Every block present with exactly its keys (the task block is checked by
+    ``sleep_jax.tasks.make``)."""
     from sleep_jax.model import ModelConfig
     from sleep_jax.sleep import SleepConfig
 
     _check_keys("config", config.keys(), BLOCKS)
     _check_keys("model", config.model.keys(), _field_names(ModelConfig))
     _check_keys("sleep", config.sleep.keys(), _field_names(SleepConfig))
-    _check_keys("train", config.train.keys(), TRAIN_DEFAULTS)
+    _check_keys("train", config.train.keys(), _field_names(TrainConfig))
     _check_keys("mesh", config.mesh.keys(), MESH_AXES)
-    passes = config.sleep.passes
-    if not isinstance(passes, int) or passes < 1:
-        raise ValueError(f"sleep.passes={passes!r}: the number of sleep passes must be an int >= 1")
-    train = config.train
-    for key in ("steps", "batch_size", "eval_batch_size"):
-        if not isinstance(train[key], int) or train[key] < 1:
-            raise ValueError(f"train.{key}={train[key]!r}: must be an int >= 1")
-    for key in ("log_every", "eval_every", "checkpoint_every", "warmup_steps"):
-        if not isinstance(train[key], int) or train[key] < 0:
-            raise ValueError(f"train.{key}={train[key]!r}: must be an int >= 0")
-    if train.warmup_steps > train.steps:
-        raise ValueError(f"train.warmup_steps={train.warmup_steps} exceeds train.steps={train.steps}")
 
 
 def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
              batch_divisor_fn=None) -> tuple[int, int, int]:
-    """All start-up checks; returns the mesh shape.
+    """All start-up checks; returns the mesh shape. Raises ``ConfigError`` naming the key.
 
     Args:
       task: the built task (its ``layout`` and ``vocab`` are checked against the config).
@@ -158,21 +210,45 @@ def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
       batch_divisor_fn: ``mesh_shape -> int``, how many ways the batch is split (default
         ``data * fsdp``).
     """
-    check_structure(config)
-    if config.sleep.window != task.layout.window:
-        raise ValueError(f"sleep.window={config.sleep.window} does not fit the task layout: "
-                         f"task {task.name!r} uses windows of {task.layout.window} tokens")
-    vocab = config.model.vocab_size
-    if vocab is not None and vocab < task.vocab.size:
-        raise ValueError(f"model.vocab_size={vocab} is smaller than the task vocabulary "
-                         f"({task.vocab.size}); leave it None to take the task's")
-    shape = mesh_shape(dict(config.mesh), device_count)
+    try:
+        check_structure(config)
+        train = train_config(config)
+        model_config(config, task)   # ModelConfig checks its own fields
+        sleep_config(config)         # SleepConfig checks its own fields
+        if config.sleep.window != task.layout.window:
+            raise ConfigError(f"sleep.window={config.sleep.window}: does not fit the task "
+                              f"layout: task {task.name!r} uses windows of "
+                              f"{task.layout.window} tokens")
+        vocab = config.model.vocab_size
+        if vocab is not None and vocab < task.vocab.size:
+            raise ConfigError(f"model.vocab_size={vocab}: smaller than the task vocabulary "
+                              f"({task.vocab.size}); leave it None to take the task's")
+        shape = mesh_shape(dict(config.mesh), device_count)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:  # the typed configs' own checks
+        raise ConfigError(str(error)) from None
     divisor = batch_divisor_fn(shape) if batch_divisor_fn else shape[0] * shape[1]
     for key in ("batch_size", "eval_batch_size"):
-        if config.train[key] % divisor:
-            raise ValueError(f"train.{key}={config.train[key]} must be a multiple of "
-                             f"mesh.data x mesh.fsdp = {divisor}")
+        if getattr(train, key) % divisor:
+            raise ConfigError(f"train.{key}={getattr(train, key)}: must be a multiple of "
+                              f"mesh.data x mesh.fsdp = {divisor}")
     return shape
+
+
+def make_task(config: ml_collections.ConfigDict) -> Any:
+    """``sleep_jax.tasks.make(config.task)``; its errors (naming ``task.<key>``) as ConfigError."""
+    from sleep_jax import tasks
+
+    try:
+        return tasks.make(config.task)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
+    """``TrainConfig`` from the ``train`` block (checking every value)."""
+    return TrainConfig(**config.train.to_dict())
 
 
 def model_config(config: ml_collections.ConfigDict, task: Any):
@@ -192,3 +268,107 @@ def sleep_config(config: ml_collections.ConfigDict):
     from sleep_jax.sleep import SleepConfig
 
     return SleepConfig(**config.sleep.to_dict())
+
+
+# ----------------------------------------------------------------------------------------------
+# The run's record: <workdir>/config.json
+
+RUN_CONFIG = "config.json"
+
+
+def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+    """``{"block.key": value}`` with tuples as lists (as they come back from JSON)."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    out = {}
+    for block, keys in tree.items():
+        for key, value in keys.items():
+            out[f"{block}.{key}"] = plain(value)
+    return out
+
+
+def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes ``<workdir>/config.json`` atomically (a crash leaves the old one whole)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, RUN_CONFIG)
+    with open(path + ".tmp", "w") as f:
+        f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+    os.replace(path + ".tmp", path)
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict | None:
+    """The run's ``config.json`` (lists back to tuples), or None if the run has none yet."""
+    path = os.path.join(workdir, RUN_CONFIG)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            tree = json.load(f)
+    except ValueError as error:
+        raise ConfigError(f"{path}: not a readable config ({error})") from None
+
+    def typed(value):
+        if isinstance(value, list):
+            return tuple(typed(v) for v in value)
+        return value
+
+    return ml_collections.ConfigDict(
+        {block: {key: typed(value) for key, value in keys.items()}
+         for block, keys in tree.items()})
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``{"block.key": value}`` set (a new key is kept, so that
+    ``validate`` names it)."""
+    out = ml_collections.ConfigDict(config.to_dict())
+    for path, value in overrides.items():
+        block, _, key = path.partition(".")
+        if block not in out:
+            out[block] = ml_collections.ConfigDict()
+        out[block][key] = value
+    return out
+
+
+def differences(stored: ml_collections.ConfigDict, given: ml_collections.ConfigDict
+                ) -> dict[str, tuple[Any, Any]]:
+    """``{"block.key": (stored value, given value)}`` for every key that differs (a key only one
+    side has reads ``<absent>`` on the other)."""
+    old, new = flatten(stored), flatten(given)
+    absent = "<absent>"
+    return {key: (old.get(key, absent), new.get(key, absent))
+            for key in sorted(set(old) | set(new)) if old.get(key, absent) != new.get(key, absent)}
+
+
+def check_resume(stored: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
+                 path: str) -> None:
+    """Raises ``ConfigError`` naming the first key outside ``RESUMABLE_KEYS`` whose value differs
+    from the run's record ``path`` (its config.json), with both values."""
+    for key, (old, new) in differences(stored, given).items():
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"{key}={new!r}: the run in {os.path.dirname(path)} was trained with {key}={old!r} "
+                f"({path}); a resumed run may change only {', '.join(RESUMABLE_KEYS)}; use a new "
+                f"--workdir for a different run")
+
+
+# Keys that do not change what an eval computes: training-only settings and the mesh.
+def _changes_eval(key: str) -> bool:
+    if key.startswith("mesh."):
+        return False
+    if key.startswith("train."):
+        return key == "train.eval_seed"
+    return True
+
+
+def eval_tag(stored: ml_collections.ConfigDict | None, given: ml_collections.ConfigDict) -> str | None:
+    """``"sleep.passes=2"`` (``,``-joined) naming the eval settings that differ from the run's
+    record, or None when the eval is the run's own (then it writes eval.json)."""
+    if stored is None:
+        return None
+    changed = [f"{key}={new}".replace(" ", "").replace("/", "_")
+               for key, (_, new) in differences(stored, given).items() if _changes_eval(key)]
+    return ",".join(changed) or None

@@ -1,6 +1,7 @@
 """Evaluation: greedy single-pass predictions on the eval split, scored by the task's evaluator.
 
-Writes ``<workdir>/eval.json`` — ``{"task", "passes", "step", "accuracy", "by_difficulty",
+Writes ``<workdir>/eval.json`` (``eval-<tag>.json`` for an eval with other settings than the
+run's) — ``{"task", "passes", "step", "accuracy", "by_difficulty",
 "examples", ...}`` (every key of the evaluator's result is kept) — and ``<workdir>/eval.png``,
 accuracy by difficulty.
 """
@@ -46,18 +47,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_eval(workdir: str, result: dict, *, task_name: str, passes: int, step: int) -> dict:
-    """Writes ``eval.json`` and ``eval.png`` into ``workdir``; returns the JSON dict."""
+def write_eval(workdir: str, result: dict, *, task_name: str, passes: int, step: int,
+               name: str = "eval") -> dict:
+    """Writes ``<name>.json`` and ``<name>.png`` into ``workdir`` (atomically); returns the JSON
+    dict. ``name`` is ``eval`` for the run's own settings, ``eval-<tag>`` for others."""
     record = {"task": task_name, "passes": int(passes), "step": int(step),
               **_jsonable(result)}
     for key in ("accuracy", "by_difficulty", "examples"):
         if key not in record:
             raise ValueError(f"evaluator result lacks {key!r}: got keys {sorted(result)}")
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "eval.json")
+    path = os.path.join(workdir, f"{name}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(record, f, indent=1)
     os.replace(path + ".tmp", path)
-    plot_runs([record], os.path.join(workdir, "eval.png"),
+    plot_runs([record], os.path.join(workdir, f"{name}.png"),
               title=f"{task_name}, N = {passes}, step {step}")
     return record

@@ -8,9 +8,13 @@ Data flow of one run::
     every checkpoint_every: CheckpointManager.save(state, data iterator)
     every eval_every and at the end: predict on the eval split --> evaluator --> eval.json + PNG
 
-A run that finds a checkpoint in ``<workdir>/checkpoints`` resumes from it: parameters,
-optimiser state, step and the data iterator position are restored, so the following steps see
-exactly the batches and produce exactly the losses of an uninterrupted run.
+A run that finds a checkpoint in ``<workdir>/checkpoints`` resumes from the newest readable one:
+parameters, optimiser state, step and the data iterator position are restored, so the following
+steps see exactly the batches and produce exactly the losses of an uninterrupted run.
+
+A run never lies and never loses work: a non-finite loss or gradient stops it (``RunStopped``,
+naming the step and the last good checkpoint) before anything non-finite is saved or evaluated;
+a failed save stops it at the next step; ``config.json`` is the run's record (see ``train``).
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ from sleep_jax.train import config as config_lib
 from sleep_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from sleep_jax.train.data import to_global, train_iterator
 from sleep_jax.train.evaluation import evaluate, write_eval
+from sleep_jax.train.errors import ConfigError, RunStopped
 from sleep_jax.train.metrics import MetricsWriter, Progress, StepTimer
-from sleep_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from sleep_jax.train.optimizer import make_optimizer
 from sleep_jax.train.step import (abstract_train_state, init_train_state, make_predict_step,
                                   make_train_step, model_loss_fn, model_predict_fn)
 
@@ -39,6 +44,7 @@ from sleep_jax.train.step import (abstract_train_state, init_train_state, make_p
 class Experiment:
     """Everything built from a validated config, before any array is allocated."""
     config: ml_collections.ConfigDict
+    train: config_lib.TrainConfig
     task: Any
     mesh: jax.sharding.Mesh
     model_config: Any
@@ -53,37 +59,30 @@ class Experiment:
 
 
 def setup(config: ml_collections.ConfigDict) -> Experiment:
-    """Validates ``config`` (raising ``ValueError`` naming the bad key) and builds the pieces."""
-    from sleep_jax import tasks
+    """Validates ``config`` (raising ``ConfigError`` naming the bad key) and builds the pieces."""
     from sleep_jax.model import HybridModel
 
     config_lib.check_structure(config)
-    task = tasks.make(config.task)
+    task = config_lib.make_task(config)
     config_lib.validate(config, task, jax.device_count())
+    train = config_lib.train_config(config)
     mesh = make_mesh(config.mesh)
     model_config = config_lib.model_config(config, task)
-    seed = config.train.seed
 
     def create_params():
-        return nnx.split(HybridModel(model_config, rngs=nnx.Rngs(seed)))[1]
+        return nnx.split(HybridModel(model_config, rngs=nnx.Rngs(train.seed)))[1]
 
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: HybridModel(model_config, rngs=nnx.Rngs(seed))))
-    return Experiment(config=config, task=task, mesh=mesh, model_config=model_config,
-                      sleep=config_lib.sleep_config(config), graphdef=graphdef,
-                      create_params=create_params, optimizer=make_optimizer(config.train))
-
-
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: HybridModel(model_config,
+                                                               rngs=nnx.Rngs(train.seed))))
+    return Experiment(config=config, train=train, task=task, mesh=mesh,
+                      model_config=model_config, sleep=config_lib.sleep_config(config),
+                      graphdef=graphdef, create_params=create_params,
+                      optimizer=make_optimizer(train))
 
 
 def _run_eval(exp: Experiment, predict: Callable, params: Any) -> dict:
-    train = exp.config.train
-    return evaluate(predict, params, exp.task, batch_size=train.eval_batch_size, seed=train.eval_seed,
-                    batch_sharding=batch_sharding(exp.mesh))
+    return evaluate(predict, params, exp.task, batch_size=exp.train.eval_batch_size,
+                    seed=exp.train.eval_seed, batch_sharding=batch_sharding(exp.mesh))
 
 
 def _eval_metrics(result: dict) -> dict[str, float]:
@@ -92,29 +91,53 @@ def _eval_metrics(result: dict) -> dict[str, float]:
     return metrics
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from the latest checkpoint if any), evaluates, writes eval.json.
+def _check_finite(state: dict, checkpointer: Checkpointer, metrics: dict | None = None) -> None:
+    """Raises ``RunStopped`` if the train step has met a non-finite loss or gradient (one scalar
+    read: call it where the loop syncs anyway). Nothing after the last good step was applied."""
+    bad_step = int(jax.device_get(state["diverged_at_step"]))
+    if not bad_step:
+        return
+    checkpointer.wait_until_finished()
+    latest = checkpointer.latest_step()
+    last_good = f"{checkpointer.path(latest)} (step {latest})" if latest is not None else "none"
+    seen = f" (loss {metrics['loss']:.4g}, grad_norm {metrics['grad_norm']:.4g})" if metrics else ""
+    raise RunStopped(f"step {bad_step}: the loss or gradient is not finite{seen}; training "
+                     f"stopped before saving or evaluating anything after step {bad_step - 1}; "
+                     f"last good checkpoint: {last_good}; lower train.muon_lr / "
+                     f"train.adamw_lr or set train.grad_clip > 0")
 
-    Returns the final eval record (the contents of eval.json).
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from the newest readable checkpoint if any), evaluates, writes eval.json.
+
+    The run's ``config.json`` is compared with ``config`` before anything is built (a key outside
+    ``config_lib.RESUMABLE_KEYS`` that differs stops the run) and written only once the config
+    has validated and any restore has succeeded. Returns the final eval record (eval.json).
+    Raises ``ConfigError`` (bad config) or ``RunStopped`` (divergence, no readable checkpoint,
+    a failed save).
     """
     exp = setup(config)
-    _write_config(workdir, config)
-    train_cfg = config.train
+    stored = config_lib.load_run_config(workdir)
+    if stored is not None:
+        config_lib.check_resume(stored, config, os.path.join(workdir, config_lib.RUN_CONFIG))
+    train_cfg = exp.train
     is_main = jax.process_index() == 0
-    checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.keep_checkpoints)
+    checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.keep_checkpoints,
+                                save_every=train_cfg.checkpoint_every)
     data = train_iterator(exp.task, batch_size=train_cfg.batch_size, seed=train_cfg.seed)
     abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, exp.mesh)
     if checkpointer.latest_step() is not None:
-        logging.info("resuming from %s/%d", checkpointer.directory, checkpointer.latest_step())
-        state = checkpointer.restore(abstract_with_shardings(abstract, shardings), data)
+        restored_step, state = checkpointer.restore_newest_readable(
+            abstract_with_shardings(abstract, shardings), data, set_aside_unreadable=True)
+        logging.info("resuming from %s", checkpointer.path(restored_step))
     else:
         state, _ = init_train_state(exp.create_params, exp.optimizer, exp.mesh)
+    if is_main:
+        config_lib.write_run_config(workdir, config)
     train_step = make_train_step(model_loss_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
                                  exp.optimizer, exp.mesh, shardings)
     predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
                                 exp.mesh, shardings["params"])
-    muon_lr = learning_rate_schedule(train_cfg.muon_lr, train_cfg)
-    adamw_lr = learning_rate_schedule(train_cfg.adamw_lr, train_cfg)
     writer = MetricsWriter(workdir, enabled=is_main)
     progress = Progress(train_cfg.steps)
     inputs = batch_sharding(exp.mesh)
@@ -122,57 +145,84 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     step = first_step = int(jax.device_get(state["step"]))
     timer = StepTimer(step)
-    while step < train_cfg.steps:
-        state, metrics = train_step(state, to_global(next(data), inputs))
-        step += 1
-        log_now = train_cfg.log_every and (step % train_cfg.log_every == 0 or step == train_cfg.steps)
-        if log_now or step == first_step + 1:  # the first lap is the compile step alone
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            step_time = timer.lap(step)
-        if log_now:
-            metrics.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time,
-                           lr_muon=float(muon_lr(step - 1)), lr_adamw=float(adamw_lr(step - 1)))
-            writer.write(step, metrics)
-            if is_main:
-                progress.log(step, metrics)
-        if (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0) or \
-                step == train_cfg.steps:
-            checkpointer.save(step, state, data)
-        if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < train_cfg.steps:
-            result = _run_eval(exp, predict, state["params"])
-            writer.write(step, _eval_metrics(result), split="eval")
-            logging.info("eval at step %d: accuracy %.4f %s", step, result["accuracy"],
-                         json.dumps(result["by_difficulty"]))
-            timer.restart()  # eval time is not step time
-    checkpointer.close()
+    metrics = None
+    try:
+        while step < train_cfg.steps:
+            state, metrics = train_step(state, to_global(next(data), inputs))
+            step += 1
+            log_now = train_cfg.log_every and (step % train_cfg.log_every == 0
+                                               or step == train_cfg.steps)
+            if log_now or step == first_step + 1:  # the first lap is the compile step alone
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                step_time = timer.lap(step)
+            if log_now:
+                metrics.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time)
+                writer.write(step, metrics)
+                if is_main:
+                    progress.log(step, metrics)
+                _check_finite(state, checkpointer, metrics)
+            checkpointer.check_saved()
+            final = step == train_cfg.steps
+            if final or checkpointer.should_save(step):
+                _check_finite(state, checkpointer)
+                checkpointer.save(step, state, data, force=final)
+            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and not final:
+                _check_finite(state, checkpointer)
+                result = _run_eval(exp, predict, state["params"])
+                writer.write(step, _eval_metrics(result), split="eval")
+                logging.info("eval at step %d: accuracy %.4f %s", step, result["accuracy"],
+                             json.dumps(result["by_difficulty"]))
+                timer.restart()  # eval time is not step time
+        _check_finite(state, checkpointer)
+    finally:
+        writer.flush()
+        checkpointer.close()  # raises RunStopped if a background save failed
     result = _run_eval(exp, predict, state["params"])
     writer.write(step, _eval_metrics(result), split="eval")
     writer.close()
-    return _finish(exp, workdir, result, step)
+    return _finish(exp, workdir, result, step, name="eval")
 
 
-def _finish(exp: Experiment, workdir: str, result: dict, step: int) -> dict:
+def _finish(exp: Experiment, workdir: str, result: dict, step: int, name: str) -> dict:
     record = {"task": exp.task.name, "passes": exp.sleep.passes, "step": step, **result}
     if jax.process_index() == 0:
         record = write_eval(workdir, result, task_name=exp.task.name, passes=exp.sleep.passes,
-                            step=step)
+                            step=step, name=name)
         logging.info("eval at step %d: accuracy %.4f by difficulty %s -> %s", step,
                      record["accuracy"], json.dumps(record["by_difficulty"]),
-                     os.path.join(workdir, "eval.json"))
+                     os.path.join(workdir, f"{name}.json"))
     return record
 
 
+def eval_config(workdir: str, given: ml_collections.ConfigDict | None,
+                overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The config ``--mode=eval`` uses: the run's config.json with the command line's
+    ``--config.<block>.<key>`` ``overrides``; ``given`` (the whole ``--config``) only for a run
+    directory without a config.json."""
+    stored = config_lib.load_run_config(workdir)
+    if stored is not None:
+        return config_lib.with_overrides(stored, overrides)
+    if given is None:
+        raise ConfigError(f"--config: {os.path.join(workdir, config_lib.RUN_CONFIG)} does not "
+                          f"exist, so --mode=eval needs the run's --config")
+    return given
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the latest checkpoint in ``workdir`` and writes eval.json / eval.png."""
+    """Evaluates the newest readable checkpoint in ``workdir`` with ``config`` (see
+    ``eval_config``). Writes ``eval.json`` / ``eval.png`` when ``config`` is the run's own, or
+    ``eval-<tag>.json`` / ``.png`` naming the settings that differ (e.g.
+    ``eval-sleep.passes=2.json``), never over the run's own."""
     exp = setup(config)
-    checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"--mode=eval: no checkpoint under {checkpointer.directory}")
+    tag = config_lib.eval_tag(config_lib.load_run_config(workdir), config)
+    checkpointer = Checkpointer(workdir, max_to_keep=exp.train.keep_checkpoints)
+    if checkpointer.latest_step() is None:
+        raise RunStopped(f"--mode=eval: no checkpoint under {checkpointer.directory}")
     abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, exp.mesh)
-    state = checkpointer.restore(abstract_with_shardings(abstract, shardings), None)
+    step, state = checkpointer.restore_newest_readable(
+        abstract_with_shardings(abstract, shardings), None, set_aside_unreadable=False)
     checkpointer.close()
     predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
                                 exp.mesh, shardings["params"])
     result = _run_eval(exp, predict, state["params"])
-    return _finish(exp, workdir, result, step)
+    return _finish(exp, workdir, result, step, name=f"eval-{tag}" if tag else "eval")

@@ -13,18 +13,23 @@ Which parameters get Muon is decided from their ``logical_axes`` metadata:
   convolution kernels (``conv`` axis), and vectors (norm scales, biases, ``A_log``, ``dt_bias``).
 
 Both learning rates follow one schedule shape (linear warmup, then constant / cosine / linear
-decay) scaled to their own peak, and gradients are clipped by global norm first.
+decay) scaled to their own peak, and gradients are clipped by global norm first. Each optimiser
+is wrapped in ``optax.inject_hyperparams``, so the learning rate of the last update sits in the
+optimiser state: ``learning_rates(opt_state)`` reads it (for logging) rather than rebuilding the
+schedule.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import optax
 from flax import nnx
 from optax.contrib import MuonDimensionNumbers
 
-SCHEDULES = ("constant", "cosine", "linear")
+from sleep_jax.train.config import TrainConfig
+
+LABELS = ("muon", "adamw")
 
 
 def _is_variable(x: Any) -> bool:
@@ -71,44 +76,43 @@ def optimizer_labels(params: Any) -> Any:
     return jax.tree.map(label, params, is_leaf=_is_variable)
 
 
-def learning_rate_schedule(peak: float, train_config: Mapping[str, Any]) -> optax.Schedule:
+def learning_rate_schedule(peak: float, train: TrainConfig) -> optax.Schedule:
     """Linear warmup over ``train.warmup_steps`` to ``peak``, then ``train.schedule`` until
     ``train.steps`` (``cosine``/``linear`` decay to ``peak * train.final_lr_fraction``)."""
-    steps = int(train_config["steps"])
-    warmup = int(train_config["warmup_steps"])
-    kind = train_config["schedule"]
-    final = peak * float(train_config["final_lr_fraction"])
-    if kind not in SCHEDULES:
-        raise ValueError(f"train.schedule={kind!r}: must be one of {SCHEDULES}")
-    decay_steps = max(steps - warmup, 1)
-    if kind == "constant":
+    final = peak * train.final_lr_fraction
+    decay_steps = max(train.steps - train.warmup_steps, 1)
+    if train.schedule == "constant":
         after = optax.constant_schedule(peak)
-    elif kind == "cosine":
-        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=final / peak if peak else 0.0)
+    elif train.schedule == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=train.final_lr_fraction)
     else:
         after = optax.linear_schedule(peak, final, decay_steps)
-    if warmup == 0:
+    if train.warmup_steps == 0:
         return after
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, train.warmup_steps), after],
+                                [train.warmup_steps])
 
 
-def make_optimizer(train_config: Mapping[str, Any]) -> optax.GradientTransformation:
-    """Clip by global norm, then Muon (``train.muon_lr``) / AdamW (``train.adamw_lr``) by label.
-
-    Keys read from the ``train`` block: ``steps``, ``warmup_steps``, ``schedule``,
-    ``final_lr_fraction``, ``muon_lr``, ``adamw_lr``, ``weight_decay``, ``grad_clip``
-    (<= 0 disables clipping), ``adam_b1``, ``adam_b2``, ``muon_beta``.
-    """
-    muon_lr = learning_rate_schedule(float(train_config["muon_lr"]), train_config)
-    adamw_lr = learning_rate_schedule(float(train_config["adamw_lr"]), train_config)
-    weight_decay = float(train_config["weight_decay"])
-    muon = optax.contrib.muon(
-        learning_rate=muon_lr, beta=float(train_config["muon_beta"]), weight_decay=weight_decay,
-        muon_weight_dimension_numbers=_dimension_numbers_tree)
-    adamw = optax.adamw(learning_rate=adamw_lr, b1=float(train_config["adam_b1"]),
-                        b2=float(train_config["adam_b2"]), weight_decay=weight_decay)
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
+    """Clip by global norm (``train.grad_clip``; 0: no clipping), then Muon (``train.muon_lr``) /
+    AdamW (``train.adamw_lr``) by label, each with its schedule injected into its state."""
+    muon = optax.inject_hyperparams(optax.contrib.muon,
+                                    static_args=("muon_weight_dimension_numbers",))(
+        learning_rate=learning_rate_schedule(train.muon_lr, train), beta=train.muon_beta,
+        weight_decay=train.weight_decay, muon_weight_dimension_numbers=_dimension_numbers_tree)
+    adamw = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=learning_rate_schedule(train.adamw_lr, train), b1=train.adam_b1,
+        b2=train.adam_b2, weight_decay=train.weight_decay)
     parts = []
-    if float(train_config["grad_clip"]) > 0:
-        parts.append(optax.clip_by_global_norm(float(train_config["grad_clip"])))
+    if train.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(train.grad_clip))
     parts.append(optax.multi_transform({"muon": muon, "adamw": adamw}, optimizer_labels))
     return optax.chain(*parts)
+
+
+def learning_rates(opt_state: Any) -> dict[str, jax.Array]:
+    """``{"lr_muon", "lr_adamw"}``: the learning rates of the last update, read from the state of
+    ``make_optimizer``'s ``inject_hyperparams`` wrappers (0 before the first update)."""
+    partition = opt_state[-1]  # the multi_transform's state, last in the chain
+    return {f"lr_{label}": partition.inner_states[label].inner_state.hyperparams["learning_rate"]
+            for label in LABELS}

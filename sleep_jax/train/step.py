@@ -1,6 +1,11 @@
 """The jitted train and predict steps, with explicit shardings on the mesh.
 
-The train state is a dict ``{"step": int32 [], "params": nnx.State, "opt_state": optax state}``.
+The train state is a dict ``{"step": int32 [], "params": nnx.State, "opt_state": optax state,
+"diverged_at_step": int32 []}``. ``step`` counts the updates applied. The divergence guard lives
+in the step: an update whose loss, gradient norm or update norm is not finite is not applied,
+and ``diverged_at_step`` records the first such step (0: none); from then on the state stays the
+last good one, so nothing non-finite ever reaches the parameters, a checkpoint or an eval. The
+loop reads ``diverged_at_step`` whenever it syncs (logging, saving, evaluating) and stops.
 Parameters and the optimiser moments that mirror them are sharded by their ``logical_axes``
 (``sleep_jax.parallel.rules``); the batch by the ``batch`` rule; scalars are replicated.
 The state argument is donated: its buffers are reused for the new state.
@@ -16,6 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sleep_jax.parallel.rules import batch_sharding, tree_shardings
+from sleep_jax.train.optimizer import learning_rates
 
 LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -25,7 +31,7 @@ def _state_builder(create_params: Callable[[], Any],
     def create():
         params = create_params()
         return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": optimizer.init(params)}
+                "opt_state": optimizer.init(params), "diverged_at_step": jnp.zeros((), jnp.int32)}
     return create
 
 
@@ -56,7 +62,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
     Args:
       loss_fn: ``(params, batch) -> (loss, metrics)``; ``batch`` holds ``tokens`` and
-        ``loss_mask`` int32 ``[B, T]``. Its metrics dict is returned with ``grad_norm`` added.
+        ``loss_mask`` int32 ``[B, T]``. Its metrics dict is returned with ``grad_norm`` and the
+        learning rates of this update (``lr_muon``, ``lr_adamw``) added.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     batch = batch_sharding(mesh, ndim=2)
@@ -66,8 +73,17 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
             state["params"], batch_arrays)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+        healthy = finite & (state["diverged_at_step"] == 0)
+        applied = jax.tree.map(
+            lambda new, old: jnp.where(healthy, new, old),
+            {"step": state["step"] + 1, "params": params, "opt_state": opt_state},
+            {key: state[key] for key in ("step", "params", "opt_state")})
+        diverged_at_step = jnp.where(finite | (state["diverged_at_step"] > 0),
+                                     state["diverged_at_step"], state["step"] + 1)
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, **learning_rates(opt_state))
+        return dict(applied, diverged_at_step=diverged_at_step), metrics
 
     return _on_mesh(mesh, jax.jit(step, in_shardings=(state_shardings, batch),
                                   out_shardings=(state_shardings, replicated), donate_argnums=0))

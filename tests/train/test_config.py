@@ -1,4 +1,5 @@
-"""Bad configs fail at start with a message naming the key."""
+"""Bad configs fail at start with one line starting with the key; the run's record
+(config.json) decides what a resume may change and how an eval with other settings is named."""
 import os
 
 import pytest
@@ -7,6 +8,7 @@ from ml_collections import config_flags
 
 from sleep_jax import tasks
 from sleep_jax.train import config as config_lib
+from sleep_jax.train.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [f"{REPO}/configs/{name}.py:{variant}" for name in ("rule110", "depo", "gsm_infinite")
@@ -45,9 +47,11 @@ def test_paper_settings():
 
 
 def _error(config, device_count=1):
-    with pytest.raises(ValueError) as info:
-        config_lib.validate(config, tasks.make(config.task), device_count)
-    return str(info.value)
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(config, config_lib.make_task(config), device_count)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
 def test_unknown_keys_in_blocks_are_named():
@@ -72,14 +76,14 @@ def test_missing_model_key_is_named():
 def test_window_that_does_not_fit_the_task_layout():
     config = rule110_tiny()
     config.sleep.window = 12
-    assert _error(config).startswith("sleep.window=12 does not fit the task layout")
+    assert _error(config).startswith("sleep.window=12: does not fit the task layout")
 
 
 @pytest.mark.parametrize("passes", [0, -1])
 def test_passes_below_one(passes):
     config = rule110_tiny()
     config.sleep.passes = passes
-    assert _error(config).startswith(f"sleep.passes={passes}")
+    assert _error(config).startswith("sleep.passes")  # SleepConfig's own rule
 
 
 def test_mesh_that_does_not_divide_the_devices():
@@ -92,16 +96,66 @@ def test_batch_that_does_not_split_over_the_mesh():
     config = rule110_tiny()
     config.train.batch_size = 60
     config.mesh.update(data=8)
-    assert _error(config, device_count=8).startswith("train.batch_size=60 must be a multiple")
+    assert _error(config, device_count=8).startswith("train.batch_size=60: must be a multiple")
 
 
-def test_bad_train_values():
+@pytest.mark.parametrize("key, value, message", [
+    ("steps", 0, "train.steps=0: must be an int >= 1"),
+    ("seed", -1, "train.seed=-1: must be an int >= 0"),
+    ("keep_checkpoints", 0, "train.keep_checkpoints=0: must be an int >= 1"),
+    ("muon_lr", -0.1, "train.muon_lr=-0.1: must be a learning rate > 0"),
+    ("adamw_lr", 0.0, "train.adamw_lr=0.0: must be a learning rate > 0"),
+    ("muon_lr", float("nan"), "train.muon_lr=nan: must be a finite number"),
+    ("grad_clip", -1.0, "train.grad_clip=-1.0: must be a number >= 0"),
+    ("adam_b2", 1.0, "train.adam_b2=1.0: must be a number in [0, 1)"),
+    ("schedule", "step", "train.schedule='step': must be one of"),
+    ("warmup_steps", 10 ** 6, "train.warmup_steps=1000000: exceeds train.steps=300"),
+    ("log_every", True, "train.log_every=True: must be an int >= 0"),
+])
+def test_bad_train_values(key, value, message):
     config = rule110_tiny()
-    config.train.steps = 0
-    assert _error(config).startswith("train.steps=0")
+    config.train[key] = value
+    assert _error(config).startswith(message)
+
+
+def test_model_rules_come_from_the_model_config():
     config = rule110_tiny()
-    config.train.warmup_steps = 10 ** 6
-    assert _error(config).startswith("train.warmup_steps=1000000 exceeds train.steps")
+    config.model.attn_kv_heads = 3
+    assert _error(config).startswith("model.attn")
+
+
+def _record(tmp_path, config):
+    config_lib.write_run_config(str(tmp_path), config)
+    return config_lib.load_run_config(str(tmp_path))
+
+
+def test_run_record_round_trips_and_a_resume_may_change_only_the_listed_keys(tmp_path):
+    config = rule110_tiny()
+    stored = _record(tmp_path, config)
+    assert config_lib.differences(stored, config) == {}  # tuples come back as tuples
+    assert stored.task.steps == (0,)
+    resumed = rule110_tiny()
+    resumed.train.update(steps=600, log_every=5, eval_every=100, checkpoint_every=50,
+                         keep_checkpoints=1)
+    config_lib.check_resume(stored, resumed, "run/config.json")
+    for key, value in [("sleep.passes", 3), ("model.d_model", 128), ("train.muon_lr", 1e-3),
+                       ("task.steps", (1,))]:
+        changed = config_lib.with_overrides(config, {key: value})
+        with pytest.raises(ConfigError) as info:
+            config_lib.check_resume(stored, changed, "run/config.json")
+        old = config_lib.flatten(config)[key]
+        assert str(info.value).startswith(f"{key}={value if key != 'task.steps' else [1]!r}: "
+                                          f"the run in run was trained with {key}={old!r}")
+
+
+def test_eval_tag_names_the_settings_that_change_the_eval(tmp_path):
+    stored = _record(tmp_path, rule110_tiny())
+    assert config_lib.eval_tag(stored, stored) is None
+    assert config_lib.eval_tag(None, stored) is None
+    assert config_lib.eval_tag(stored, config_lib.with_overrides(
+        stored, {"sleep.passes": 2, "train.eval_batch_size": 64})) == "sleep.passes=2"
+    assert config_lib.eval_tag(stored, config_lib.with_overrides(
+        stored, {"task.eval_steps": (1, 2)})) == "task.eval_steps=[1,2]"
 
 
 def test_blocks_are_the_dataclass_defaults_plus_overrides():

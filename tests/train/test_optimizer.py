@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,12 +8,12 @@ import pytest
 from flax import nnx
 from optax.contrib import MuonDimensionNumbers
 
-from sleep_jax.train.optimizer import (learning_rate_schedule, make_optimizer,
+from sleep_jax.train.config import TrainConfig
+from sleep_jax.train.optimizer import (learning_rate_schedule, learning_rates, make_optimizer,
                                        muon_dimension_numbers, optimizer_labels)
 
-TRAIN = dict(steps=100, warmup_steps=10, schedule="cosine", final_lr_fraction=0.1, muon_lr=2e-3,
-             adamw_lr=5e-5, weight_decay=0.0, grad_clip=1.0, adam_b1=0.9, adam_b2=0.95,
-             muon_beta=0.95)
+TRAIN = TrainConfig(steps=100, warmup_steps=10, schedule="cosine", final_lr_fraction=0.1,
+                    muon_lr=2e-3, adamw_lr=5e-5, weight_decay=0.0, grad_clip=1.0)
 
 
 def params():
@@ -46,15 +48,27 @@ def test_schedule_warms_up_then_decays():
     assert float(schedule(5)) == pytest.approx(0.5)
     assert float(schedule(10)) == pytest.approx(1.0)
     assert float(schedule(100)) == pytest.approx(0.1)
-    constant = learning_rate_schedule(1.0, dict(TRAIN, schedule="constant", warmup_steps=0))
+    constant = learning_rate_schedule(1.0, dataclasses.replace(TRAIN, schedule="constant",
+                                                               warmup_steps=0))
     assert float(constant(50)) == 1.0
-    with pytest.raises(ValueError, match="train.schedule='step'"):
-        learning_rate_schedule(1.0, dict(TRAIN, schedule="step"))
+
+
+def test_logged_learning_rates_are_the_injected_schedule_values():
+    p = params()
+    optimizer = make_optimizer(TRAIN)
+    state = optimizer.init(p)
+    grads = jax.tree.map(jnp.ones_like, p)
+    muon, adamw = learning_rate_schedule(2e-3, TRAIN), learning_rate_schedule(5e-5, TRAIN)
+    for step in range(1, 4):  # after update s, the state holds the rate that update used
+        _, state = optimizer.update(grads, state, p)
+        lrs = learning_rates(state)
+        assert float(lrs["lr_muon"]) == pytest.approx(float(muon(step - 1)))
+        assert float(lrs["lr_adamw"]) == pytest.approx(float(adamw(step - 1)))
 
 
 def test_update_moves_muon_params_at_muon_lr_and_adamw_params_at_adamw_lr():
     p = params()
-    optimizer = make_optimizer(dict(TRAIN, warmup_steps=0, schedule="constant"))
+    optimizer = make_optimizer(dataclasses.replace(TRAIN, warmup_steps=0, schedule="constant"))
     state = optimizer.init(p)
     keys = iter(jax.random.split(jax.random.key(0), 6))
     # Huge gradients: clipping must act before both optimisers (neither reacts to scale anyway).

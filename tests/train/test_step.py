@@ -3,6 +3,7 @@ on the real hybrid model with two sleep passes (and with the Pallas delta rule, 
 inside a shard_map)."""
 import dataclasses
 
+import chex
 import jax
 import pytest
 import numpy as np
@@ -13,12 +14,12 @@ from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.numerics import rel_rms
 from sleep_jax.parallel import make_mesh
 from sleep_jax.sleep import SleepConfig
+from sleep_jax.train.config import TrainConfig
 from sleep_jax.train.optimizer import make_optimizer
 from sleep_jax.train.step import init_train_state, make_train_step, model_loss_fn
 
-TRAIN = dict(steps=10, warmup_steps=1, schedule="cosine", final_lr_fraction=0.1, muon_lr=2e-3,
-             adamw_lr=5e-5, weight_decay=0.01, grad_clip=1.0, adam_b1=0.9, adam_b2=0.95,
-             muon_beta=0.95)
+TRAIN = TrainConfig(steps=10, warmup_steps=1, schedule="cosine", final_lr_fraction=0.1,
+                    muon_lr=2e-3, adamw_lr=5e-5, weight_decay=0.01, grad_clip=1.0)
 MODEL = ModelConfig(vocab_size=8, d_model=16, pattern="AG", attn_heads=2, attn_kv_heads=2,
                     attn_head_dim=8, gdn_heads=2, gdn_v_heads=2, gdn_head_dim=8, gdn_v_head_dim=8,
                     mlp_hidden=32, chunk_size=16, delta_rule_impl="recurrent")
@@ -69,3 +70,34 @@ def test_sharded_step_matches_single_device(impl):
     init = jax.tree.map(np.asarray, nnx.split(HybridModel(model, rngs=nnx.Rngs(0)))[1])
     for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(many_params)):
         assert not np.array_equal(a, b)
+
+
+def test_a_non_finite_step_is_not_applied_and_is_remembered():
+    """The divergence guard: from the first non-finite loss on, the state stays the last good one
+    and ``diverged_at_step`` names that step, even when later steps are finite again."""
+    import jax.numpy as jnp
+    import optax
+
+    mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    optimizer = optax.chain(optax.multi_transform({"muon": optimizer, "adamw": optimizer},
+                                                  lambda p: jax.tree.map(lambda _: "adamw", p)))
+
+    def create_params():
+        return nnx.State({"w": nnx.Param(jnp.ones((4, 2)), logical_axes=("embed", "mlp"))})
+
+    def loss_fn(params, batch):
+        loss = jnp.mean((batch["x"] @ params["w"].get_value()) ** 2)
+        return loss, {}
+
+    state, shardings = init_train_state(create_params, optimizer, mesh)
+    step = make_train_step(loss_fn, optimizer, mesh, shardings)
+    good = {"x": np.ones((2, 4), np.float32)}
+    bad = {"x": np.full((2, 4), np.nan, np.float32)}
+    state, _ = step(state, good)
+    after_one = jax.tree.map(np.asarray, state)
+    for batch in (bad, good):
+        state, metrics = step(state, batch)
+    assert (int(state["step"]), int(state["diverged_at_step"])) == (1, 2)
+    chex.assert_trees_all_close(jax.tree.map(np.asarray, state["params"]), after_one["params"])
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["lr_adamw"]) == pytest.approx(0.1)
