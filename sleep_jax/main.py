@@ -78,7 +78,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as error:
-        message = " ".join(str(error).replace("\\n", " ").split())
+        text = error.args[0] if isinstance(error, KeyError) and error.args else error  # no repr
+        message = " ".join(str(text).split())
         sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
                          "Pass --helpshort or --helpfull to see help on flags.\n")
         sys.exit(1)
