@@ -195,6 +195,10 @@ class Engine:
         """The number of tokens slot `slot` has read."""
         return int(self._positions[self._check_slot(slot)])
 
+    def logits(self, slot: int) -> np.ndarray:
+        """float32 [vocab]: slot `slot`'s prediction of the token after the last one it read."""
+        return np.asarray(self._state["logits"][self._check_slot(slot)])
+
     def reset(self, slot: int) -> None:
         """Empty slot `slot` (a new session)."""
         slot = self._check_slot(slot)
@@ -243,7 +247,7 @@ class Engine:
             self.stats["wake_steps"] += count
             self._positions[slot] += count
             self._sleep_if_full(slot)
-        return np.asarray(self._state["logits"][slot])
+        return self.logits(slot)
 
     def generate(self, slots: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()) -> np.ndarray:
         """Generate `max_new_tokens` tokens in each of `slots` (prefilled), one batched pass per token.
