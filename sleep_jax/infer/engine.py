@@ -69,12 +69,12 @@ def _select_rows(active, new: dict, old: dict) -> dict:
     return jax.tree.map(lambda n, o: jnp.where(active.reshape(-1, *(1,) * (n.ndim - 1)), n, o), new, old)
 
 
-def wake(model, sleep: SleepConfig, tokens, active, rows: dict) -> dict:
+def wake(model, window: int, eviction: str, tokens, active, rows: dict) -> dict:
     """One wake pass: the rows where active [b] read tokens int32 [b] at their own positions."""
     logits, recurrent, cache = model.decode_step(tokens, rows["position"], rows["recurrent"], rows["cache"],
-                                                 window=sleep.window, eviction=sleep.eviction)
-    offset = rows["position"] % sleep.window
-    window_tokens = jnp.where(jnp.arange(sleep.window) == offset[:, None], tokens[:, None], rows["window_tokens"])
+                                                 window=window, eviction=eviction)
+    offset = rows["position"] % window
+    window_tokens = jnp.where(jnp.arange(window) == offset[:, None], tokens[:, None], rows["window_tokens"])
     new = {**rows, "recurrent": recurrent, "cache": cache, "window_tokens": window_tokens, "logits": logits,
            "position": rows["position"] + 1}
     return _select_rows(active, new, rows)
@@ -99,6 +99,52 @@ def take_row(slots: dict, slot) -> dict:
 def put_row(slots: dict, slot, row: dict) -> dict:
     return jax.tree.map(lambda x, r: jax.lax.dynamic_update_slice_in_dim(x, r.astype(x.dtype), slot, axis=0),
                         slots, row)
+
+
+# Jitted entry points (module level, so engines over the same model share their compilations).
+# The wake programs take only (window, eviction): they are the same for every N.
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction"), donate_argnames="slots")
+def _read_span(params, slot, tokens, count, slots, *, graphdef, window, eviction):
+    """Slot `slot` reads tokens[:count] (tokens int32 [L], padded), one wake pass each."""
+    model = nnx.merge(graphdef, params)
+
+    def one(row, index):
+        return wake(model, window, eviction, tokens[index][None], (index < count)[None], row), None
+
+    row = jax.lax.scan(one, take_row(slots, slot), jnp.arange(tokens.shape[0]))[0]
+    return put_row(slots, slot, row)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction", "temperature", "top_k", "top_p"),
+                   donate_argnames="slots")
+def _generate_step(params, active, seed, slots, *, graphdef, window, eviction, temperature, top_k, top_p):
+    """Every slot where active [B] samples its next token and reads it: (tokens [B], slots)."""
+    tokens = sample_tokens(slots["logits"], slots["position"], seed, temperature=temperature, top_k=top_k,
+                           top_p=top_p)
+    return tokens, wake(nnx.merge(graphdef, params), window, eviction, tokens, active, slots)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sleep"), donate_argnames="slots")
+def _sleep_slot(params, slot, slots, *, graphdef, sleep):
+    """Slot `slot`, whose window is full, sleeps."""
+    return put_row(slots, slot, sleep_row(nnx.merge(graphdef, params), sleep, take_row(slots, slot)))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sleep"), donate_argnames="slots")
+def _fill_and_sleep(params, slot, tokens, slots, *, graphdef, sleep):
+    """Slot `slot`, at a window start, takes a whole window tokens int32 [L] and sleeps on it."""
+    row = take_row(slots, slot)
+    row = {**row, "window_tokens": tokens[None], "position": row["position"] + sleep.window}
+    return put_row(slots, slot, sleep_row(nnx.merge(graphdef, params), sleep, row))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sleep", "count"))
+def _empty_slots(params, *, graphdef, sleep, count):
+    return empty_slots(nnx.merge(graphdef, params), sleep, count)
+
+
+_put_row = jax.jit(put_row, donate_argnums=0)
 
 
 def _leaf_name(path) -> str:
@@ -132,44 +178,16 @@ class Engine:
         self.slots = int(slots)
         self.on_sleep = on_sleep
         self.stats = {"wake_steps": 0, "wake_seconds": 0.0, "sleeps": 0, "sleep_seconds": 0.0}
-        graphdef, self._params = nnx.split(model)
+        self._graphdef, self._params = nnx.split(model)
         self._fingerprint = None
         self._positions = np.zeros(self.slots, np.int64)   # host copy of state["position"]
-        merge = lambda params: nnx.merge(graphdef, params)
+        self._state = self._empty(self.slots)
 
-        def step(params, tokens, active, slots):
-            return wake(merge(params), sleep, tokens, active, slots)
+    def _empty(self, count: int) -> dict:
+        return _empty_slots(self._params, graphdef=self._graphdef, sleep=self.sleep, count=count)
 
-        def span(params, slot, tokens, count, slots):
-            model = merge(params)
-
-            def one(row, index):
-                return wake(model, sleep, tokens[index][None], (index < count)[None], row), None
-
-            row = jax.lax.scan(one, take_row(slots, slot), jnp.arange(tokens.shape[0]))[0]
-            return put_row(slots, slot, row)
-
-        def sleep_slot(params, slot, slots):
-            return put_row(slots, slot, sleep_row(merge(params), sleep, take_row(slots, slot)))
-
-        def fill_and_sleep(params, slot, tokens, slots):
-            row = take_row(slots, slot)
-            row = {**row, "window_tokens": tokens[None], "position": row["position"] + sleep.window}
-            return put_row(slots, slot, sleep_row(merge(params), sleep, row))
-
-        def generate_step(params, active, seed, slots, temperature, top_k, top_p):
-            tokens = sample_tokens(slots["logits"], slots["position"], seed,
-                                   temperature=temperature, top_k=top_k, top_p=top_p)
-            return tokens, wake(merge(params), sleep, tokens, active, slots)
-
-        self._step = jax.jit(step, donate_argnums=3)
-        self._span = jax.jit(span, donate_argnums=4)
-        self._sleep = jax.jit(sleep_slot, donate_argnums=2)
-        self._fill_and_sleep = jax.jit(fill_and_sleep, donate_argnums=3)
-        self._generate_step = jax.jit(generate_step, donate_argnums=3, static_argnums=(4, 5, 6))
-        self._put = jax.jit(put_row, donate_argnums=0)
-        self._empty_row = jax.jit(lambda params: empty_slots(merge(params), sleep, 1))
-        self._state = jax.jit(lambda params: empty_slots(merge(params), sleep, self.slots))(self._params)
+    def _wake_static(self) -> dict:
+        return {"graphdef": self._graphdef, "window": self.sleep.window, "eviction": self.sleep.eviction}
 
     # ---- checks ----------------------------------------------------------------------------
 
@@ -202,17 +220,18 @@ class Engine:
     def reset(self, slot: int) -> None:
         """Empty slot `slot` (a new session)."""
         slot = self._check_slot(slot)
-        self._state = self._put(self._state, slot, self._empty_row(self._params))
+        self._state = _put_row(self._state, slot, self._empty(1))
         self._positions[slot] = 0
 
-    def _timed(self, fn, *args):
+    def _timed(self, fn, *args, **static):
         start = time.perf_counter()
-        self._state = jax.block_until_ready(fn(*args))
+        self._state = jax.block_until_ready(fn(*args, **static))
         return time.perf_counter() - start
 
     def _sleep_if_full(self, slot: int) -> None:
         if self._positions[slot] % self.sleep.window == 0:
-            seconds = self._timed(self._sleep, self._params, slot, self._state)
+            seconds = self._timed(_sleep_slot, self._params, slot, self._state, graphdef=self._graphdef,
+                                  sleep=self.sleep)
             self._record_sleep(slot, seconds)
 
     def _record_sleep(self, slot: int, seconds: float) -> None:
@@ -236,14 +255,15 @@ class Engine:
             piece = tokens[read:read + count]
             read += count
             if offset == 0 and count == length and read < tokens.size:
-                seconds = self._timed(self._fill_and_sleep, self._params, slot, piece, self._state)
+                seconds = self._timed(_fill_and_sleep, self._params, slot, piece, self._state,
+                                      graphdef=self._graphdef, sleep=self.sleep)
                 self._positions[slot] += length
                 self._record_sleep(slot, seconds)
                 continue
             padded = np.zeros(length, np.int32)
             padded[:count] = piece
-            self.stats["wake_seconds"] += self._timed(self._span, self._params, slot, padded, np.int32(count),
-                                                      self._state)
+            self.stats["wake_seconds"] += self._timed(_read_span, self._params, slot, padded, np.int32(count),
+                                                      self._state, **self._wake_static())
             self.stats["wake_steps"] += count
             self._positions[slot] += count
             self._sleep_if_full(slot)
@@ -267,12 +287,13 @@ class Engine:
             raise ValueError(f"slot {empty[0]} is empty: prefill it before generate")
         active = np.zeros(self.slots, bool)
         active[slots] = True
-        static = (float(sampling.temperature), int(sampling.top_k), float(sampling.top_p))
+        static = dict(self._wake_static(), temperature=float(sampling.temperature), top_k=int(sampling.top_k),
+                      top_p=float(sampling.top_p))
         out = []
         for _ in range(int(max_new_tokens)):
             start = time.perf_counter()
-            tokens, self._state = self._generate_step(self._params, active, np.uint32(sampling.seed), self._state,
-                                                      *static)
+            tokens, self._state = _generate_step(self._params, active, np.uint32(sampling.seed), self._state,
+                                                 **static)
             out.append(np.asarray(tokens)[slots])
             self.stats["wake_seconds"] += time.perf_counter() - start
             self.stats["wake_steps"] += 1
@@ -339,5 +360,5 @@ class Engine:
                                  f"expected {leaf.dtype}{list(leaf.shape[1:])}")
         treedef = jax.tree.structure(self._state)
         row = jax.tree.unflatten(treedef, [arrays[name][None] for name in ours])
-        self._state = self._put(self._state, slot, row)
+        self._state = _put_row(self._state, slot, row)
         self._positions[slot] = int(arrays["position"])
