@@ -36,7 +36,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def load_run(workdir: str, passes: int | None = None):
-    """(model, SleepConfig, task) of the latest checkpoint of a `sleep_jax.main` run in `workdir`."""
+    """(model, SleepConfig, task, config) of the latest checkpoint of a `sleep_jax.main` run in `workdir`."""
     import ml_collections
     from flax import nnx
 
@@ -56,7 +56,7 @@ def load_run(workdir: str, passes: int | None = None):
     state = checkpointer.restore(abstract_with_shardings(abstract, shardings), None)
     checkpointer.close()
     sleep = experiment.sleep if passes is None else dataclasses.replace(experiment.sleep, passes=passes)
-    return nnx.merge(experiment.graphdef, state["params"]), sleep, experiment.task
+    return nnx.merge(experiment.graphdef, state["params"]), sleep, experiment.task, experiment.config
 
 
 def answer_spans(answer_id):
@@ -106,7 +106,7 @@ def main(argv):
 
     if _MAX_NEW_TOKENS.value < 1:
         raise app.UsageError(f"--max_new_tokens must be >= 1, got {_MAX_NEW_TOKENS.value}")
-    model, sleep, task = load_run(_WORKDIR.value, _PASSES.value)
+    model, sleep, task, config = load_run(_WORKDIR.value, _PASSES.value)
 
     def progress(slot, window, seconds):
         print(f"[window {window} full: slept {sleep.passes} passes in {1000 * seconds:.1f} ms, "
@@ -114,7 +114,7 @@ def main(argv):
 
     engine = Engine(model, sleep, slots=1, on_sleep=progress)
     if _EVAL_EXAMPLES.value:
-        result = answer_examples(engine, task, _EVAL_EXAMPLES.value, seed=0)
+        result = answer_examples(engine, task, _EVAL_EXAMPLES.value, seed=config.train.eval_seed)
         summary = {k: result[k] for k in ("accuracy", "by_difficulty") if k in result}
         print(json.dumps({"task": task.name, "passes": sleep.passes, "examples": _EVAL_EXAMPLES.value, **summary}))
         return

@@ -6,7 +6,7 @@
 For each number of slots it builds the small AGAG model of `bench.models` and one `Engine` per N,
 starts every slot at a different fill level, generates `decode_windows` windows of tokens in all
 slots together (so windows fill, and slots sleep, during decoding), the engines taking turns step
-by step (a shared machine's load then falls on every N alike), and reports:
+by step, each N first in turn (a shared machine's load then falls on every N alike), and reports:
 
 - decode_ms_per_token: median wall time of one batched wake step (one token in every slot),
   sleeps excluded (the claim: it does not grow with N);
@@ -70,8 +70,9 @@ def measure(passes: list[int], slots: int, *, window: int, decode_windows: int, 
             engines[n].prefill(slot, rng.integers(0, vocab, 1 + slot * window // slots))
         engines[n].generate(everyone, window)              # warm-up: compiles wake and sleep
         sleep_seconds[n].clear()
-    for _ in range(decode_windows * window):
-        for n, engine in engines.items():
+    for step in range(decode_windows * window):
+        for n in passes[step % len(passes):] + passes[:step % len(passes)]:   # each N first in turn
+            engine = engines[n]
             before = engine.stats["sleep_seconds"]
             start = time.perf_counter()
             engine.generate(everyone, 1)
