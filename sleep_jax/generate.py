@@ -22,17 +22,6 @@ import tempfile
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run directory of `sleep_jax.main` (config.json, checkpoints/).")
-_PROMPT = flags.DEFINE_string("prompt", None, "Prompt text in the task's vocabulary.")
-_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A file holding the prompt text.")
-_PASSES = flags.DEFINE_integer("passes", None, "Sleep passes N (default: the run's sleep.passes).")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 16, "Tokens to generate.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = all).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 0, "Answer this many eval examples and score them.")
-flags.mark_flag_as_required("workdir")
 
 
 def load_run(workdir: str, passes: int | None = None):
@@ -99,37 +88,54 @@ def answer_examples(engine, task, count: int, seed: int) -> dict:
     return evaluator.result()
 
 
+def define_flags() -> None:
+    """The command's flags (defined only when run as a command, so importing this module next to
+    a benchmark with a `--passes` flag does not clash)."""
+    flags.DEFINE_string("workdir", None, "A run directory of `sleep_jax.main` (config.json, checkpoints/).")
+    flags.DEFINE_string("prompt", None, "Prompt text in the task's vocabulary.")
+    flags.DEFINE_string("prompt_file", None, "A file holding the prompt text.")
+    flags.DEFINE_integer("passes", None, "Sleep passes N (default: the run's sleep.passes).")
+    flags.DEFINE_integer("max_new_tokens", 16, "Tokens to generate.")
+    flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
+    flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = all).")
+    flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_integer("eval_examples", 0, "Answer this many eval examples and score them.")
+    flags.mark_flag_as_required("workdir")
+
+
 def main(argv):
+    FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from sleep_jax.infer import Engine, Sampling
 
-    if _MAX_NEW_TOKENS.value < 1:
-        raise app.UsageError(f"--max_new_tokens must be >= 1, got {_MAX_NEW_TOKENS.value}")
-    model, sleep, task, config = load_run(_WORKDIR.value, _PASSES.value)
+    if FLAGS.max_new_tokens < 1:
+        raise app.UsageError(f"--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}")
+    model, sleep, task, config = load_run(FLAGS.workdir, FLAGS.passes)
 
     def progress(slot, window, seconds):
         print(f"[window {window} full: slept {sleep.passes} passes in {1000 * seconds:.1f} ms, "
               f"{'KV evicted' if sleep.eviction == 'hard' else 'KV slid'}]", file=sys.stderr, flush=True)
 
     engine = Engine(model, sleep, slots=1, on_sleep=progress)
-    if _EVAL_EXAMPLES.value:
-        result = answer_examples(engine, task, _EVAL_EXAMPLES.value, seed=config.train.eval_seed)
+    if FLAGS.eval_examples:
+        result = answer_examples(engine, task, FLAGS.eval_examples, seed=config.train.eval_seed)
         summary = {k: result[k] for k in ("accuracy", "by_difficulty") if k in result}
-        print(json.dumps({"task": task.name, "passes": sleep.passes, "examples": _EVAL_EXAMPLES.value, **summary}))
+        print(json.dumps({"task": task.name, "passes": sleep.passes, "examples": FLAGS.eval_examples, **summary}))
         return
-    if (_PROMPT.value is None) == (_PROMPT_FILE.value is None):
+    if (FLAGS.prompt is None) == (FLAGS.prompt_file is None):
         raise app.UsageError("give exactly one of --prompt and --prompt_file")
-    text = _PROMPT.value
+    text = FLAGS.prompt
     if text is None:
-        with open(_PROMPT_FILE.value) as f:
+        with open(FLAGS.prompt_file) as f:
             text = f.read().rstrip("\n")
     prompt = task.vocab.encode(text)
     print(f"[read {len(prompt)} tokens, window {sleep.window}, {sleep.passes} passes per sleep]", file=sys.stderr,
           flush=True)
     engine.prefill(0, prompt)
-    sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _SEED.value)
-    for _ in range(_MAX_NEW_TOKENS.value):
+    sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
+    for _ in range(FLAGS.max_new_tokens):
         token = int(engine.generate(0, 1, sampling)[0, 0])
         if token == task.vocab.eos_id:
             break
@@ -138,4 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -33,12 +33,6 @@ from sleep_jax.infer import Engine
 from sleep_jax.model import HybridModel
 from sleep_jax.sleep import SleepConfig
 
-_PASSES = flags.DEFINE_list("passes", ["1", "2", "4", "8"], "Sleep passes N.")
-_SLOTS = flags.DEFINE_list("slots", ["1", "8"], "Active slots.")
-_WINDOW = flags.DEFINE_integer("window", 64, "Window L (tokens).")
-_DECODE_WINDOWS = flags.DEFINE_integer("decode_windows", 2, "Windows of tokens to generate per slot.")
-_D_MODEL = flags.DEFINE_integer("d_model", 128, "Model width.")
-_EVICTION = flags.DEFINE_enum("eviction", "hard", ["hard", "sliding"], "Eviction.")
 
 
 def resident_mb() -> float:
@@ -101,13 +95,26 @@ def measure(passes: list[int], slots: int, *, window: int, decode_windows: int, 
     return rows
 
 
+def define_flags() -> None:
+    """The command's flags (defined only when run as a command: `bench.sleep` has flags of the same
+    names, and tests import both modules)."""
+    flags.DEFINE_list("passes", ["1", "2", "4", "8"], "Sleep passes N.")
+    flags.DEFINE_list("slots", ["1", "8"], "Active slots.")
+    flags.DEFINE_integer("window", 64, "Window L (tokens).")
+    flags.DEFINE_integer("decode_windows", 2, "Windows of tokens to generate per slot.")
+    flags.DEFINE_integer("d_model", 128, "Model width.")
+    flags.DEFINE_enum("eviction", "hard", ["hard", "sliding"], "Eviction.")
+
+
 def main(argv):
     del argv
-    for slots in map(int, _SLOTS.value):
-        for row in measure([int(n) for n in _PASSES.value], slots, window=_WINDOW.value,
-                           decode_windows=_DECODE_WINDOWS.value, d_model=_D_MODEL.value, eviction=_EVICTION.value):
+    FLAGS = flags.FLAGS
+    for slots in map(int, FLAGS.slots):
+        for row in measure([int(n) for n in FLAGS.passes], slots, window=FLAGS.window,
+                           decode_windows=FLAGS.decode_windows, d_model=FLAGS.d_model, eviction=FLAGS.eviction):
             print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
