@@ -201,26 +201,28 @@ class HybridModel(nnx.Module):
     # ---- decoding --------------------------------------------------------------------------
 
     def init_cache(self, batch: int, capacity: int) -> dict:
-        """Empty decoding cache: {"positions": [capacity] int32 (-1 = empty), "layers": keys/values}."""
-        return {"positions": jnp.full((capacity,), -1, jnp.int32), "layers": self.init_kv(batch, capacity)}
+        """Empty decoding cache: {"positions": [B, capacity] int32 (-1 = empty), "layers": keys/values}."""
+        return {"positions": jnp.full((batch, capacity), -1, jnp.int32), "layers": self.init_kv(batch, capacity)}
 
     def decode_step(self, tokens: jax.Array, position, state: dict, cache: dict, *, window: int | None,
                     eviction: str = "hard"):
         """One token through the whole stack (one pass), as in wake.
 
         Args:
-          tokens: int [B], the token at absolute `position` (an int32 scalar, same for the batch).
-          state: recurrent state. cache: from `init_cache`; a ring buffer whose slot position % C
-            receives this token (C >= window keeps every key the mask allows).
+          tokens: int [B], the tokens at absolute positions `position` (int32 [B], one per row, or
+            a scalar for the whole batch).
+          state: recurrent state. cache: from `init_cache`; per row a ring buffer whose slot
+            position % C receives this token (C >= window keeps every key the mask allows).
           window, eviction: attention mask rule, as in the windowed forward.
         Returns:
           (logits float32 [B, vocab] predicting the next token, new state, new cache).
         """
-        position = jnp.asarray(position, jnp.int32)
-        capacity = cache["positions"].shape[0]
+        batch, capacity = cache["positions"].shape
+        position = jnp.broadcast_to(jnp.asarray(position, jnp.int32), (batch,))
         if window is not None and capacity < window:
             raise ValueError(f"decode_step: cache capacity {capacity} must be >= window={window}")
-        positions = cache["positions"].at[position % capacity].set(position)
+        written = jnp.arange(capacity) == (position % capacity)[:, None]             # [B, C]
+        positions = jnp.where(written, position[:, None], cache["positions"])
         layers = dict(cache["layers"])
         state = dict(state)
         hidden = self.embed(tokens[:, None])[:, 0]

@@ -72,8 +72,10 @@ class AttentionMixer(nnx.Module):
         return apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta), v
 
     def attend(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-        """Softmax attention of q [B,T,H,Dh] over k, v [B,S,KVH,Dh] where mask [T, S] allows; -> [B, T, D]."""
-        o = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None], scale=self.head_dim ** -0.5)
+        """Softmax attention of q [B,T,H,Dh] over k, v [B,S,KVH,Dh] where mask [T, S] (or per row
+        [B, T, S]) allows; -> [B, T, D]."""
+        mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
+        o = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5)
         if self.w_gate is not None:
             gate = jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), self._w(self.w_gate))
             o = o * jax.nn.sigmoid(gate)
@@ -106,17 +108,20 @@ class AttentionMixer(nnx.Module):
         """One token against a ring-buffer cache.
 
         Args:
-          x: [B, D]; position: int32 scalar, the token's absolute position.
-          cache: {"k", "v"}: [B, C, KVH, Dh]; cache_positions: [C] int32, the position held by each
-            slot (-1 = empty), already updated for this token (slot position % C holds `position`).
+          x: [B, D]; position: int32 [B], each row's token's absolute position.
+          cache: {"k", "v"}: [B, C, KVH, Dh]; cache_positions: [B, C] int32, the position held by
+            each slot (-1 = empty), already updated for this token (slot position % C holds it).
         Returns:
           (y [B, D], the updated cache).
         """
         capacity = cache["k"].shape[1]
-        q, k, v = self.project(x[:, None], position[None])
-        slot = position % capacity
-        cache = {"k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), slot, axis=1),
-                 "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), slot, axis=1)}
-        mask = attention_mask(position[None], cache_positions, window=window, eviction=eviction)
+        # RoPE per row: project each row's token at its own position.
+        q, k, v = jax.vmap(lambda x, p: self.project(x[None, None], p[None]))(x, position)
+        q, k, v = q[:, 0], k[:, 0], v[:, 0]                                            # [B, 1, heads, Dh]
+        written = (jnp.arange(capacity) == (position % capacity)[:, None])[:, :, None, None]
+        cache = {"k": jnp.where(written, k.astype(cache["k"].dtype), cache["k"]),
+                 "v": jnp.where(written, v.astype(cache["v"].dtype), cache["v"])}
+        mask = jax.vmap(lambda q, k: attention_mask(q[None], k, window=window, eviction=eviction))(
+            position, cache_positions)                                                # [B, 1, C]
         y = self.attend(x[:, None], q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask)
         return y[:, 0], cache

@@ -1,0 +1,114 @@
+"""The engine against the training path, its bad-input errors and its snapshots."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sleep_jax.infer import Engine, Sampling
+from sleep_jax.model import HybridModel, ModelConfig
+from sleep_jax.sleep import SleepConfig, sequence_logits
+
+WINDOW = 4
+
+
+def tiny_model(seed=0, **overrides) -> HybridModel:
+    fields = dict(vocab_size=13, d_model=16, pattern="AGAG", loop=(1, 3), attn_heads=2, attn_kv_heads=1,
+                  attn_head_dim=8, gdn_heads=1, gdn_v_heads=2, gdn_head_dim=8, gdn_v_head_dim=4, mlp_hidden=32,
+                  delta_rule_impl="recurrent", chunk_size=16)
+    return HybridModel(ModelConfig(**{**fields, **overrides}), rngs=nnx.Rngs(seed))
+
+
+def training_logits(model, stream, sleep):
+    """float32 [B, T, V]: each position's logits as training sees them, its window a prediction
+    window after consolidation windows ("C" * w + "P")."""
+    graphdef, params = nnx.split(model)
+    per_window = []
+    for w in range(stream.shape[1] // WINDOW):
+        logits = jax.jit(lambda params, x, kinds="C" * w + "P": sequence_logits(
+            nnx.merge(graphdef, params), x, sleep=sleep, kinds=kinds))
+        per_window.append(logits(params, jnp.asarray(stream[:, :(w + 1) * WINDOW]))[:, w * WINDOW:])
+    return np.asarray(jnp.concatenate(per_window, axis=1))
+
+
+@pytest.mark.parametrize("eviction, passes", [("hard", 1), ("hard", 3), ("sliding", 1), ("sliding", 3)])
+def test_engine_logits_equal_the_training_path(eviction, passes):
+    """Two slots read two streams in odd-sized, interleaved pieces (slot 2's first piece holds a
+    whole window, which goes straight to sleep), then generate greedily across a window boundary:
+    every logit the engine gives equals sequence_logits within 1e-5, and each generated token is
+    the argmax of the training path's logits."""
+    model = tiny_model()
+    sleep = SleepConfig(passes=passes, window=WINDOW, eviction=eviction)
+    prompt, generated = 6, 3
+    streams = np.asarray(jax.random.randint(jax.random.key(1), (2, prompt), 0, 13), np.int32)
+    engine = Engine(model, sleep, slots=3)
+    pieces = {0: [1, 2, 1, 2], 2: [5, 1]}                 # slot 1 stays empty
+    read = {0: 0, 2: 0}
+    seen = []                                              # (row, position, logits)
+    for round_ in range(max(map(len, pieces.values()))):
+        for row, slot in enumerate((0, 2)):
+            if round_ < len(pieces[slot]):
+                end = read[slot] + pieces[slot][round_]
+                seen.append((row, end - 1, engine.prefill(slot, streams[row, read[slot]:end])))
+                read[slot] = end
+    assert read == {0: prompt, 2: prompt} and engine.position(1) == 0
+    new = engine.generate([0, 2], generated)
+    seen += [(row, prompt + generated - 1, engine.logits(slot)) for row, slot in enumerate((0, 2))]
+    full = np.concatenate([streams, new, np.zeros((2, 12 - prompt - generated), np.int32)], axis=1)
+    reference = training_logits(model, full, sleep)
+    for row, position, logits in seen:
+        np.testing.assert_allclose(logits, reference[row, position], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(new, reference[:, prompt - 1:prompt + generated - 1].argmax(-1))
+    assert engine.stats["sleeps"] == 2 * 2  # window 0 while reading, window 1 while generating
+
+
+def test_bad_input_is_a_clear_error_and_leaves_the_slots_intact(tmp_path):
+    model = tiny_model()
+    sleep = SleepConfig(passes=2, window=WINDOW)
+    engine = Engine(model, sleep, slots=2)
+    engine.prefill(0, [1, 2, 3, 4, 5])
+    engine.prefill(1, [6, 7])
+    before = jax.tree.map(np.asarray, engine._state)
+    other = Engine(tiny_model(d_model=24), sleep, slots=2)
+    other.snapshot(0, str(tmp_path / "other_model.safetensors"))
+    Engine(model, SleepConfig(passes=3, window=WINDOW), slots=1).snapshot(0, str(tmp_path / "other_sleep.safetensors"))
+    Engine(tiny_model(seed=5), sleep, slots=1).snapshot(0, str(tmp_path / "other_params.safetensors"))
+    cases = [
+        (lambda: engine.prefill(2, [1]), "slot=2 is out of range"),
+        (lambda: engine.prefill(0, [1, 13]), r"tokens\[1\]=13 is outside the vocabulary"),
+        (lambda: engine.prefill(0, [-1]), r"tokens\[0\]=-1"),
+        (lambda: engine.generate([0], 0), "max_new_tokens must be an integer >= 1"),
+        (lambda: engine.generate([0, 5], 1), "slot=5 is out of range"),
+        (lambda: engine.restore(1, str(tmp_path / "other_model.safetensors")), "model.d_model is 24 there, 16 here"),
+        (lambda: engine.restore(1, str(tmp_path / "other_sleep.safetensors")), "sleep.passes is 3 there, 2 here"),
+        (lambda: engine.restore(1, str(tmp_path / "other_params.safetensors")), "other parameters"),
+        (lambda: engine.restore(1, str(tmp_path / "missing.safetensors")), "does not exist"),
+        (lambda: Sampling(top_p=0.0), "sampling.top_p"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    after = jax.tree.map(np.asarray, engine._state)
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    assert (engine.position(0), engine.position(1)) == (5, 2)
+
+
+def test_snapshot_restore_is_bit_exact(tmp_path):
+    """Sleep on a document once, snapshot; restored into another slot or another engine, the session
+    continues exactly as the original (same bits, same sampled tokens)."""
+    model = tiny_model(dtype="bfloat16")
+    sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding")
+    engine = Engine(model, sleep, slots=2)
+    engine.prefill(0, np.arange(11) % 13)
+    path = str(tmp_path / "session.safetensors")
+    engine.snapshot(0, path)
+    later = Engine(model, sleep, slots=2)
+    later.restore(1, path)
+    row = lambda e, slot: jax.tree.map(lambda x: np.asarray(x[slot]), e._state)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8)),
+                 row(engine, 0), row(later, 1))
+    engine.restore(1, path)
+    sampling = Sampling(temperature=1.0, top_k=5, top_p=0.9, seed=3)
+    first = engine.generate([0, 1], 6, sampling)
+    np.testing.assert_array_equal(first[0], first[1])          # the same session in two slots
+    np.testing.assert_array_equal(later.generate(1, 6, sampling)[0], first[0])
