@@ -25,24 +25,25 @@ from absl import app, flags
 
 
 def load_run(workdir: str, passes: int | None = None):
-    """(model, SleepConfig, task, config) of the latest checkpoint of a `sleep_jax.main` run in `workdir`."""
-    import ml_collections
+    """(model, SleepConfig, task, config) of the newest readable checkpoint of a `sleep_jax.main`
+    run in `workdir`, built from the run's own config.json."""
     from flax import nnx
 
+    from sleep_jax.train import config as config_lib
     from sleep_jax.train.checkpoint import Checkpointer, abstract_with_shardings
     from sleep_jax.train.loop import setup
     from sleep_jax.train.step import abstract_train_state
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    config = config_lib.load_run_config(workdir)
+    if config is None:
         raise ValueError(f"--workdir={workdir}: no config.json (not a sleep_jax.main run directory)")
-    with open(path) as f:
-        experiment = setup(ml_collections.ConfigDict(json.load(f)))
+    experiment = setup(config)
     checkpointer = Checkpointer(workdir)
     if checkpointer.latest_step() is None:
         raise ValueError(f"--workdir={workdir}: no checkpoint under {checkpointer.directory}")
     abstract, shardings = abstract_train_state(experiment.create_params, experiment.optimizer, experiment.mesh)
-    state = checkpointer.restore(abstract_with_shardings(abstract, shardings), None)
+    _, state = checkpointer.restore_newest_readable(abstract_with_shardings(abstract, shardings), None,
+                                                    set_aside_unreadable=False)
     checkpointer.close()
     sleep = experiment.sleep if passes is None else dataclasses.replace(experiment.sleep, passes=passes)
     return nnx.merge(experiment.graphdef, state["params"]), sleep, experiment.task, experiment.config
