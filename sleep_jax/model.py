@@ -62,6 +62,7 @@ class ModelConfig:
     delta_rule_impl: str = "auto"
     chunk_size: int = 64
     norm_eps: float = 1e-6
+    hf_model_type: str | None = None      # the hub architecture this follows (sleep_jax.hf), None = native
 
     def __post_init__(self):
         if self.loop is not None:

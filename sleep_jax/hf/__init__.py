@@ -1,0 +1,146 @@
+"""Pretrained GDN hybrids from Hugging Face checkpoints: import, run, export.
+
+    from sleep_jax import hf
+    model = hf.from_pretrained(DIR)          # config.json + *.safetensors (sharded index too)
+    logits = hf.logits(model, tokens)        # float32 [B, T, vocab], a plain causal forward
+    hf.save_pretrained(model, OUT_DIR)       # safetensors + config.json that transformers loads
+    tok = hf.tokenizer(DIR)                  # the directory's tokenizer.json (`tokenizers`)
+
+Reading and writing use the `safetensors` numpy API: no torch at run time. Key names are the hub
+format (what the models' own `save_pretrained` writes); `families.py` holds the architectures.
+"""
+import json
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sleep_jax.hf.families import FAMILIES, family
+from sleep_jax.model import HybridModel, ModelConfig
+
+SUPPORTED = tuple(sorted(FAMILIES))
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
+
+
+def read_hub_config(path: str) -> dict:
+    """The `config.json` of a checkpoint directory."""
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: no config.json in the checkpoint directory")
+    with open(file) as f:
+        return json.load(f)
+
+
+def model_config(hub: dict, **overrides) -> ModelConfig:
+    """The `ModelConfig` of a hub config dict (`overrides`: ModelConfig fields, e.g. dtype)."""
+    return family(hub.get("model_type")).model_config(hub, **overrides)
+
+
+def hub_tensor_files(path: str) -> dict[str, str]:
+    """{hub key: safetensors file} of a checkpoint directory (the sharded index if there is one)."""
+    from safetensors import safe_open
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.exists(index):
+        with open(index) as f:
+            return {key: os.path.join(path, name) for key, name in json.load(f)["weight_map"].items()}
+    files = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors files")
+    keys = {}
+    for name in files:
+        with safe_open(os.path.join(path, name), framework="np") as f:
+            keys.update({key: os.path.join(path, name) for key in f.keys()})
+    return keys
+
+
+def _parameter(model, path):
+    for step in path:
+        model = model[step] if isinstance(step, int) else getattr(model, step)
+    if not isinstance(model, nnx.Param):
+        raise TypeError(f"{path} is not a parameter")
+    return model
+
+
+def abstract_model(config: ModelConfig) -> HybridModel:
+    """The model with shapes only (no memory): `nnx.eval_shape` of its construction."""
+    return nnx.eval_shape(lambda: HybridModel(config, rngs=nnx.Rngs(0)))
+
+
+def from_pretrained(path: str, **overrides) -> HybridModel:
+    """A `HybridModel` with the weights of the hub checkpoint directory `path`.
+
+    `overrides` are ModelConfig fields (e.g. param_dtype="bfloat16", delta_rule_impl=...).
+    Raises ValueError naming the key for a missing or extra tensor, and the key with both shapes
+    for a mis-shaped one; an unsupported model_type lists the supported ones.
+    """
+    from safetensors import safe_open
+    config = model_config(read_hub_config(path), **overrides)
+    model = abstract_model(config)
+    files = hub_tensor_files(path)
+    maps = family(config.hf_model_type).tensor_maps(config)
+    expected = {m.key for m in maps}
+    extra = sorted(set(files) - expected)
+    if extra:
+        raise ValueError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for "
+                         f"{config.hf_model_type}")
+    handles = {}
+    for m in maps:
+        if m.key not in files:
+            raise ValueError(f"{path}: missing tensor {m.key!r}")
+        if files[m.key] not in handles:
+            handles[files[m.key]] = safe_open(files[m.key], framework="np")
+        params = [_parameter(model, p) for p in m.paths]
+        shapes = [tuple(p.get_value().shape) for p in params]
+        want = jax.eval_shape(m.to_hub, *[jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]).shape
+        hub = handles[files[m.key]].get_tensor(m.key)
+        if tuple(hub.shape) != tuple(want):
+            raise ValueError(f"{path}: tensor {m.key!r} has shape {tuple(hub.shape)}, the model needs {tuple(want)}")
+        for param, value in zip(params, m.to_model(jnp.asarray(hub), shapes)):
+            param.set_value(value.astype(param.get_value().dtype))
+    return model
+
+
+def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
+    """{hub key: numpy array} of the model's parameters (in their parameter dtype)."""
+    config = model.config
+    maps = family(config.hf_model_type).tensor_maps(config)
+    return {m.key: np.asarray(m.to_hub(*[_parameter(model, p).get_value() for p in m.paths])) for m in maps}
+
+
+def save_pretrained(model: HybridModel, path: str) -> None:
+    """Write `config.json` and `model.safetensors` (hub key names) into directory `path`.
+
+    Each file is written to a temporary name and renamed into place, so a crash never leaves a
+    half-written file under its final name.
+    """
+    from safetensors.numpy import save_file
+    config = model.config
+    if config.hf_model_type is None:
+        raise ValueError("save_pretrained: model.config.hf_model_type is None (a native model has no hub format); "
+                         f"supported: {SUPPORTED}")
+    hub_config = family(config.hf_model_type).hub_config(config)
+    os.makedirs(path, exist_ok=True)
+    tensors = {key: np.ascontiguousarray(value) for key, value in hub_tensors(model).items()}
+    for name, write in ((WEIGHTS_FILE, lambda f: save_file(tensors, f, metadata={"format": "pt"})),
+                        (CONFIG_FILE, lambda f: open(f, "w").write(json.dumps(hub_config, indent=2)))):
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, os.path.join(path, name))
+
+
+def logits(model: HybridModel, tokens) -> jax.Array:
+    """float32 logits [B, T, vocab] of int tokens [B, T]: a plain causal forward, no sleep."""
+    return model(jnp.asarray(tokens), window=None)[0]
+
+
+def tokenizer(path: str):
+    """The checkpoint directory's `tokenizer.json` as a `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer
+    file = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: no tokenizer.json in the checkpoint directory")
+    return Tokenizer.from_file(file)

@@ -1,0 +1,143 @@
+"""The supported hub architectures: config translation both ways and the tensor key map.
+
+A family is `Family(model_config, hub_config, tensor_maps)`:
+- `model_config(hub: dict, **overrides) -> ModelConfig` reads a hub `config.json` (errors name the
+  hub field);
+- `hub_config(config: ModelConfig) -> dict` writes one that transformers loads;
+- `tensor_maps(config) -> [TensorMap]`: every hub tensor of the architecture, in hub key names
+  (those the models' own `save_pretrained` writes).
+"""
+import dataclasses
+from typing import Callable
+
+from sleep_jax.hf.tensors import copy, dense_in, dense_in_interleaved, dense_out, depthwise_conv
+from sleep_jax.model import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    model_config: Callable
+    hub_config: Callable
+    tensor_maps: Callable
+
+
+def _require(hub: dict, field: str, allowed, model_type: str):
+    value = hub.get(field)
+    if value not in allowed:
+        raise ValueError(f"{model_type}: config field {field}={value!r} is not supported (supported: {allowed})")
+    return value
+
+
+def _rope(hub: dict, model_type: str) -> dict:
+    """rope_theta and partial_rotary_factor from `rope_parameters` (default RoPE only)."""
+    rope = hub.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"{model_type}: config field rope_parameters.rope_type={rope.get('rope_type')!r} is not "
+                         f"supported (supported: 'default')")
+    return {"rope_theta": float(rope.get("rope_theta", hub.get("rope_theta", 10000.0))),
+            "rotary_fraction": float(rope.get("partial_rotary_factor", hub.get("partial_rotary_factor", 1.0)))}
+
+
+LAYER_LETTERS = {"linear_attention": "G", "full_attention": "A"}
+
+
+def _pattern(hub: dict, model_type: str, letters: dict) -> str:
+    kinds = hub.get("layer_types")
+    if kinds is None or len(kinds) != hub["num_hidden_layers"]:
+        raise ValueError(f"{model_type}: config field layer_types must list num_hidden_layers="
+                         f"{hub.get('num_hidden_layers')} layer kinds, got {kinds}")
+    unknown = sorted(set(kinds) - set(letters))
+    if unknown:
+        raise ValueError(f"{model_type}: config field layer_types has unsupported kinds {unknown} "
+                         f"(supported: {sorted(letters)})")
+    return "".join(letters[k] for k in kinds)
+
+
+# ---- Qwen3.5 (text) ---------------------------------------------------------------------------
+
+def qwen3_5_model_config(hub: dict, **overrides) -> ModelConfig:
+    """`qwen3_5_text`: zero-centred RMSNorms, gated attention with per-head q/k norm and partial
+    rotary, Qwen GDN (fused q/k/v conv, beta = sigmoid), SwiGLU MLP in every layer."""
+    model_type = "qwen3_5_text"
+    _require(hub, "hidden_act", ("silu",), model_type)
+    _require(hub, "attention_bias", (False, None), model_type)   # it would add an o_proj bias too
+    fields = dict(
+        vocab_size=hub["vocab_size"], d_model=hub["hidden_size"], mlp_hidden=hub["intermediate_size"],
+        pattern=_pattern(hub, model_type, LAYER_LETTERS),
+        attn_heads=hub["num_attention_heads"], attn_kv_heads=hub["num_key_value_heads"],
+        attn_head_dim=hub.get("head_dim") or hub["hidden_size"] // hub["num_attention_heads"],
+        attn_output_gate=True, qk_norm="head", norm_style="zero_centred", **_rope(hub, model_type),
+        gdn_heads=hub["linear_num_key_heads"], gdn_v_heads=hub["linear_num_value_heads"],
+        gdn_head_dim=hub["linear_key_head_dim"], gdn_v_head_dim=hub["linear_value_head_dim"],
+        conv_kernel=hub["linear_conv_kernel_dim"], tie_embeddings=bool(hub.get("tie_word_embeddings", False)),
+        norm_eps=hub.get("rms_norm_eps", 1e-6), hf_model_type=model_type)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def qwen3_5_hub_config(c: ModelConfig) -> dict:
+    kinds = {v: k for k, v in LAYER_LETTERS.items()}
+    return {
+        "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text", "dtype": c.param_dtype,
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": len(c.pattern), "layer_types": [kinds[k] for k in c.pattern],
+        "num_attention_heads": c.attn_heads, "num_key_value_heads": c.attn_kv_heads, "head_dim": c.attn_head_dim,
+        "attention_bias": False, "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta,
+                            "partial_rotary_factor": c.rotary_fraction},
+        "linear_num_key_heads": c.gdn_heads, "linear_num_value_heads": c.gdn_v_heads,
+        "linear_key_head_dim": c.gdn_head_dim, "linear_value_head_dim": c.gdn_v_head_dim,
+        "linear_conv_kernel_dim": c.conv_kernel, "tie_word_embeddings": c.tie_embeddings}
+
+
+def _swiglu(prefix: str, block: tuple) -> list:
+    mlp = (*block, "mlp")
+    return [dense_in(f"{prefix}.mlp.gate_proj.weight", (*mlp, "w_gate")),
+            dense_in(f"{prefix}.mlp.up_proj.weight", (*mlp, "w_up")),
+            dense_out(f"{prefix}.mlp.down_proj.weight", (*mlp, "w_down"))]
+
+
+def _embeddings(c: ModelConfig) -> list:
+    maps = [copy("model.embed_tokens.weight", ("embedding",)), copy("model.norm.weight", ("final_norm", "scale"))]
+    if not c.tie_embeddings:
+        maps.append(dense_in("lm_head.weight", ("lm_head",)))
+    return maps
+
+
+def qwen3_5_tensor_maps(c: ModelConfig) -> list:
+    maps = _embeddings(c)
+    for i, kind in enumerate(c.pattern):
+        prefix, block = f"model.layers.{i}", ("blocks", i)
+        mixer = (*block, "mixer")
+        maps += [copy(f"{prefix}.input_layernorm.weight", (*block, "mixer_norm", "scale")),
+                 copy(f"{prefix}.post_attention_layernorm.weight", (*block, "mlp_norm", "scale"))]
+        maps += _swiglu(prefix, block)
+        if kind == "G":
+            p = f"{prefix}.linear_attn"
+            maps += [dense_in(f"{p}.in_proj_qkv.weight", (*mixer, "w_q"), (*mixer, "w_k"), (*mixer, "w_v")),
+                     dense_in(f"{p}.in_proj_z.weight", (*mixer, "w_z")),
+                     dense_in(f"{p}.in_proj_b.weight", (*mixer, "w_beta")),
+                     dense_in(f"{p}.in_proj_a.weight", (*mixer, "w_a")),
+                     depthwise_conv(f"{p}.conv1d.weight", (*mixer, "conv_q"), (*mixer, "conv_k"), (*mixer, "conv_v")),
+                     copy(f"{p}.A_log", (*mixer, "A_log")), copy(f"{p}.dt_bias", (*mixer, "dt_bias")),
+                     copy(f"{p}.norm.weight", (*mixer, "o_norm", "scale")),
+                     dense_out(f"{p}.out_proj.weight", (*mixer, "w_o"))]
+        else:
+            p = f"{prefix}.self_attn"
+            maps += [dense_in_interleaved(f"{p}.q_proj.weight", (*mixer, "w_q"), (*mixer, "w_gate")),
+                     dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+                     dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")),
+                     dense_out(f"{p}.o_proj.weight", (*mixer, "w_o")),
+                     copy(f"{p}.q_norm.weight", (*mixer, "q_norm", "scale")),
+                     copy(f"{p}.k_norm.weight", (*mixer, "k_norm", "scale"))]
+    return maps
+
+
+FAMILIES = {
+    "qwen3_5_text": Family(qwen3_5_model_config, qwen3_5_hub_config, qwen3_5_tensor_maps),
+}
+
+
+def family(model_type) -> Family:
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type={model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+    return FAMILIES[model_type]

@@ -1,0 +1,80 @@
+"""How one hub tensor maps onto model parameters, and back.
+
+A `TensorMap` ties one key of a hub checkpoint to one or more parameters of a `HybridModel`
+(by attribute path) with a pair of pure reshapes: `to_model(hub array, parameter shapes)` and
+`to_hub(*parameter arrays)`. Both use only reshapes, transposes, splits and concatenations, so an
+import followed by an export gives back the same bits. Hub linear weights are PyTorch `[out, in]`;
+the model's are `[in, ...out]` (or `[...in, out]` for projections back to the model width).
+"""
+import dataclasses
+import math
+from typing import Callable
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMap:
+    key: str                                  # the hub key, e.g. "model.layers.0.mlp.up_proj.weight"
+    paths: tuple[tuple, ...]                  # attribute paths of the parameters it fills
+    to_model: Callable                        # (hub array, [parameter shapes]) -> [parameter arrays]
+    to_hub: Callable                          # (*parameter arrays) -> hub array
+
+
+def copy(key, path) -> TensorMap:
+    """Same array on both sides (embeddings, norm weights, A_log, dt_bias)."""
+    return TensorMap(key, (path,), lambda w, shapes: [w], lambda a: a)
+
+
+def dense_in(key, *paths) -> TensorMap:
+    """Hub `[out_1 + out_2 + ..., D]` (rows concatenated) <-> parameters `[D, ...out_i]`."""
+    def to_model(w, shapes):
+        sizes = [math.prod(s[1:]) for s in shapes]
+        parts = jnp.split(w, list(_cumsum(sizes)), axis=0)
+        return [p.T.reshape(s) for p, s in zip(parts, shapes)]
+
+    def to_hub(*arrays):
+        return jnp.concatenate([a.reshape(a.shape[0], -1).T for a in arrays], axis=0)
+    return TensorMap(key, tuple(paths), to_model, to_hub)
+
+
+def dense_out(key, path) -> TensorMap:
+    """Hub `[D, in]` <-> parameter `[...in, D]` (output projections)."""
+    return TensorMap(key, (path,), lambda w, shapes: [w.T.reshape(shapes[0])],
+                     lambda a: a.reshape(-1, a.shape[-1]).T)
+
+
+def dense_in_interleaved(key, *paths) -> TensorMap:
+    """Hub `[H * (d_1 + d_2 + ...), D]`, per head the parameters' rows in turn (Qwen's q_proj:
+    per head a query and a gate) <-> parameters `[D, H, d_i]`."""
+    def to_model(w, shapes):
+        heads = shapes[0][1]
+        per_head = w.reshape(heads, -1, w.shape[-1])
+        parts = jnp.split(per_head, list(_cumsum([s[2] for s in shapes])), axis=1)
+        return [p.transpose(2, 0, 1) for p in parts]
+
+    def to_hub(*arrays):
+        per_head = jnp.concatenate([a.transpose(1, 2, 0) for a in arrays], axis=1)
+        return per_head.reshape(-1, per_head.shape[-1])
+    return TensorMap(key, tuple(paths), to_model, to_hub)
+
+
+def depthwise_conv(key, *paths) -> TensorMap:
+    """Hub Conv1d weight `[C_1 + C_2 + ..., 1, W]` <-> parameters `[W, ...c_i]` (channels split in turn)."""
+    def to_model(w, shapes):
+        sizes = [math.prod(s[1:]) for s in shapes]
+        parts = jnp.split(w[:, 0, :], list(_cumsum(sizes)), axis=0)
+        return [p.T.reshape(s) for p, s in zip(parts, shapes)]
+
+    def to_hub(*arrays):
+        return jnp.concatenate([a.reshape(a.shape[0], -1).T for a in arrays], axis=0)[:, None, :]
+    return TensorMap(key, tuple(paths), to_model, to_hub)
+
+
+def _cumsum(sizes):
+    """Split points for jnp.split: running sums of all but the last size."""
+    total, points = 0, []
+    for size in sizes[:-1]:
+        total += size
+        points.append(total)
+    return points
