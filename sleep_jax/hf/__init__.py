@@ -110,8 +110,11 @@ def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
     return {m.key: np.asarray(m.to_hub(*[_parameter(model, p).get_value() for p in m.paths])) for m in maps}
 
 
-def save_pretrained(model: HybridModel, path: str) -> None:
+def save_pretrained(model: HybridModel, path: str, base_config: dict | None = None) -> None:
     """Write `config.json` and `model.safetensors` (hub key names) into directory `path`.
+
+    The config's architecture fields come from `model.config`; `base_config` (e.g. the imported
+    checkpoint's `read_hub_config`) supplies the rest (token ids, context length, ...).
 
     Each file is written to a temporary name and renamed into place, so a crash never leaves a
     half-written file under its final name.
@@ -121,7 +124,7 @@ def save_pretrained(model: HybridModel, path: str) -> None:
     if config.hf_model_type is None:
         raise ValueError("save_pretrained: model.config.hf_model_type is None (a native model has no hub format); "
                          f"supported: {SUPPORTED}")
-    hub_config = family(config.hf_model_type).hub_config(config)
+    hub_config = {**(base_config or {}), **family(config.hf_model_type).hub_config(config)}
     os.makedirs(path, exist_ok=True)
     tensors = {key: np.ascontiguousarray(value) for key, value in hub_tensors(model).items()}
     for name, write in ((WEIGHTS_FILE, lambda f: save_file(tensors, f, metadata={"format": "pt"})),

@@ -132,8 +132,87 @@ def qwen3_5_tensor_maps(c: ModelConfig) -> list:
     return maps
 
 
+# ---- OLMo-Hybrid ------------------------------------------------------------------------------
+
+OLMO_LETTERS = {"linear_attention": "G", "full_attention": "O"}
+
+
+def olmo_hybrid_model_config(hub: dict, **overrides) -> ModelConfig:
+    """`olmo_hybrid`: plain RMSNorms; GDN layers pre-norm (beta = 2 sigmoid with
+    linear_allow_neg_eigval, separate q/k/v convs, output-norm eps 1e-5); attention layers
+    post-norm ("O") with q/k norm over the full projection width, RoPE or NoPE (rope_theta None)."""
+    model_type = "olmo_hybrid"
+    _require(hub, "hidden_act", ("silu",), model_type)
+    _require(hub, "attention_bias", (False, None), model_type)
+    pattern = _pattern(hub, model_type, OLMO_LETTERS)
+    rope = hub.get("rope_parameters") or {}
+    nope = rope.get("rope_theta") is None
+    fields = dict(
+        vocab_size=hub["vocab_size"], d_model=hub["hidden_size"], mlp_hidden=hub["intermediate_size"],
+        pattern=pattern, attn_heads=hub["num_attention_heads"], attn_kv_heads=hub["num_key_value_heads"],
+        attn_head_dim=hub.get("head_dim") or hub["hidden_size"] // hub["num_attention_heads"],
+        qk_norm="full", norm_style="plain",
+        **({"nope_layers": tuple(i for i, k in enumerate(pattern) if k == "O")} if nope else _rope(hub, model_type)),
+        gdn_heads=hub["linear_num_key_heads"], gdn_v_heads=hub["linear_num_value_heads"],
+        gdn_head_dim=hub["linear_key_head_dim"], gdn_v_head_dim=hub["linear_value_head_dim"],
+        gdn_beta_scale=2.0 if hub.get("linear_allow_neg_eigval", True) else 1.0, gdn_norm_eps=1e-5,
+        conv_kernel=hub["linear_conv_kernel_dim"], tie_embeddings=bool(hub.get("tie_word_embeddings", False)),
+        norm_eps=hub.get("rms_norm_eps", 1e-6), hf_model_type=model_type)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def olmo_hybrid_hub_config(c: ModelConfig) -> dict:
+    kinds = {v: k for k, v in OLMO_LETTERS.items()}
+    nope = bool(c.nope_layers)
+    return {
+        "architectures": ["OlmoHybridForCausalLM"], "model_type": "olmo_hybrid", "dtype": c.param_dtype,
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": len(c.pattern), "layer_types": [kinds[k] for k in c.pattern],
+        "num_attention_heads": c.attn_heads, "num_key_value_heads": c.attn_kv_heads,
+        "attention_bias": False, "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": None if nope else c.rope_theta},
+        "linear_num_key_heads": c.gdn_heads, "linear_num_value_heads": c.gdn_v_heads,
+        "linear_key_head_dim": c.gdn_head_dim, "linear_value_head_dim": c.gdn_v_head_dim,
+        "linear_allow_neg_eigval": c.gdn_beta_scale == 2.0, "linear_conv_kernel_dim": c.conv_kernel,
+        "tie_word_embeddings": c.tie_embeddings,
+        # transformers' defaults (100277, ...) index past a small vocabulary; a base config sets them
+        "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+
+
+def olmo_hybrid_tensor_maps(c: ModelConfig) -> list:
+    maps = _embeddings(c)
+    for i, kind in enumerate(c.pattern):
+        prefix, block = f"model.layers.{i}", ("blocks", i)
+        mixer = (*block, "mixer")
+        maps += _swiglu(prefix, block)
+        if kind == "G":
+            p = f"{prefix}.linear_attn"
+            maps += [copy(f"{prefix}.attention_layer_norm.weight", (*block, "mixer_norm", "scale")),
+                     copy(f"{prefix}.feedforward_layer_norm.weight", (*block, "mlp_norm", "scale")),
+                     dense_in(f"{p}.q_proj.weight", (*mixer, "w_q")), dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+                     dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")), dense_in(f"{p}.g_proj.weight", (*mixer, "w_z")),
+                     dense_in(f"{p}.b_proj.weight", (*mixer, "w_beta")),
+                     dense_in(f"{p}.a_proj.weight", (*mixer, "w_a")),
+                     depthwise_conv(f"{p}.q_conv1d.weight", (*mixer, "conv_q")),
+                     depthwise_conv(f"{p}.k_conv1d.weight", (*mixer, "conv_k")),
+                     depthwise_conv(f"{p}.v_conv1d.weight", (*mixer, "conv_v")),
+                     copy(f"{p}.A_log", (*mixer, "A_log")), copy(f"{p}.dt_bias", (*mixer, "dt_bias")),
+                     copy(f"{p}.o_norm.weight", (*mixer, "o_norm", "scale")),
+                     dense_out(f"{p}.o_proj.weight", (*mixer, "w_o"))]
+        else:
+            p = f"{prefix}.self_attn"
+            maps += [copy(f"{prefix}.feedforward_layer_norm.weight", (*block, "mixer_norm", "scale")),
+                     copy(f"{prefix}.post_feedforward_layernorm.weight", (*block, "mlp_norm", "scale")),
+                     dense_in(f"{p}.q_proj.weight", (*mixer, "w_q")), dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+                     dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")), dense_out(f"{p}.o_proj.weight", (*mixer, "w_o")),
+                     copy(f"{p}.q_norm.weight", (*mixer, "q_norm", "scale")),
+                     copy(f"{p}.k_norm.weight", (*mixer, "k_norm", "scale"))]
+    return maps
+
+
 FAMILIES = {
     "qwen3_5_text": Family(qwen3_5_model_config, qwen3_5_hub_config, qwen3_5_tensor_maps),
+    "olmo_hybrid": Family(olmo_hybrid_model_config, olmo_hybrid_hub_config, olmo_hybrid_tensor_maps),
 }
 
 

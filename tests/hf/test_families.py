@@ -23,8 +23,19 @@ def tiny_qwen3_5():
         layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"])
 
 
-TINY = {"qwen3_5_text": (tiny_qwen3_5, transformers.Qwen3_5ForCausalLM)}
-FULL = {"qwen3_5_text": (transformers.Qwen3_5TextConfig, transformers.Qwen3_5ForCausalLM)}
+def tiny_olmo_hybrid():
+    return transformers.OlmoHybridConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+        linear_value_head_dim=8, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"])
+
+
+TINY = {"qwen3_5_text": (tiny_qwen3_5, transformers.Qwen3_5ForCausalLM),
+        "olmo_hybrid": (tiny_olmo_hybrid, transformers.OlmoHybridForCausalLM)}
+# transformers' default configs: Qwen/Qwen3.5-27B and allenai/Olmo-Hybrid-7B (their docstrings)
+FULL = {"qwen3_5_text": (transformers.Qwen3_5TextConfig, transformers.Qwen3_5ForCausalLM),
+        "olmo_hybrid": (transformers.OlmoHybridConfig, transformers.OlmoHybridForCausalLM)}
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))
@@ -68,8 +79,9 @@ def greedy(model, prompt, new_tokens):
     """Greedy continuation: prefill with the plain forward, then `decode_step` token by token."""
     batch, steps = prompt.shape
     positions = jnp.arange(steps, dtype=jnp.int32)
-    hidden, state, kv = model.apply_blocks(model.embed(prompt), positions, model.init_state(batch),
-                                           range(len(model.blocks)), window=None)
+    prefill = jax.jit(lambda m, t: m.apply_blocks(m.embed(t), positions, m.init_state(batch), range(len(m.blocks)),
+                                                  window=None))
+    hidden, state, kv = prefill(model, prompt)
     cache = model.init_cache(batch, steps + new_tokens)
     cache["positions"] = cache["positions"].at[:steps].set(positions)
     cache["layers"] = {name: {key: cache["layers"][name][key].at[:, :steps].set(kv[name][key]) for key in kv[name]}
@@ -106,8 +118,8 @@ def test_greedy_decode_matches_transformers(pair):
 
 
 def test_export_reloads_bit_exact_in_transformers(pair, tmp_path):
-    reference, model, _ = pair
-    hf.save_pretrained(model, str(tmp_path))
+    reference, model, path = pair
+    hf.save_pretrained(model, str(tmp_path), base_config=hf.read_hub_config(path))
     reloaded = type(reference).from_pretrained(str(tmp_path), dtype=torch.float32)
     want, got = reference.state_dict(), reloaded.state_dict()
     assert sorted(want) == sorted(got)
