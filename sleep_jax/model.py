@@ -47,6 +47,12 @@ class ModelConfig:
     nope_layers: tuple[int, ...] = ()     # attention layers without RoPE
     layer_windows: tuple[int, ...] = ()   # per layer: its own sliding window (0 = full); () = none
     no_mlp_layers: tuple[int, ...] = ()   # layers without a feed-forward half
+    moe_layers: tuple[int, ...] = ()      # layers whose feed-forward half is a SparseMoE (layers.moe)
+    moe_experts: int = 0
+    moe_top_k: int = 1
+    moe_hidden: int = 0                   # per routed expert
+    moe_shared_hidden: int = 0            # the gated shared expert
+    moe_normalize_top_k: bool = True
     norm_style: str = "plain"             # "plain" w * x_hat, or "zero_centred" (1 + w) * x_hat
     gdn_heads: int = 2                    # key heads
     gdn_v_heads: int = 2                  # value heads, a multiple of gdn_heads
@@ -71,7 +77,7 @@ class ModelConfig:
             object.__setattr__(self, "pattern", "".join(self.pattern))
         qk_norm = {True: "head", False: None}.get(self.qk_norm, self.qk_norm)
         object.__setattr__(self, "qk_norm", qk_norm)
-        for name in ("nope_layers", "layer_windows", "no_mlp_layers"):
+        for name in ("nope_layers", "layer_windows", "no_mlp_layers", "moe_layers"):
             object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
         for name in ("vocab_size", "d_model", "attn_heads", "attn_kv_heads", "attn_head_dim", "gdn_heads",
                      "gdn_v_heads", "gdn_head_dim", "gdn_v_head_dim", "conv_kernel", "mlp_hidden"):
@@ -98,9 +104,12 @@ class ModelConfig:
             raise ValueError(f"model.rotary_fraction={self.rotary_fraction} must give an even number of rotary "
                              f"channels in (0, attn_head_dim={self.attn_head_dim}], got {rotary}")
         n = len(self.pattern)
-        for name in ("nope_layers", "no_mlp_layers"):
+        for name in ("nope_layers", "no_mlp_layers", "moe_layers"):
             if any(not 0 <= i < n for i in getattr(self, name)):
                 raise ValueError(f"model.{name}={getattr(self, name)} must be layer indices in [0, {n})")
+        if self.moe_layers and min(self.moe_experts, self.moe_hidden, self.moe_shared_hidden) < 1:
+            raise ValueError(f"model.moe_layers={self.moe_layers} needs model.moe_experts, model.moe_hidden and "
+                             f"model.moe_shared_hidden >= 1")
         if self.layer_windows and (len(self.layer_windows) != n or min(self.layer_windows) < 0):
             raise ValueError(f"model.layer_windows={self.layer_windows} must be empty or one window >= 0 "
                              f"per layer ({n})")

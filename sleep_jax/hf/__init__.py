@@ -56,12 +56,19 @@ def hub_tensor_files(path: str) -> dict[str, str]:
     return keys
 
 
-def _parameter(model, path):
-    for step in path:
-        model = model[step] if isinstance(step, int) else getattr(model, step)
-    if not isinstance(model, nnx.Param):
+def _target(model, path):
+    """(parameter, index or None) at an attribute path; a trailing int after the parameter
+    selects one slice of its leading axis (one expert of a stacked expert weight)."""
+    node = model
+    for k, step in enumerate(path):
+        if isinstance(node, nnx.Param):
+            if k != len(path) - 1 or not isinstance(step, int):
+                raise TypeError(f"{path}: only one leading-axis index may follow a parameter")
+            return node, step
+        node = node[step] if isinstance(step, int) else getattr(node, step)
+    if not isinstance(node, nnx.Param):
         raise TypeError(f"{path} is not a parameter")
-    return model
+    return node, None
 
 
 def abstract_model(config: ModelConfig) -> HybridModel:
@@ -86,20 +93,31 @@ def from_pretrained(path: str, **overrides) -> HybridModel:
     if extra:
         raise ValueError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for "
                          f"{config.hf_model_type}")
-    handles = {}
+    handles, stacked = {}, {}
     for m in maps:
         if m.key not in files:
             raise ValueError(f"{path}: missing tensor {m.key!r}")
         if files[m.key] not in handles:
             handles[files[m.key]] = safe_open(files[m.key], framework="np")
-        params = [_parameter(model, p) for p in m.paths]
-        shapes = [tuple(p.get_value().shape) for p in params]
+        targets = [_target(model, p) for p in m.paths]
+        shapes = [tuple(p.get_value().shape)[0 if i is None else 1:] for p, i in targets]
         want = jax.eval_shape(m.to_hub, *[jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]).shape
         hub = handles[files[m.key]].get_tensor(m.key)
         if tuple(hub.shape) != tuple(want):
             raise ValueError(f"{path}: tensor {m.key!r} has shape {tuple(hub.shape)}, the model needs {tuple(want)}")
-        for param, value in zip(params, m.to_model(jnp.asarray(hub), shapes)):
-            param.set_value(value.astype(param.get_value().dtype))
+        for (param, index), value in zip(targets, m.to_model(jnp.asarray(hub), shapes)):
+            if index is None:
+                param.set_value(value.astype(param.get_value().dtype))
+            else:   # slices of a stacked weight gather in a host buffer, set once below
+                if id(param) not in stacked:
+                    stacked[id(param)] = (param, np.zeros(param.get_value().shape, param.get_value().dtype))
+                stacked[id(param)][1][index] = np.asarray(value)
+    for param, buffer in stacked.values():
+        param.set_value(jnp.asarray(buffer))
+    unfilled = [p for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)
+                and isinstance(v.get_value(), jax.ShapeDtypeStruct)]
+    if unfilled:
+        raise ValueError(f"{path}: no {config.hf_model_type} tensor fills parameter {unfilled[0]}")
     return model
 
 
@@ -107,7 +125,10 @@ def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
     """{hub key: numpy array} of the model's parameters (in their parameter dtype)."""
     config = model.config
     maps = family(config.hf_model_type).tensor_maps(config)
-    return {m.key: np.asarray(m.to_hub(*[_parameter(model, p).get_value() for p in m.paths])) for m in maps}
+    def value(path):
+        param, index = _target(model, path)
+        return param.get_value() if index is None else param.get_value()[index]
+    return {m.key: np.asarray(m.to_hub(*[value(p) for p in m.paths])) for m in maps}
 
 
 def save_pretrained(model: HybridModel, path: str, base_config: dict | None = None) -> None:

@@ -58,7 +58,7 @@ def _pattern(hub: dict, model_type: str, letters: dict) -> str:
 def qwen3_5_model_config(hub: dict, **overrides) -> ModelConfig:
     """`qwen3_5_text`: zero-centred RMSNorms, gated attention with per-head q/k norm and partial
     rotary, Qwen GDN (fused q/k/v conv, beta = sigmoid), SwiGLU MLP in every layer."""
-    model_type = "qwen3_5_text"
+    model_type = hub.get("model_type", "qwen3_5_text")
     _require(hub, "hidden_act", ("silu",), model_type)
     _require(hub, "attention_bias", (False, None), model_type)   # it would add an o_proj bias too
     fields = dict(
@@ -89,11 +89,12 @@ def qwen3_5_hub_config(c: ModelConfig) -> dict:
         "linear_conv_kernel_dim": c.conv_kernel, "tie_word_embeddings": c.tie_embeddings}
 
 
-def _swiglu(prefix: str, block: tuple) -> list:
-    mlp = (*block, "mlp")
-    return [dense_in(f"{prefix}.mlp.gate_proj.weight", (*mlp, "w_gate")),
-            dense_in(f"{prefix}.mlp.up_proj.weight", (*mlp, "w_up")),
-            dense_out(f"{prefix}.mlp.down_proj.weight", (*mlp, "w_down"))]
+def _swiglu(hub: str, path: tuple, *index) -> list:
+    """gate/up/down_proj under hub prefix `hub` <-> the SwiGLU at `path` (`index`: one expert of
+    a stacked SparseMoE)."""
+    return [dense_in(f"{hub}.gate_proj.weight", (*path, "w_gate", *index)),
+            dense_in(f"{hub}.up_proj.weight", (*path, "w_up", *index)),
+            dense_out(f"{hub}.down_proj.weight", (*path, "w_down", *index))]
 
 
 def _embeddings(c: ModelConfig) -> list:
@@ -110,26 +111,34 @@ def qwen3_5_tensor_maps(c: ModelConfig) -> list:
         mixer = (*block, "mixer")
         maps += [copy(f"{prefix}.input_layernorm.weight", (*block, "mixer_norm", "scale")),
                  copy(f"{prefix}.post_attention_layernorm.weight", (*block, "mlp_norm", "scale"))]
-        maps += _swiglu(prefix, block)
+        maps += _swiglu(f"{prefix}.mlp", (*block, "mlp"))
         if kind == "G":
             p = f"{prefix}.linear_attn"
             maps += [dense_in(f"{p}.in_proj_qkv.weight", (*mixer, "w_q"), (*mixer, "w_k"), (*mixer, "w_v")),
                      dense_in(f"{p}.in_proj_z.weight", (*mixer, "w_z")),
                      dense_in(f"{p}.in_proj_b.weight", (*mixer, "w_beta")),
-                     dense_in(f"{p}.in_proj_a.weight", (*mixer, "w_a")),
-                     depthwise_conv(f"{p}.conv1d.weight", (*mixer, "conv_q"), (*mixer, "conv_k"), (*mixer, "conv_v")),
-                     copy(f"{p}.A_log", (*mixer, "A_log")), copy(f"{p}.dt_bias", (*mixer, "dt_bias")),
-                     copy(f"{p}.norm.weight", (*mixer, "o_norm", "scale")),
-                     dense_out(f"{p}.out_proj.weight", (*mixer, "w_o"))]
+                     dense_in(f"{p}.in_proj_a.weight", (*mixer, "w_a"))] + _gdn_rest(p, mixer)
         else:
-            p = f"{prefix}.self_attn"
-            maps += [dense_in_interleaved(f"{p}.q_proj.weight", (*mixer, "w_q"), (*mixer, "w_gate")),
-                     dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
-                     dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")),
-                     dense_out(f"{p}.o_proj.weight", (*mixer, "w_o")),
-                     copy(f"{p}.q_norm.weight", (*mixer, "q_norm", "scale")),
-                     copy(f"{p}.k_norm.weight", (*mixer, "k_norm", "scale"))]
+            maps += _gated_attention(f"{prefix}.self_attn", mixer)
     return maps
+
+
+def _gated_attention(p: str, mixer: tuple) -> list:
+    """Qwen's gated attention: q_proj per head [query | gate], per-head q/k norms."""
+    return [dense_in_interleaved(f"{p}.q_proj.weight", (*mixer, "w_q"), (*mixer, "w_gate")),
+            dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+            dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")),
+            dense_out(f"{p}.o_proj.weight", (*mixer, "w_o")),
+            copy(f"{p}.q_norm.weight", (*mixer, "q_norm", "scale")),
+            copy(f"{p}.k_norm.weight", (*mixer, "k_norm", "scale"))]
+
+
+def _gdn_rest(p: str, mixer: tuple) -> list:
+    """The GDN tensors Qwen3.5 and Qwen3-Next share (after the input projections)."""
+    return [depthwise_conv(f"{p}.conv1d.weight", (*mixer, "conv_q"), (*mixer, "conv_k"), (*mixer, "conv_v")),
+            copy(f"{p}.A_log", (*mixer, "A_log")), copy(f"{p}.dt_bias", (*mixer, "dt_bias")),
+            copy(f"{p}.norm.weight", (*mixer, "o_norm", "scale")),
+            dense_out(f"{p}.out_proj.weight", (*mixer, "w_o"))]
 
 
 # ---- OLMo-Hybrid ------------------------------------------------------------------------------
@@ -184,7 +193,7 @@ def olmo_hybrid_tensor_maps(c: ModelConfig) -> list:
     for i, kind in enumerate(c.pattern):
         prefix, block = f"model.layers.{i}", ("blocks", i)
         mixer = (*block, "mixer")
-        maps += _swiglu(prefix, block)
+        maps += _swiglu(f"{prefix}.mlp", (*block, "mlp"))
         if kind == "G":
             p = f"{prefix}.linear_attn"
             maps += [copy(f"{prefix}.attention_layer_norm.weight", (*block, "mixer_norm", "scale")),
@@ -210,7 +219,61 @@ def olmo_hybrid_tensor_maps(c: ModelConfig) -> list:
     return maps
 
 
+# ---- Qwen3-Next -------------------------------------------------------------------------------
+
+def qwen3_next_model_config(hub: dict, **overrides) -> ModelConfig:
+    """`qwen3_next`: Qwen3.5's layers, with the GDN input projections grouped per key head and a
+    sparse MoE (top-k experts + gated shared expert) on every `decoder_sparse_step`-th layer not in
+    `mlp_only_layers`."""
+    n, step = hub["num_hidden_layers"], hub.get("decoder_sparse_step", 1)
+    dense_only = set(hub.get("mlp_only_layers") or [])
+    moe_layers = tuple(i for i in range(n) if hub.get("num_experts", 0) > 0 and i not in dense_only
+                       and (i + 1) % step == 0)
+    moe = dict(moe_layers=moe_layers, moe_experts=hub.get("num_experts", 0), moe_top_k=hub.get("num_experts_per_tok", 1),
+               moe_hidden=hub.get("moe_intermediate_size", 0),
+               moe_shared_hidden=hub.get("shared_expert_intermediate_size", 0),
+               moe_normalize_top_k=bool(hub.get("norm_topk_prob", True)))
+    return qwen3_5_model_config({**hub, "model_type": "qwen3_next"},
+                                **{"hf_model_type": "qwen3_next", **moe, **overrides})
+
+
+def qwen3_next_hub_config(c: ModelConfig) -> dict:
+    moe = set(c.moe_layers)
+    return {**qwen3_5_hub_config(c), "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
+            "num_experts": c.moe_experts, "num_experts_per_tok": c.moe_top_k,
+            "moe_intermediate_size": c.moe_hidden, "shared_expert_intermediate_size": c.moe_shared_hidden,
+            "norm_topk_prob": c.moe_normalize_top_k, "decoder_sparse_step": 1,
+            "mlp_only_layers": [i for i in range(len(c.pattern)) if i not in moe]}
+
+
+def qwen3_next_tensor_maps(c: ModelConfig) -> list:
+    maps = _embeddings(c)
+    for i, kind in enumerate(c.pattern):
+        prefix, block = f"model.layers.{i}", ("blocks", i)
+        mixer, mlp = (*block, "mixer"), (*block, "mlp")
+        maps += [copy(f"{prefix}.input_layernorm.weight", (*block, "mixer_norm", "scale")),
+                 copy(f"{prefix}.post_attention_layernorm.weight", (*block, "mlp_norm", "scale"))]
+        if i in c.moe_layers:
+            maps += [dense_in(f"{prefix}.mlp.gate.weight", (*mlp, "w_router")),
+                     dense_in(f"{prefix}.mlp.shared_expert_gate.weight", (*mlp, "w_shared_gate"))]
+            maps += _swiglu(f"{prefix}.mlp.shared_expert", (*mlp, "shared"))
+            for e in range(c.moe_experts):
+                maps += _swiglu(f"{prefix}.mlp.experts.{e}", mlp, e)
+        else:
+            maps += _swiglu(f"{prefix}.mlp", mlp)
+        if kind == "G":
+            p = f"{prefix}.linear_attn"
+            maps += [dense_in_interleaved(f"{p}.in_proj_qkvz.weight", (*mixer, "w_q"), (*mixer, "w_k"), (*mixer, "w_v"),
+                                          (*mixer, "w_z"), groups=c.gdn_heads),
+                     dense_in_interleaved(f"{p}.in_proj_ba.weight", (*mixer, "w_beta"), (*mixer, "w_a"),
+                                          groups=c.gdn_heads)] + _gdn_rest(p, mixer)
+        else:
+            maps += _gated_attention(f"{prefix}.self_attn", mixer)
+    return maps
+
+
 FAMILIES = {
+    "qwen3_next": Family(qwen3_next_model_config, qwen3_next_hub_config, qwen3_next_tensor_maps),
     "qwen3_5_text": Family(qwen3_5_model_config, qwen3_5_hub_config, qwen3_5_tensor_maps),
     "olmo_hybrid": Family(olmo_hybrid_model_config, olmo_hybrid_hub_config, olmo_hybrid_tensor_maps),
 }

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class TensorMap:
     key: str                                  # the hub key, e.g. "model.layers.0.mlp.up_proj.weight"
-    paths: tuple[tuple, ...]                  # attribute paths of the parameters it fills
+    paths: tuple[tuple, ...]                  # attribute paths of the parameters it fills (a trailing
+                                              # int after a parameter: one slice of its leading axis)
     to_model: Callable                        # (hub array, [parameter shapes]) -> [parameter arrays]
     to_hub: Callable                          # (*parameter arrays) -> hub array
 
@@ -44,18 +45,21 @@ def dense_out(key, path) -> TensorMap:
                      lambda a: a.reshape(-1, a.shape[-1]).T)
 
 
-def dense_in_interleaved(key, *paths) -> TensorMap:
-    """Hub `[H * (d_1 + d_2 + ...), D]`, per head the parameters' rows in turn (Qwen's q_proj:
-    per head a query and a gate) <-> parameters `[D, H, d_i]`."""
+def dense_in_interleaved(key, *paths, groups: int | None = None) -> TensorMap:
+    """Hub `[G * (n_1 + n_2 + ...), D]`, per group g the parameters' rows of group g in turn <->
+    parameters `[D, ...]` whose trailing dims split into G groups (default G = the first
+    parameter's dim 1). Qwen3.5's q_proj: per head a query and a gate; Qwen3-Next's in_proj_qkvz /
+    in_proj_ba: per key head its q, k, then its value heads' v and z (b and a)."""
     def to_model(w, shapes):
-        heads = shapes[0][1]
-        per_head = w.reshape(heads, -1, w.shape[-1])
-        parts = jnp.split(per_head, list(_cumsum([s[2] for s in shapes])), axis=1)
-        return [p.transpose(2, 0, 1) for p in parts]
+        count = groups or shapes[0][1]
+        per_group = w.reshape(count, -1, w.shape[-1])
+        parts = jnp.split(per_group, list(_cumsum([math.prod(s[1:]) // count for s in shapes])), axis=1)
+        return [p.transpose(2, 0, 1).reshape(s) for p, s in zip(parts, shapes)]
 
     def to_hub(*arrays):
-        per_head = jnp.concatenate([a.transpose(1, 2, 0) for a in arrays], axis=1)
-        return per_head.reshape(-1, per_head.shape[-1])
+        count = groups or arrays[0].shape[1]
+        per_group = jnp.concatenate([a.reshape(a.shape[0], count, -1).transpose(1, 2, 0) for a in arrays], axis=1)
+        return per_group.reshape(-1, per_group.shape[-1])
     return TensorMap(key, tuple(paths), to_model, to_hub)
 
 

@@ -31,10 +31,22 @@ def tiny_olmo_hybrid():
         layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"])
 
 
+def tiny_qwen3_next():
+    return transformers.Qwen3NextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+        linear_key_head_dim=16, linear_value_head_dim=8, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, shared_expert_intermediate_size=48, mlp_only_layers=[2],
+        layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"])
+
+
 TINY = {"qwen3_5_text": (tiny_qwen3_5, transformers.Qwen3_5ForCausalLM),
+        "qwen3_next": (tiny_qwen3_next, transformers.Qwen3NextForCausalLM),
         "olmo_hybrid": (tiny_olmo_hybrid, transformers.OlmoHybridForCausalLM)}
-# transformers' default configs: Qwen/Qwen3.5-27B and allenai/Olmo-Hybrid-7B (their docstrings)
+# transformers' default configs: Qwen/Qwen3.5-27B, allenai/Olmo-Hybrid-7B and
+# Qwen/Qwen3-Next-80B-A3B-Instruct (their docstrings)
 FULL = {"qwen3_5_text": (transformers.Qwen3_5TextConfig, transformers.Qwen3_5ForCausalLM),
+        "qwen3_next": (transformers.Qwen3NextConfig, transformers.Qwen3NextForCausalLM),
         "olmo_hybrid": (transformers.OlmoHybridConfig, transformers.OlmoHybridForCausalLM)}
 
 
