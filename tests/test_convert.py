@@ -41,3 +41,15 @@ def test_import_then_export_round_trips_bit_exact(tmp_path):
     assert len(loaded) == len(imported)
     for a, b in zip(loaded, imported):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sharded_checkpoint_round_trips_through_its_index(tmp_path):
+    """Small shards force model-0000i-of-0000n.safetensors + model.safetensors.index.json."""
+    tiny_hub_checkpoint(tmp_path / "hub")
+    model = hf.from_pretrained(str(tmp_path / "hub"))
+    hf.save_pretrained(model, str(tmp_path / "sharded"), max_shard_bytes=4096)
+    index = json.loads((tmp_path / "sharded" / hf.INDEX_FILE).read_text())
+    assert len(set(index["weight_map"].values())) > 1 and not (tmp_path / "sharded" / hf.WEIGHTS_FILE).exists()
+    for a, b in zip(*(jax.tree.leaves(nnx.state(m, nnx.Param)) for m in
+                      (model, hf.from_pretrained(str(tmp_path / "sharded"))))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -131,14 +131,24 @@ def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
     return {m.key: np.asarray(m.to_hub(*[value(p) for p in m.paths])) for m in maps}
 
 
-def save_pretrained(model: HybridModel, path: str, base_config: dict | None = None) -> None:
-    """Write `config.json` and `model.safetensors` (hub key names) into directory `path`.
+def _write_atomic(path: str, name: str, write) -> None:
+    """write(temporary file) in directory `path`, then rename it to `name`: a crash never leaves a
+    half-written file under its final name."""
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
+    os.close(fd)
+    write(tmp)
+    os.replace(tmp, os.path.join(path, name))
+
+
+def save_pretrained(model: HybridModel, path: str, base_config: dict | None = None, *,
+                    max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `config.json` and the weights (hub key names) into directory `path`.
 
     The config's architecture fields come from `model.config`; `base_config` (e.g. the imported
-    checkpoint's `read_hub_config`) supplies the rest (token ids, context length, ...).
-
-    Each file is written to a temporary name and renamed into place, so a crash never leaves a
-    half-written file under its final name.
+    checkpoint's `read_hub_config`) supplies the rest (token ids, context length, ...). Weights
+    over `max_shard_bytes` go into `model-0000i-of-0000n.safetensors` shards plus
+    `model.safetensors.index.json`, as transformers writes them; else one `model.safetensors`.
+    Every file is written under a temporary name and renamed into place.
     """
     from safetensors.numpy import save_file
     config = model.config
@@ -147,13 +157,22 @@ def save_pretrained(model: HybridModel, path: str, base_config: dict | None = No
                          f"supported: {SUPPORTED}")
     hub_config = {**(base_config or {}), **family(config.hf_model_type).hub_config(config)}
     os.makedirs(path, exist_ok=True)
-    tensors = {key: np.ascontiguousarray(value) for key, value in hub_tensors(model).items()}
-    for name, write in ((WEIGHTS_FILE, lambda f: save_file(tensors, f, metadata={"format": "pt"})),
-                        (CONFIG_FILE, lambda f: open(f, "w").write(json.dumps(hub_config, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, os.path.join(path, name))
+    shards, size = [{}], 0
+    for key, value in hub_tensors(model).items():
+        if shards[-1] and size + value.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = np.ascontiguousarray(value)
+        size += value.nbytes
+    names = ([WEIGHTS_FILE] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for name, shard in zip(names, shards):
+        _write_atomic(path, name, lambda f: save_file(shard, f, metadata={"format": "pt"}))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(v.nbytes for shard in shards for v in shard.values())},
+                 "weight_map": {key: name for name, shard in zip(names, shards) for key in shard}}
+        _write_atomic(path, INDEX_FILE, lambda f: open(f, "w").write(json.dumps(index, indent=2)))
+    _write_atomic(path, CONFIG_FILE, lambda f: open(f, "w").write(json.dumps(hub_config, indent=2)))
 
 
 def logits(model: HybridModel, tokens) -> jax.Array:
