@@ -3,6 +3,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from sleep_jax import convert, hf
@@ -53,3 +54,13 @@ def test_sharded_checkpoint_round_trips_through_its_index(tmp_path):
     for a, b in zip(*(jax.tree.leaves(nnx.state(m, nnx.Param)) for m in
                       (model, hf.from_pretrained(str(tmp_path / "sharded"))))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tokenizer_loads_the_directory_tokenizer_json(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tokenizer = Tokenizer(models.WordLevel({"sleep": 0, "wake": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    assert hf.tokenizer(str(tmp_path)).encode("wake sleep dream").ids == [1, 0, 2]
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        hf.tokenizer(str(tmp_path / "missing"))
