@@ -1,13 +1,11 @@
 """Parity of imported hub models with transformers (tiny random models built here), export round
 trips, and full-size parameter counts. Needs torch and transformers (the `test` extra)."""
-import numpy as np
-import pytest
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
 from flax import nnx
 
 from sleep_jax import hf
