@@ -18,28 +18,48 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleep_jax.layers import Block, BLOCK_KINDS, EVICTIONS, RMSNorm
+from sleep_jax.layers import BLOCKS, BLOCK_KINDS, EVICTIONS, NORM_STYLES, RMSNorm
+from sleep_jax.layers.attention import QK_NORMS
 from sleep_jax.layers.common import dense_param, dtype_from_name
 from sleep_jax.ops.delta_rule import CHUNK_SIZES, IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The `model` block of a config, field for field."""
+    """The `model` block of a config, field for field.
+
+    `pattern` gives one block kind per layer (`sleep_jax.layers.BLOCKS`): a string such as
+    "GGGA" or the same as a list of letters. Per-layer options are tuples of layer indices
+    (`nope_layers`, `no_mlp_layers`) or one value per layer (`layer_windows`, empty = none).
+    """
     vocab_size: int
     d_model: int = 128
-    pattern: str = "AGAG"                 # A = attention block, G = GDN block
+    pattern: str = "AGAG"                 # A = attention, O = post-norm attention (OLMo), G = GDN
     loop: tuple[int, int] | None = None   # looped segment [start, end) of the pattern; None = whole stack
     attn_heads: int = 4
     attn_kv_heads: int = 2
     attn_head_dim: int = 32
     attn_output_gate: bool = False
-    qk_norm: bool = False
+    attn_bias: bool = False               # biases on the q, k, v projections
+    qk_norm: str | None = None            # None, "head" (RMSNorm per head, [Dh]) or "full" ([H*Dh]); True = "head"
     rope_theta: float = 10000.0
+    rotary_fraction: float = 1.0          # RoPE on the first rotary_fraction * attn_head_dim channels
+    nope_layers: tuple[int, ...] = ()     # attention layers without RoPE
+    layer_windows: tuple[int, ...] = ()   # per layer: its own sliding window (0 = full); () = none
+    no_mlp_layers: tuple[int, ...] = ()   # layers without a feed-forward half
+    moe_layers: tuple[int, ...] = ()      # layers whose feed-forward half is a SparseMoE (layers.moe)
+    moe_experts: int = 0
+    moe_top_k: int = 1
+    moe_hidden: int = 0                   # per routed expert
+    moe_shared_hidden: int = 0            # the gated shared expert
+    moe_normalize_top_k: bool = True
+    norm_style: str = "plain"             # "plain" w * x_hat, or "zero_centred" (1 + w) * x_hat
     gdn_heads: int = 2                    # key heads
     gdn_v_heads: int = 2                  # value heads, a multiple of gdn_heads
     gdn_head_dim: int = 32                # K
     gdn_v_head_dim: int = 32              # V
+    gdn_beta_scale: float = 1.0           # beta = scale * sigmoid(.); 2 allows negative eigenvalues (OLMo)
+    gdn_norm_eps: float | None = None     # eps of the GDN output norm (None = norm_eps)
     conv_kernel: int = 4
     mlp_hidden: int = 512
     tie_embeddings: bool = True
@@ -48,10 +68,17 @@ class ModelConfig:
     delta_rule_impl: str = "auto"
     chunk_size: int = 64
     norm_eps: float = 1e-6
+    hf_model_type: str | None = None      # the hub architecture this follows (sleep_jax.hf), None = native
 
     def __post_init__(self):
         if self.loop is not None:
             object.__setattr__(self, "loop", tuple(int(i) for i in self.loop))
+        if not isinstance(self.pattern, str):
+            object.__setattr__(self, "pattern", "".join(self.pattern))
+        qk_norm = {True: "head", False: None}.get(self.qk_norm, self.qk_norm)
+        object.__setattr__(self, "qk_norm", qk_norm)
+        for name in ("nope_layers", "layer_windows", "no_mlp_layers", "moe_layers"):
+            object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
         for name in ("vocab_size", "d_model", "attn_heads", "attn_kv_heads", "attn_head_dim", "gdn_heads",
                      "gdn_v_heads", "gdn_head_dim", "gdn_v_head_dim", "conv_kernel", "mlp_hidden"):
             if int(getattr(self, name)) < 1:
@@ -68,8 +95,24 @@ class ModelConfig:
         if self.gdn_v_heads % self.gdn_heads:
             raise ValueError(f"model.gdn_v_heads ({self.gdn_v_heads}) must be a multiple of "
                              f"model.gdn_heads ({self.gdn_heads})")
-        if self.attn_head_dim % 2:
-            raise ValueError(f"model.attn_head_dim must be even (RoPE), got {self.attn_head_dim}")
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"model.qk_norm={self.qk_norm!r} must be one of {QK_NORMS} (True = 'head')")
+        if self.norm_style not in NORM_STYLES:
+            raise ValueError(f"model.norm_style={self.norm_style!r} must be one of {NORM_STYLES}")
+        rotary = self.attn_head_dim * self.rotary_fraction
+        if rotary != int(rotary) or int(rotary) % 2 or not 0 < rotary <= self.attn_head_dim:
+            raise ValueError(f"model.rotary_fraction={self.rotary_fraction} must give an even number of rotary "
+                             f"channels in (0, attn_head_dim={self.attn_head_dim}], got {rotary}")
+        n = len(self.pattern)
+        for name in ("nope_layers", "no_mlp_layers", "moe_layers"):
+            if any(not 0 <= i < n for i in getattr(self, name)):
+                raise ValueError(f"model.{name}={getattr(self, name)} must be layer indices in [0, {n})")
+        if self.moe_layers and min(self.moe_experts, self.moe_hidden, self.moe_shared_hidden) < 1:
+            raise ValueError(f"model.moe_layers={self.moe_layers} needs model.moe_experts, model.moe_hidden and "
+                             f"model.moe_shared_hidden >= 1")
+        if self.layer_windows and (len(self.layer_windows) != n or min(self.layer_windows) < 0):
+            raise ValueError(f"model.layer_windows={self.layer_windows} must be empty or one window >= 0 "
+                             f"per layer ({n})")
         if self.delta_rule_impl not in IMPLS:
             raise ValueError(f"model.delta_rule_impl={self.delta_rule_impl!r} must be one of {IMPLS}")
         if self.chunk_size not in CHUNK_SIZES:
@@ -85,6 +128,14 @@ class ModelConfig:
     def parameter_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.param_dtype)
 
+    def rotary_dim(self, index: int) -> int:
+        """RoPE channels per head of layer `index` (0 = NoPE)."""
+        return 0 if index in self.nope_layers else int(self.attn_head_dim * self.rotary_fraction)
+
+    def layer_window(self, index: int) -> int:
+        """Layer `index`'s own sliding window (0 = none)."""
+        return self.layer_windows[index] if self.layer_windows else 0
+
     @property
     def layer_groups(self) -> tuple[range, range, range]:
         """(prelude, looped segment, coda) as ranges of block indices."""
@@ -98,42 +149,40 @@ def layer_name(index: int) -> str:
 
 
 class HybridModel(nnx.Module):
-    """Embedding, a stack of pre-norm blocks from `config.pattern`, final RMSNorm, LM head."""
+    """Embedding, a stack of blocks from `config.pattern` (`layers.BLOCKS`), final RMSNorm, LM head."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         param_dtype = config.parameter_dtype
         self.embedding = dense_param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
                                      fan_in=config.d_model, dtype=param_dtype)
-        self.blocks = nnx.List([Block(kind, config, rngs=rngs) for kind in config.pattern])
+        self.blocks = nnx.List([BLOCKS[kind](config, i, rngs=rngs) for i, kind in enumerate(config.pattern)])
         self.final_norm = RMSNorm(config.d_model, logical_axis="embed", eps=config.norm_eps,
-                                  dtype=config.compute_dtype, param_dtype=param_dtype)
+                                  dtype=config.compute_dtype, param_dtype=param_dtype, style=config.norm_style)
         self.lm_head = None if config.tie_embeddings else dense_param(
             rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), fan_in=config.d_model, dtype=param_dtype)
 
     # ---- structure -------------------------------------------------------------------------
 
     def gdn_layers(self, layers=None) -> list[str]:
-        """Names of the GDN blocks among `layers` (block indices; default all)."""
+        """Names of the blocks with recurrent state (GDN) among `layers` (block indices; default all)."""
         layers = range(len(self.blocks)) if layers is None else layers
-        return [layer_name(i) for i in layers if self.config.pattern[i] == "G"]
+        return [layer_name(i) for i in layers if self.blocks[i].has_state]
 
     def attention_layers(self, layers=None) -> list[str]:
+        """Names of the blocks with keys/values (attention) among `layers` (default all)."""
         layers = range(len(self.blocks)) if layers is None else layers
-        return [layer_name(i) for i in layers if self.config.pattern[i] == "A"]
+        return [layer_name(i) for i in layers if self.blocks[i].has_kv]
 
     def init_state(self, batch: int, layers=None) -> dict:
         """Zero recurrent state for the GDN blocks among `layers` (default all)."""
         layers = range(len(self.blocks)) if layers is None else layers
-        return {layer_name(i): self.blocks[i].mixer.init_state(batch) for i in layers
-                if self.config.pattern[i] == "G"}
+        return {layer_name(i): self.blocks[i].init_state(batch) for i in layers if self.blocks[i].has_state}
 
     def init_kv(self, batch: int, length: int, layers=None) -> dict:
         """Zero keys/values [B, length, KVH, Dh] for the attention blocks among `layers` (default all)."""
-        c = self.config
-        shape = (batch, length, c.attn_kv_heads, c.attn_head_dim)
-        zeros = lambda: jnp.zeros(shape, c.compute_dtype)
-        return {name: {"k": zeros(), "v": zeros()} for name in self.attention_layers(layers)}
+        layers = range(len(self.blocks)) if layers is None else layers
+        return {layer_name(i): self.blocks[i].init_kv(batch, length) for i in layers if self.blocks[i].has_kv}
 
     # ---- pure apply ------------------------------------------------------------------------
 
@@ -171,13 +220,13 @@ class HybridModel(nnx.Module):
         kv = {}
         for i in layers:
             block, name = self.blocks[i], layer_name(i)
-            x = block.mixer_norm(hidden)
-            if block.kind == "A":
-                y, kv[name] = block.mixer(x, positions, past=None if past is None else past[name],
-                                          past_positions=past_positions, window=window, eviction=eviction)
-            else:
-                y, state[name] = block.mixer(x, state[name])
-            hidden = block.add_mlp(hidden + y.astype(hidden.dtype))
+            hidden, layer_state, layer_kv = block(
+                hidden, positions, state.get(name), past=past[name] if past is not None and block.has_kv else None,
+                past_positions=past_positions, window=window, eviction=eviction)
+            if block.has_state:
+                state[name] = layer_state
+            if block.has_kv:
+                kv[name] = layer_kv
         return hidden, state, kv
 
     def __call__(self, tokens: jax.Array, *, state: dict | None = None, positions: jax.Array | None = None,
@@ -228,11 +277,10 @@ class HybridModel(nnx.Module):
         hidden = self.embed(tokens[:, None])[:, 0]
         for i, block in enumerate(self.blocks):
             name = layer_name(i)
-            x = block.mixer_norm(hidden)
-            if block.kind == "A":
-                y, layers[name] = block.mixer.step(x, position, layers[name], positions, window=window,
-                                                   eviction=eviction)
-            else:
-                y, state[name] = block.mixer.step(x, state[name])
-            hidden = block.add_mlp(hidden + y.astype(hidden.dtype))
+            hidden, layer_state, layer_cache = block.step(hidden, position, state.get(name), layers.get(name),
+                                                          positions, window=window, eviction=eviction)
+            if block.has_state:
+                state[name] = layer_state
+            if block.has_kv:
+                layers[name] = layer_cache
         return self.logits(hidden), state, {"positions": positions, "layers": layers}

@@ -29,6 +29,12 @@ def tokens(batch, steps, vocab=13, seed=0):
     ("delta_rule_impl", "fast", "model.delta_rule_impl"),
     ("dtype", "float64", "model.dtype"),
     ("d_model", 0, "model.d_model"),
+    ("norm_style", "centred", "model.norm_style"),
+    ("qk_norm", "both", "model.qk_norm"),
+    ("rotary_fraction", 0.3, "model.rotary_fraction"),
+    ("nope_layers", (4,), "model.nope_layers"),
+    ("layer_windows", (8,), "model.layer_windows"),
+    ("moe_layers", (0,), "model.moe_layers"),
 ])
 def test_config_rejects_bad_fields(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -117,3 +123,21 @@ def test_decode_step_rejects_a_cache_shorter_than_the_window():
     model = HybridModel(tiny_config(), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="cache capacity"):
         model.decode_step(tokens(1, 1)[:, 0], 0, model.init_state(1), model.init_cache(1, 3), window=4)
+
+
+def test_per_layer_options_build_and_decode_like_the_forward():
+    """Post-norm attention, zero-centred norms, full-width q/k norm, partial rotary, a NoPE layer,
+    a layer-own sliding window, an MLP-free layer and a MoE layer: the one-token decode path
+    still equals the whole-sequence forward."""
+    config = tiny_config(pattern=["O", "G", "A", "G"], norm_style="zero_centred", qk_norm="full", attn_bias=True,
+                         rotary_fraction=0.5, nope_layers=(2,), layer_windows=(3, 0, 0, 0), no_mlp_layers=(1,),
+                         moe_layers=(3,), moe_experts=3, moe_top_k=2, moe_hidden=8, moe_shared_hidden=8)
+    assert config.pattern == "OGAG"
+    model = HybridModel(config, rngs=nnx.Rngs(2))
+    x = tokens(2, 6)
+    full, _ = jax.jit(lambda m, x: m(x, window=None))(model, x)
+    step = jax.jit(lambda m, token, t, state, cache: m.decode_step(token, t, state, cache, window=None))
+    state, cache = model.init_state(2), model.init_cache(2, 6)
+    for t in range(6):
+        logits, state, cache = step(model, x[:, t], t, state, cache)
+        np.testing.assert_allclose(logits, full[:, t], atol=1e-5)

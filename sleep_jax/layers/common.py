@@ -34,7 +34,3 @@ def dense_param(rngs: nnx.Rngs, shape: tuple, logical_axes: tuple, *, fan_in: in
     """A weight drawn from N(0, 1/fan_in) (LeCun normal), so activations keep unit scale."""
     value = jax.random.normal(rngs.params(), shape, jnp.float32) / math.sqrt(fan_in)
     return make_param(value.astype(dtype), logical_axes)
-
-
-def ones_param(shape: tuple, logical_axes: tuple, *, dtype) -> nnx.Param:
-    return make_param(jnp.ones(shape, dtype), logical_axes)

@@ -2,7 +2,8 @@
 
     q, k, v = depthwise causal conv (kernel `conv_kernel`) + SiLU of x W_q, x W_k, x W_v
     q, k    = L2-normalised per head
-    beta    = sigmoid(x W_beta)                              write strength, per value head
+    beta    = beta_scale * sigmoid(x W_beta)                 write strength, per value head
+                                                             (1: Qwen; 2: OLMo-Hybrid, negative eigenvalues)
     g       = -exp(A_log) * softplus(x W_a + dt_bias)        log forget gate, per value head
     o, S    = gated_delta_rule(q, k, v, g, beta, S)          S: the fast weights [B, HV, K, V] f32
     y       = (RMSNorm(o) * SiLU(x W_z)) W_o
@@ -37,7 +38,7 @@ def causal_depthwise_conv(x: jax.Array, weight: jax.Array, tail: jax.Array):
 class GDNMixer(nnx.Module):
     def __init__(self, d_model: int, *, heads: int, v_heads: int, head_dim: int, v_head_dim: int,
                  conv_kernel: int, norm_eps: float, impl: str, chunk_size: int, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, beta_scale: float = 1.0):
         if v_heads % heads:
             raise ValueError(f"model.gdn_v_heads ({v_heads}) must be a multiple of model.gdn_heads ({heads})")
         if conv_kernel < 1:
@@ -69,6 +70,7 @@ class GDNMixer(nnx.Module):
         self.o_norm = RMSNorm(v_head_dim, logical_axis="head_dim", eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.heads, self.v_heads, self.head_dim, self.v_head_dim = heads, v_heads, head_dim, v_head_dim
         self.conv_kernel = conv_kernel
+        self.beta_scale = beta_scale
         self.impl, self.chunk_size = impl, chunk_size
         self.dtype = dtype
 
@@ -92,7 +94,7 @@ class GDNMixer(nnx.Module):
     def _gates(self, x):
         """x [..., D] -> (g, beta) [..., HV] float32."""
         x32 = x.astype(jnp.float32)
-        beta = jax.nn.sigmoid(x32 @ self.w_beta[...].astype(jnp.float32))
+        beta = self.beta_scale * jax.nn.sigmoid(x32 @ self.w_beta[...].astype(jnp.float32))
         a = x32 @ self.w_a[...].astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
         return g, beta

@@ -133,7 +133,7 @@ def base_config(task_name: str, task_size: str = "paper") -> ml_collections.Conf
 
 
 # Model fields whose value may be None; typed placeholders let the command line set them.
-_OPTIONAL_MODEL_FIELDS = {"vocab_size": int, "loop": tuple}
+_OPTIONAL_MODEL_FIELDS = {"vocab_size": int, "loop": tuple, "qk_norm": str, "gdn_norm_eps": float, "hf_model_type": str}
 
 
 def _with_overrides(block: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def test_mask_rejects_unknown_eviction():
 
 
 def test_gqa_with_gate_and_qk_norm_equals_explicit_softmax():
-    mixer = AttentionMixer(16, heads=4, kv_heads=2, head_dim=8, output_gate=True, qk_norm=True, rope_theta=100.0,
+    mixer = AttentionMixer(16, heads=4, kv_heads=2, head_dim=8, output_gate=True, qk_norm="head", rope_theta=100.0,
                            norm_eps=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 6, 16))
     positions = jnp.arange(10, 16)  # absolute positions need not start at 0
@@ -57,7 +57,7 @@ def test_gqa_with_gate_and_qk_norm_equals_explicit_softmax():
 
 def test_past_keys_extend_the_context():
     """Attending to the previous span's keys equals running both spans at once under the same mask."""
-    mixer = AttentionMixer(16, heads=2, kv_heads=1, head_dim=8, output_gate=False, qk_norm=False, rope_theta=1e4,
+    mixer = AttentionMixer(16, heads=2, kv_heads=1, head_dim=8, output_gate=False, qk_norm=None, rope_theta=1e4,
                            norm_eps=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(2), (1, 8, 16))
 
@@ -75,5 +75,5 @@ def test_past_keys_extend_the_context():
 
 def test_rejects_bad_head_grouping():
     with pytest.raises(ValueError, match="attn_kv_heads"):
-        AttentionMixer(16, heads=3, kv_heads=2, head_dim=8, output_gate=False, qk_norm=False, rope_theta=1e4,
+        AttentionMixer(16, heads=3, kv_heads=2, head_dim=8, output_gate=False, qk_norm=None, rope_theta=1e4,
                        norm_eps=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))

@@ -1,0 +1,189 @@
+"""Pretrained GDN hybrids from Hugging Face checkpoints: import, run, export.
+
+    from sleep_jax import hf
+    model = hf.from_pretrained(DIR)          # config.json + *.safetensors (sharded index too)
+    logits = hf.logits(model, tokens)        # float32 [B, T, vocab], a plain causal forward
+    hf.save_pretrained(model, OUT_DIR)       # safetensors + config.json that transformers loads
+    tok = hf.tokenizer(DIR)                  # the directory's tokenizer.json (`tokenizers`)
+
+Reading and writing use the `safetensors` numpy API: no torch at run time. Key names are the hub
+format (what the models' own `save_pretrained` writes); `families.py` holds the architectures.
+"""
+import json
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sleep_jax.hf.families import FAMILIES, family
+from sleep_jax.model import HybridModel, ModelConfig
+
+SUPPORTED = tuple(sorted(FAMILIES))
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
+
+
+def read_hub_config(path: str) -> dict:
+    """The `config.json` of a checkpoint directory."""
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: no config.json in the checkpoint directory")
+    with open(file) as f:
+        return json.load(f)
+
+
+def model_config(hub: dict, **overrides) -> ModelConfig:
+    """The `ModelConfig` of a hub config dict (`overrides`: ModelConfig fields, e.g. dtype)."""
+    return family(hub.get("model_type")).model_config(hub, **overrides)
+
+
+def hub_tensor_files(path: str) -> dict[str, str]:
+    """{hub key: safetensors file} of a checkpoint directory (the sharded index if there is one)."""
+    from safetensors import safe_open
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.exists(index):
+        with open(index) as f:
+            return {key: os.path.join(path, name) for key, name in json.load(f)["weight_map"].items()}
+    files = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors files")
+    keys = {}
+    for name in files:
+        with safe_open(os.path.join(path, name), framework="np") as f:
+            keys.update({key: os.path.join(path, name) for key in f.keys()})
+    return keys
+
+
+def _target(model, path):
+    """(parameter, index or None) at an attribute path; a trailing int after the parameter
+    selects one slice of its leading axis (one expert of a stacked expert weight)."""
+    node = model
+    for k, step in enumerate(path):
+        if isinstance(node, nnx.Param):
+            if k != len(path) - 1 or not isinstance(step, int):
+                raise TypeError(f"{path}: only one leading-axis index may follow a parameter")
+            return node, step
+        node = node[step] if isinstance(step, int) else getattr(node, step)
+    if not isinstance(node, nnx.Param):
+        raise TypeError(f"{path} is not a parameter")
+    return node, None
+
+
+def abstract_model(config: ModelConfig) -> HybridModel:
+    """The model with shapes only (no memory): `nnx.eval_shape` of its construction."""
+    return nnx.eval_shape(lambda: HybridModel(config, rngs=nnx.Rngs(0)))
+
+
+def from_pretrained(path: str, **overrides) -> HybridModel:
+    """A `HybridModel` with the weights of the hub checkpoint directory `path`.
+
+    `overrides` are ModelConfig fields (e.g. param_dtype="bfloat16", delta_rule_impl=...).
+    Raises ValueError naming the key for a missing or extra tensor, and the key with both shapes
+    for a mis-shaped one; an unsupported model_type lists the supported ones.
+    """
+    from safetensors import safe_open
+    config = model_config(read_hub_config(path), **overrides)
+    model = abstract_model(config)
+    files = hub_tensor_files(path)
+    maps = family(config.hf_model_type).tensor_maps(config)
+    expected = {m.key for m in maps}
+    extra = sorted(set(files) - expected)
+    if extra:
+        raise ValueError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for "
+                         f"{config.hf_model_type}")
+    handles, stacked = {}, {}
+    for m in maps:
+        if m.key not in files:
+            raise ValueError(f"{path}: missing tensor {m.key!r}")
+        if files[m.key] not in handles:
+            handles[files[m.key]] = safe_open(files[m.key], framework="np")
+        targets = [_target(model, p) for p in m.paths]
+        shapes = [tuple(p.get_value().shape)[0 if i is None else 1:] for p, i in targets]
+        want = jax.eval_shape(m.to_hub, *[jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]).shape
+        hub = handles[files[m.key]].get_tensor(m.key)
+        if tuple(hub.shape) != tuple(want):
+            raise ValueError(f"{path}: tensor {m.key!r} has shape {tuple(hub.shape)}, the model needs {tuple(want)}")
+        for (param, index), value in zip(targets, m.to_model(jnp.asarray(hub), shapes)):
+            if index is None:
+                param.set_value(value.astype(param.get_value().dtype))
+            else:   # slices of a stacked weight gather in a host buffer, set once below
+                if id(param) not in stacked:
+                    stacked[id(param)] = (param, np.zeros(param.get_value().shape, param.get_value().dtype))
+                stacked[id(param)][1][index] = np.asarray(value)
+    for param, buffer in stacked.values():
+        param.set_value(jnp.asarray(buffer))
+    unfilled = [p for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)
+                and isinstance(v.get_value(), jax.ShapeDtypeStruct)]
+    if unfilled:
+        raise ValueError(f"{path}: no {config.hf_model_type} tensor fills parameter {unfilled[0]}")
+    return model
+
+
+def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
+    """{hub key: numpy array} of the model's parameters (in their parameter dtype)."""
+    config = model.config
+    maps = family(config.hf_model_type).tensor_maps(config)
+    def value(path):
+        param, index = _target(model, path)
+        return param.get_value() if index is None else param.get_value()[index]
+    return {m.key: np.asarray(m.to_hub(*[value(p) for p in m.paths])) for m in maps}
+
+
+def _write_atomic(path: str, name: str, write) -> None:
+    """write(temporary file) in directory `path`, then rename it to `name`: a crash never leaves a
+    half-written file under its final name."""
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
+    os.close(fd)
+    write(tmp)
+    os.replace(tmp, os.path.join(path, name))
+
+
+def save_pretrained(model: HybridModel, path: str, base_config: dict | None = None, *,
+                    max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `config.json` and the weights (hub key names) into directory `path`.
+
+    The config's architecture fields come from `model.config`; `base_config` (e.g. the imported
+    checkpoint's `read_hub_config`) supplies the rest (token ids, context length, ...). Weights
+    over `max_shard_bytes` go into `model-0000i-of-0000n.safetensors` shards plus
+    `model.safetensors.index.json`, as transformers writes them; else one `model.safetensors`.
+    Every file is written under a temporary name and renamed into place.
+    """
+    from safetensors.numpy import save_file
+    config = model.config
+    if config.hf_model_type is None:
+        raise ValueError("save_pretrained: model.config.hf_model_type is None (a native model has no hub format); "
+                         f"supported: {SUPPORTED}")
+    hub_config = {**(base_config or {}), **family(config.hf_model_type).hub_config(config)}
+    os.makedirs(path, exist_ok=True)
+    shards, size = [{}], 0
+    for key, value in hub_tensors(model).items():
+        if shards[-1] and size + value.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = np.ascontiguousarray(value)
+        size += value.nbytes
+    names = ([WEIGHTS_FILE] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for name, shard in zip(names, shards):
+        _write_atomic(path, name, lambda f: save_file(shard, f, metadata={"format": "pt"}))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(v.nbytes for shard in shards for v in shard.values())},
+                 "weight_map": {key: name for name, shard in zip(names, shards) for key in shard}}
+        _write_atomic(path, INDEX_FILE, lambda f: open(f, "w").write(json.dumps(index, indent=2)))
+    _write_atomic(path, CONFIG_FILE, lambda f: open(f, "w").write(json.dumps(hub_config, indent=2)))
+
+
+def logits(model: HybridModel, tokens) -> jax.Array:
+    """float32 logits [B, T, vocab] of int tokens [B, T]: a plain causal forward, no sleep."""
+    return model(jnp.asarray(tokens), window=None)[0]
+
+
+def tokenizer(path: str):
+    """The checkpoint directory's `tokenizer.json` as a `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer
+    file = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: no tokenizer.json in the checkpoint directory")
+    return Tokenizer.from_file(file)

@@ -1,0 +1,285 @@
+"""The supported hub architectures: config translation both ways and the tensor key map.
+
+A family is `Family(model_config, hub_config, tensor_maps)`:
+- `model_config(hub: dict, **overrides) -> ModelConfig` reads a hub `config.json` (errors name the
+  hub field);
+- `hub_config(config: ModelConfig) -> dict` writes one that transformers loads;
+- `tensor_maps(config) -> [TensorMap]`: every hub tensor of the architecture, in hub key names
+  (those the models' own `save_pretrained` writes).
+"""
+import dataclasses
+from typing import Callable
+
+from sleep_jax.hf.tensors import copy, dense_in, dense_in_interleaved, dense_out, depthwise_conv
+from sleep_jax.model import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    model_config: Callable
+    hub_config: Callable
+    tensor_maps: Callable
+
+
+def _require(hub: dict, field: str, allowed, model_type: str):
+    value = hub.get(field)
+    if value not in allowed:
+        raise ValueError(f"{model_type}: config field {field}={value!r} is not supported (supported: {allowed})")
+    return value
+
+
+def _rope(hub: dict, model_type: str) -> dict:
+    """rope_theta and partial_rotary_factor from `rope_parameters` (default RoPE only)."""
+    rope = hub.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"{model_type}: config field rope_parameters.rope_type={rope.get('rope_type')!r} is not "
+                         f"supported (supported: 'default')")
+    return {"rope_theta": float(rope.get("rope_theta", hub.get("rope_theta", 10000.0))),
+            "rotary_fraction": float(rope.get("partial_rotary_factor", hub.get("partial_rotary_factor", 1.0)))}
+
+
+LAYER_LETTERS = {"linear_attention": "G", "full_attention": "A"}
+
+
+def _pattern(hub: dict, model_type: str, letters: dict) -> str:
+    kinds = hub.get("layer_types")
+    if kinds is None or len(kinds) != hub["num_hidden_layers"]:
+        raise ValueError(f"{model_type}: config field layer_types must list num_hidden_layers="
+                         f"{hub.get('num_hidden_layers')} layer kinds, got {kinds}")
+    unknown = sorted(set(kinds) - set(letters))
+    if unknown:
+        raise ValueError(f"{model_type}: config field layer_types has unsupported kinds {unknown} "
+                         f"(supported: {sorted(letters)})")
+    return "".join(letters[k] for k in kinds)
+
+
+# ---- Qwen3.5 (text) ---------------------------------------------------------------------------
+
+def qwen3_5_model_config(hub: dict, **overrides) -> ModelConfig:
+    """`qwen3_5_text`: zero-centred RMSNorms, gated attention with per-head q/k norm and partial
+    rotary, Qwen GDN (fused q/k/v conv, beta = sigmoid), SwiGLU MLP in every layer."""
+    model_type = hub.get("model_type", "qwen3_5_text")
+    _require(hub, "hidden_act", ("silu",), model_type)
+    _require(hub, "attention_bias", (False, None), model_type)   # it would add an o_proj bias too
+    fields = dict(
+        vocab_size=hub["vocab_size"], d_model=hub["hidden_size"], mlp_hidden=hub["intermediate_size"],
+        pattern=_pattern(hub, model_type, LAYER_LETTERS),
+        attn_heads=hub["num_attention_heads"], attn_kv_heads=hub["num_key_value_heads"],
+        attn_head_dim=hub.get("head_dim") or hub["hidden_size"] // hub["num_attention_heads"],
+        attn_output_gate=True, qk_norm="head", norm_style="zero_centred", **_rope(hub, model_type),
+        gdn_heads=hub["linear_num_key_heads"], gdn_v_heads=hub["linear_num_value_heads"],
+        gdn_head_dim=hub["linear_key_head_dim"], gdn_v_head_dim=hub["linear_value_head_dim"],
+        conv_kernel=hub["linear_conv_kernel_dim"], tie_embeddings=bool(hub.get("tie_word_embeddings", False)),
+        norm_eps=hub.get("rms_norm_eps", 1e-6), hf_model_type=model_type)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def qwen3_5_hub_config(c: ModelConfig) -> dict:
+    kinds = {v: k for k, v in LAYER_LETTERS.items()}
+    return {
+        "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text", "dtype": c.param_dtype,
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": len(c.pattern), "layer_types": [kinds[k] for k in c.pattern],
+        "num_attention_heads": c.attn_heads, "num_key_value_heads": c.attn_kv_heads, "head_dim": c.attn_head_dim,
+        "attention_bias": False, "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta,
+                            "partial_rotary_factor": c.rotary_fraction},
+        "linear_num_key_heads": c.gdn_heads, "linear_num_value_heads": c.gdn_v_heads,
+        "linear_key_head_dim": c.gdn_head_dim, "linear_value_head_dim": c.gdn_v_head_dim,
+        "linear_conv_kernel_dim": c.conv_kernel, "tie_word_embeddings": c.tie_embeddings}
+
+
+def _swiglu(hub: str, path: tuple, *index) -> list:
+    """gate/up/down_proj under hub prefix `hub` <-> the SwiGLU at `path` (`index`: one expert of
+    a stacked SparseMoE)."""
+    return [dense_in(f"{hub}.gate_proj.weight", (*path, "w_gate", *index)),
+            dense_in(f"{hub}.up_proj.weight", (*path, "w_up", *index)),
+            dense_out(f"{hub}.down_proj.weight", (*path, "w_down", *index))]
+
+
+def _embeddings(c: ModelConfig) -> list:
+    maps = [copy("model.embed_tokens.weight", ("embedding",)), copy("model.norm.weight", ("final_norm", "scale"))]
+    if not c.tie_embeddings:
+        maps.append(dense_in("lm_head.weight", ("lm_head",)))
+    return maps
+
+
+def qwen3_5_tensor_maps(c: ModelConfig) -> list:
+    maps = _embeddings(c)
+    for i, kind in enumerate(c.pattern):
+        prefix, block = f"model.layers.{i}", ("blocks", i)
+        mixer = (*block, "mixer")
+        maps += [copy(f"{prefix}.input_layernorm.weight", (*block, "mixer_norm", "scale")),
+                 copy(f"{prefix}.post_attention_layernorm.weight", (*block, "mlp_norm", "scale"))]
+        maps += _swiglu(f"{prefix}.mlp", (*block, "mlp"))
+        if kind == "G":
+            p = f"{prefix}.linear_attn"
+            maps += [dense_in(f"{p}.in_proj_qkv.weight", (*mixer, "w_q"), (*mixer, "w_k"), (*mixer, "w_v")),
+                     dense_in(f"{p}.in_proj_z.weight", (*mixer, "w_z")),
+                     dense_in(f"{p}.in_proj_b.weight", (*mixer, "w_beta")),
+                     dense_in(f"{p}.in_proj_a.weight", (*mixer, "w_a"))] + _gdn_rest(p, mixer)
+        else:
+            maps += _gated_attention(f"{prefix}.self_attn", mixer)
+    return maps
+
+
+def _gated_attention(p: str, mixer: tuple) -> list:
+    """Qwen's gated attention: q_proj per head [query | gate], per-head q/k norms."""
+    return [dense_in_interleaved(f"{p}.q_proj.weight", (*mixer, "w_q"), (*mixer, "w_gate")),
+            dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+            dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")),
+            dense_out(f"{p}.o_proj.weight", (*mixer, "w_o")),
+            copy(f"{p}.q_norm.weight", (*mixer, "q_norm", "scale")),
+            copy(f"{p}.k_norm.weight", (*mixer, "k_norm", "scale"))]
+
+
+def _gdn_rest(p: str, mixer: tuple) -> list:
+    """The GDN tensors Qwen3.5 and Qwen3-Next share (after the input projections)."""
+    return [depthwise_conv(f"{p}.conv1d.weight", (*mixer, "conv_q"), (*mixer, "conv_k"), (*mixer, "conv_v")),
+            copy(f"{p}.A_log", (*mixer, "A_log")), copy(f"{p}.dt_bias", (*mixer, "dt_bias")),
+            copy(f"{p}.norm.weight", (*mixer, "o_norm", "scale")),
+            dense_out(f"{p}.out_proj.weight", (*mixer, "w_o"))]
+
+
+# ---- OLMo-Hybrid ------------------------------------------------------------------------------
+
+OLMO_LETTERS = {"linear_attention": "G", "full_attention": "O"}
+
+
+def olmo_hybrid_model_config(hub: dict, **overrides) -> ModelConfig:
+    """`olmo_hybrid`: plain RMSNorms; GDN layers pre-norm (beta = 2 sigmoid with
+    linear_allow_neg_eigval, separate q/k/v convs, output-norm eps 1e-5); attention layers
+    post-norm ("O") with q/k norm over the full projection width, RoPE or NoPE (rope_theta None)."""
+    model_type = "olmo_hybrid"
+    _require(hub, "hidden_act", ("silu",), model_type)
+    _require(hub, "attention_bias", (False, None), model_type)
+    pattern = _pattern(hub, model_type, OLMO_LETTERS)
+    rope = hub.get("rope_parameters") or {}
+    nope = rope.get("rope_theta") is None
+    fields = dict(
+        vocab_size=hub["vocab_size"], d_model=hub["hidden_size"], mlp_hidden=hub["intermediate_size"],
+        pattern=pattern, attn_heads=hub["num_attention_heads"], attn_kv_heads=hub["num_key_value_heads"],
+        attn_head_dim=hub.get("head_dim") or hub["hidden_size"] // hub["num_attention_heads"],
+        qk_norm="full", norm_style="plain",
+        **({"nope_layers": tuple(i for i, k in enumerate(pattern) if k == "O")} if nope else _rope(hub, model_type)),
+        gdn_heads=hub["linear_num_key_heads"], gdn_v_heads=hub["linear_num_value_heads"],
+        gdn_head_dim=hub["linear_key_head_dim"], gdn_v_head_dim=hub["linear_value_head_dim"],
+        gdn_beta_scale=2.0 if hub.get("linear_allow_neg_eigval", True) else 1.0, gdn_norm_eps=1e-5,
+        conv_kernel=hub["linear_conv_kernel_dim"], tie_embeddings=bool(hub.get("tie_word_embeddings", False)),
+        norm_eps=hub.get("rms_norm_eps", 1e-6), hf_model_type=model_type)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def olmo_hybrid_hub_config(c: ModelConfig) -> dict:
+    kinds = {v: k for k, v in OLMO_LETTERS.items()}
+    nope = bool(c.nope_layers)
+    return {
+        "architectures": ["OlmoHybridForCausalLM"], "model_type": "olmo_hybrid", "dtype": c.param_dtype,
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": len(c.pattern), "layer_types": [kinds[k] for k in c.pattern],
+        "num_attention_heads": c.attn_heads, "num_key_value_heads": c.attn_kv_heads,
+        "attention_bias": False, "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": None if nope else c.rope_theta},
+        "linear_num_key_heads": c.gdn_heads, "linear_num_value_heads": c.gdn_v_heads,
+        "linear_key_head_dim": c.gdn_head_dim, "linear_value_head_dim": c.gdn_v_head_dim,
+        "linear_allow_neg_eigval": c.gdn_beta_scale == 2.0, "linear_conv_kernel_dim": c.conv_kernel,
+        "tie_word_embeddings": c.tie_embeddings,
+        # transformers' defaults (100277, ...) index past a small vocabulary; a base config sets them
+        "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+
+
+def olmo_hybrid_tensor_maps(c: ModelConfig) -> list:
+    maps = _embeddings(c)
+    for i, kind in enumerate(c.pattern):
+        prefix, block = f"model.layers.{i}", ("blocks", i)
+        mixer = (*block, "mixer")
+        maps += _swiglu(f"{prefix}.mlp", (*block, "mlp"))
+        if kind == "G":
+            p = f"{prefix}.linear_attn"
+            maps += [copy(f"{prefix}.attention_layer_norm.weight", (*block, "mixer_norm", "scale")),
+                     copy(f"{prefix}.feedforward_layer_norm.weight", (*block, "mlp_norm", "scale")),
+                     dense_in(f"{p}.q_proj.weight", (*mixer, "w_q")), dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+                     dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")), dense_in(f"{p}.g_proj.weight", (*mixer, "w_z")),
+                     dense_in(f"{p}.b_proj.weight", (*mixer, "w_beta")),
+                     dense_in(f"{p}.a_proj.weight", (*mixer, "w_a")),
+                     depthwise_conv(f"{p}.q_conv1d.weight", (*mixer, "conv_q")),
+                     depthwise_conv(f"{p}.k_conv1d.weight", (*mixer, "conv_k")),
+                     depthwise_conv(f"{p}.v_conv1d.weight", (*mixer, "conv_v")),
+                     copy(f"{p}.A_log", (*mixer, "A_log")), copy(f"{p}.dt_bias", (*mixer, "dt_bias")),
+                     copy(f"{p}.o_norm.weight", (*mixer, "o_norm", "scale")),
+                     dense_out(f"{p}.o_proj.weight", (*mixer, "w_o"))]
+        else:
+            p = f"{prefix}.self_attn"
+            maps += [copy(f"{prefix}.feedforward_layer_norm.weight", (*block, "mixer_norm", "scale")),
+                     copy(f"{prefix}.post_feedforward_layernorm.weight", (*block, "mlp_norm", "scale")),
+                     dense_in(f"{p}.q_proj.weight", (*mixer, "w_q")), dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+                     dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")), dense_out(f"{p}.o_proj.weight", (*mixer, "w_o")),
+                     copy(f"{p}.q_norm.weight", (*mixer, "q_norm", "scale")),
+                     copy(f"{p}.k_norm.weight", (*mixer, "k_norm", "scale"))]
+    return maps
+
+
+# ---- Qwen3-Next -------------------------------------------------------------------------------
+
+def qwen3_next_model_config(hub: dict, **overrides) -> ModelConfig:
+    """`qwen3_next`: Qwen3.5's layers, with the GDN input projections grouped per key head and a
+    sparse MoE (top-k experts + gated shared expert) on every `decoder_sparse_step`-th layer not in
+    `mlp_only_layers`."""
+    n, step = hub["num_hidden_layers"], hub.get("decoder_sparse_step", 1)
+    dense_only = set(hub.get("mlp_only_layers") or [])
+    moe_layers = tuple(i for i in range(n) if hub.get("num_experts", 0) > 0 and i not in dense_only
+                       and (i + 1) % step == 0)
+    moe = dict(moe_layers=moe_layers, moe_experts=hub.get("num_experts", 0), moe_top_k=hub.get("num_experts_per_tok", 1),
+               moe_hidden=hub.get("moe_intermediate_size", 0),
+               moe_shared_hidden=hub.get("shared_expert_intermediate_size", 0),
+               moe_normalize_top_k=bool(hub.get("norm_topk_prob", True)))
+    return qwen3_5_model_config({**hub, "model_type": "qwen3_next"},
+                                **{"hf_model_type": "qwen3_next", **moe, **overrides})
+
+
+def qwen3_next_hub_config(c: ModelConfig) -> dict:
+    moe = set(c.moe_layers)
+    return {**qwen3_5_hub_config(c), "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
+            "num_experts": c.moe_experts, "num_experts_per_tok": c.moe_top_k,
+            "moe_intermediate_size": c.moe_hidden, "shared_expert_intermediate_size": c.moe_shared_hidden,
+            "norm_topk_prob": c.moe_normalize_top_k, "decoder_sparse_step": 1,
+            "mlp_only_layers": [i for i in range(len(c.pattern)) if i not in moe]}
+
+
+def qwen3_next_tensor_maps(c: ModelConfig) -> list:
+    maps = _embeddings(c)
+    for i, kind in enumerate(c.pattern):
+        prefix, block = f"model.layers.{i}", ("blocks", i)
+        mixer, mlp = (*block, "mixer"), (*block, "mlp")
+        maps += [copy(f"{prefix}.input_layernorm.weight", (*block, "mixer_norm", "scale")),
+                 copy(f"{prefix}.post_attention_layernorm.weight", (*block, "mlp_norm", "scale"))]
+        if i in c.moe_layers:
+            maps += [dense_in(f"{prefix}.mlp.gate.weight", (*mlp, "w_router")),
+                     dense_in(f"{prefix}.mlp.shared_expert_gate.weight", (*mlp, "w_shared_gate"))]
+            maps += _swiglu(f"{prefix}.mlp.shared_expert", (*mlp, "shared"))
+            for e in range(c.moe_experts):
+                maps += _swiglu(f"{prefix}.mlp.experts.{e}", mlp, e)
+        else:
+            maps += _swiglu(f"{prefix}.mlp", mlp)
+        if kind == "G":
+            p = f"{prefix}.linear_attn"
+            maps += [dense_in_interleaved(f"{p}.in_proj_qkvz.weight", (*mixer, "w_q"), (*mixer, "w_k"), (*mixer, "w_v"),
+                                          (*mixer, "w_z"), groups=c.gdn_heads),
+                     dense_in_interleaved(f"{p}.in_proj_ba.weight", (*mixer, "w_beta"), (*mixer, "w_a"),
+                                          groups=c.gdn_heads)] + _gdn_rest(p, mixer)
+        else:
+            maps += _gated_attention(f"{prefix}.self_attn", mixer)
+    return maps
+
+
+FAMILIES = {
+    "qwen3_next": Family(qwen3_next_model_config, qwen3_next_hub_config, qwen3_next_tensor_maps),
+    "qwen3_5_text": Family(qwen3_5_model_config, qwen3_5_hub_config, qwen3_5_tensor_maps),
+    "olmo_hybrid": Family(olmo_hybrid_model_config, olmo_hybrid_hub_config, olmo_hybrid_tensor_maps),
+}
+
+
+def family(model_type) -> Family:
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type={model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+    return FAMILIES[model_type]
