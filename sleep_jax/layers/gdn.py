@@ -134,8 +134,6 @@ class GDNMixer(nnx.Module):
         x = x.astype(self.dtype)
         qkv, conv_tail = causal_depthwise_conv(self._project_qkv(x)[:, None], self._conv_weight(), state["conv"])
         q, k, v = self._split_qkv(jax.nn.silu(qkv[:, 0]))
-        group = self.v_heads // self.heads
-        q, k = jnp.repeat(q, group, axis=1), jnp.repeat(k, group, axis=1)
         g, beta = self._gates(x)
         o, fast_weights = ops.gated_delta_rule_step(q, k, v, g, beta, state["S"], scale=self.head_dim ** -0.5)
         return self._output(x, o.astype(self.dtype)), {"S": fast_weights, "conv": conv_tail.astype(state["conv"].dtype)}
