@@ -7,9 +7,12 @@ r"""Train or evaluate a sleep model from a config file.
 checkpointing every ``train.checkpoint_every`` steps; rerunning the same command resumes from
 the latest checkpoint in ``--workdir``. ``--mode=eval`` evaluates the latest checkpoint.
 Both write ``<workdir>/eval.json`` and ``<workdir>/eval.png``. ``--multihost`` joins a multi-host
-run (one process per host; see ``launch/``) before anything else touches JAX.
+run (one process per host; see ``launch/``) before anything else touches JAX; it is the default
+under ``launch/process.sh`` (``SLEEP_JAX_MULTIHOST=1``). On a machine without a TPU or GPU, JAX
+runs on the CPU without trying libtpu.
 """
 import logging as std_logging
+import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -19,8 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and eval.json.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming) and evaluate; eval: evaluate the latest checkpoint.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "Call jax.distributed.initialize() first (TPU pods, SLURM clusters).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", os.environ.get("SLEEP_JAX_MULTIHOST") == "1",
+    "Join a multi-process run (jax.distributed.initialize) first; on by default under launch/.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,8 +39,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    from sleep_jax.parallel import initialize_multihost, use_cpu_without_accelerator
+    use_cpu_without_accelerator()
     if _MULTIHOST.value:
-        from sleep_jax.parallel import initialize_multihost
         initialize_multihost()
     from sleep_jax.train.loop import evaluate_checkpoint, train
 

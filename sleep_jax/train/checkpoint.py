@@ -4,13 +4,21 @@ A checkpoint at step ``s`` is the directory ``<workdir>/checkpoints/<s>/`` with 
 
 - ``state``: ``{"step", "params", "opt_state"}`` (orbax ``StandardSave``; sharded arrays are
   written by every process, each its own shards);
-- ``data``: the grain iterator state, one small JSON file per process (``grain.checkpoint``).
+- ``data``: the grain iterator state, one small JSON file per process,
+  ``process_<i>-of-<P>.json`` (``grain.checkpoint``).
 
-Orbax writes into a temporary directory and renames it when complete, so a process killed while
-saving leaves no half checkpoint: ``latest_step`` only ever sees finished ones (atomic).
+Orbax writes into a temporary directory and renames it when complete (on several processes:
+after every process has written its part), so a process killed while saving leaves no half
+checkpoint: ``latest_step`` only ever sees finished ones (atomic).
+
+A checkpoint restores on a different number of processes (or devices, or mesh) where the shapes
+allow: arrays are resharded to the new layout, and the data position carries over when every
+process saved the same one (each process reads its rows of the same global batch, so after k
+steps every iterator stands at batch k whatever the process count). Otherwise the error says so.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -55,11 +63,55 @@ class Checkpointer:
         step = self._manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        self._check_shapes(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
+        saved_position = None
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            saved_position = self._data_position(step)
+            if saved_position is None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        if saved_position is not None:
+            data_iterator.set_state(saved_position)
         return restored["state"]
+
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        """ValueError naming the first array whose saved shape differs from ``abstract_state``'s."""
+        saved = self._manager.item_metadata(step)["state"]
+        if saved is None:
+            return
+        saved_leaves = dict(jax.tree_util.tree_leaves_with_path(saved))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
+            stored = saved_leaves.get(path)
+            if stored is not None and tuple(stored.shape) != tuple(leaf.shape):
+                raise ValueError(
+                    f"checkpoint {self.directory}/{step}: state{jax.tree_util.keystr(path)} has "
+                    f"shape {tuple(stored.shape)}, this run's config gives {tuple(leaf.shape)}; "
+                    "it restores only into a run with the same model and optimiser")
+
+    def _data_position(self, step: int) -> dict | None:
+        """The iterator state to set when this process has no file of its own in the checkpoint
+        (it was written by a different number of processes), else None (grain restores it).
+
+        Raises ValueError if the saving processes stood at different positions."""
+        directory = os.path.join(self.directory, str(step), "data")
+        own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if os.path.exists(os.path.join(directory, own)):
+            return None
+        names = sorted(n for n in os.listdir(directory) if n.startswith("process_")) \
+            if os.path.isdir(directory) else []
+        if not names:
+            raise ValueError(f"checkpoint {directory}: no data iterator state (process_*.json)")
+        positions = []
+        for name in names:
+            with open(os.path.join(directory, name)) as f:
+                positions.append(json.load(f))
+        if any(position != positions[0] for position in positions):
+            raise ValueError(
+                f"checkpoint {directory}: written by {names[0].split('-of-')[1][:-5]} processes "
+                f"whose data iterators stand at different positions; it restores only on that "
+                f"many processes, not on {jax.process_count()}")
+        return positions[0]
 
     def wait_until_finished(self) -> None:
         """Blocks until background writes are on disk."""

@@ -1,0 +1,235 @@
+"""launch/local.sh: real multi-process runs (jax.distributed, gloo) of the tiny Rule 110 job.
+
+- 2 processes x 4 devices train like 1 process x 8 (same global batch, same 8-device mesh);
+- both processes killed (SIGKILL to the launcher) after a checkpoint, then relaunched: the same
+  losses, bit for bit;
+- a checkpoint of 2 processes restores in 1 process (arrays resharded, data position kept);
+- a failing process fails the launcher with its error shown; signals reach every process.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sleep_jax.train.metrics import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAUNCHER = os.path.join(REPO, "launch", "local.sh")
+STEPS = 20
+# The tiny Rule 110 job at N = 2, shrunk: 20 steps of batch 8, a checkpoint every 4.
+JOB = [
+    "--config=configs/rule110.py:tiny", "--config.sleep.passes=2",
+    "--config.model.pattern=AG", "--config.model.d_model=16", "--config.model.attn_head_dim=8",
+    "--config.model.gdn_head_dim=8", "--config.model.gdn_v_head_dim=8", "--config.model.mlp_hidden=32",
+    f"--config.train.steps={STEPS}", "--config.train.batch_size=8", "--config.train.warmup_steps=4",
+    "--config.train.log_every=1", "--config.train.checkpoint_every=4",
+    "--config.train.eval_batch_size=8", "--config.task.eval_examples=8",
+]
+
+
+def _env(cache_dir, **extra):
+    env = dict(os.environ, PYTHON=sys.executable, **extra)
+    env.pop("XLA_FLAGS", None)  # the launcher (or the test) sets the device count
+    # A relaunch reuses the first launch's compiled steps.
+    env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return env
+
+
+def _launch(command, env, processes, devices_per_process):
+    return subprocess.Popen([LAUNCHER, f"--processes={processes}",
+                             f"--devices_per_process={devices_per_process}", "--", *command],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _main_job(workdir):
+    return [sys.executable, "-m", "sleep_jax.main", f"--workdir={workdir}", *JOB]
+
+
+def _wait(process, timeout=600):
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-4000:]
+    return out
+
+
+def _losses(workdir):
+    return {step: m["loss"] for step, m in read_metrics(workdir).items()}
+
+
+def _finished_checkpoints(workdir):
+    directory = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+
+
+def _running_with(text, launcher=None):
+    """Pids of processes whose command line contains ``text``, the launcher's own left out."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if launcher is not None and int(pid) == launcher.pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Uninterrupted runs of the job: 1 process x 8 devices and 2 processes x 4 devices."""
+    root = tmp_path_factory.mktemp("launch")
+    one, two = str(root / "one"), str(root / "two")
+    single = subprocess.Popen(_main_job(one), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=_env(str(root / "cache_one"),
+                                       XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+    double = _launch(_main_job(two), _env(str(root / "cache_two")), 2, 4)
+    _wait(single)
+    out = _wait(double)
+    return {"root": root, "one": one, "two": two, "two_output": out}
+
+
+def test_two_processes_train_like_one(runs):
+    one, two = _losses(runs["one"]), _losses(runs["two"])
+    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+    rel = {step: abs(two[step] - one[step]) / abs(one[step]) for step in one}
+    assert max(rel.values()) <= 1e-5, rel
+    assert "process 1 of 2, 4 local / 8 global devices" in runs["two_output"]
+    # Each process saved its own data iterator position; process 0 alone wrote eval.json.
+    data = os.path.join(runs["two"], "checkpoints", str(STEPS), "data")
+    assert sorted(n for n in os.listdir(data) if n.endswith(".json")) == \
+        ["process_0-of-2.json", "process_1-of-2.json"]
+    with open(os.path.join(runs["two"], "eval.json")) as f:
+        assert json.load(f)["step"] == STEPS
+
+
+def test_killed_processes_resume_with_identical_losses(runs):
+    workdir = str(runs["root"] / "killed")
+    env = _env(str(runs["root"] / "cache_two"))
+    launcher = _launch(_main_job(workdir), env, 2, 4)
+    deadline = time.time() + 300
+    while not _finished_checkpoints(workdir) and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    launcher.send_signal(signal.SIGKILL)
+    out, _ = launcher.communicate()
+    assert launcher.returncode == -signal.SIGKILL, out[-4000:]
+    deadline = time.time() + 30  # the kernel kills both processes with the launcher
+    while _running_with(workdir) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _running_with(workdir)
+    resume_step = max(_finished_checkpoints(workdir))
+    assert resume_step < STEPS, "the run finished before it could be killed"
+
+    out = _wait(_launch(_main_job(workdir), env, 2, 4))
+    assert f"resuming from {os.path.join(workdir, 'checkpoints')}/{resume_step}" in out
+    assert _losses(workdir) == _losses(runs["two"])  # bit-identical at every step
+
+
+def _config(*overrides):
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["main", *[a.replace("configs/", f"{REPO}/configs/") for a in JOB], *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def _restore(workdir, config):
+    import jax
+
+    from sleep_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+    from sleep_jax.train.data import train_iterator
+    from sleep_jax.train.loop import setup
+    from sleep_jax.train.step import abstract_train_state
+
+    exp = setup(config)
+    checkpointer = Checkpointer(workdir)
+    data = train_iterator(exp.task, batch_size=config.train.batch_size, seed=config.train.seed)
+    abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, exp.mesh)
+    try:
+        state = checkpointer.restore(abstract_with_shardings(abstract, shardings), data)
+    finally:
+        checkpointer.close()
+    return int(jax.device_get(state["step"])), next(data), exp.task
+
+
+def test_checkpoint_of_two_processes_restores_in_one(runs, tmp_path):
+    """This test process is 1 process with 8 devices; the checkpoint was written by 2 x 4."""
+    import numpy as np
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(runs["two"], workdir)
+    config = _config()
+    step, batch, task = _restore(workdir, config)
+    assert step == STEPS
+    # The data position carried over: the next batch is global batch 20, examples 160..167.
+    first = STEPS * config.train.batch_size
+    expected = np.stack([task.example("train", config.train.seed, first + i)["tokens"]
+                         for i in range(config.train.batch_size)])
+    np.testing.assert_array_equal(batch["tokens"], expected)
+
+    with pytest.raises(ValueError, match=r"state.*has shape .*this run's config gives"):
+        _restore(workdir, _config("--config.model.mlp_hidden=64"))
+    position = os.path.join(workdir, "checkpoints", str(STEPS), "data", "process_1-of-2.json")
+    with open(position, "w") as f:
+        json.dump({"next_index": 3}, f)
+    with pytest.raises(ValueError, match="written by 2 processes .* restores only on that many"):
+        _restore(workdir, config)
+
+
+def test_a_failing_process_fails_the_launcher_with_its_error(tmp_path):
+    fail_in_one = ("import os, sys, time\n"
+                   "if os.environ['JAX_PROCESS_ID'] == '1':\n"
+                   "    sys.exit('process 1 could not read its shard')\n"
+                   "time.sleep(600)\n")
+    start = time.time()
+    launcher = _launch([sys.executable, "-c", fail_in_one], _env(str(tmp_path)), 2, 1)
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1, out
+    assert "process 1 of 2 failed with exit status 1" in out
+    assert "[1] process 1 could not read its shard" in out
+    assert time.time() - start < 60  # process 0 was stopped, not waited for
+
+
+def test_a_signal_to_the_launcher_stops_every_process(tmp_path):
+    marker = str(tmp_path / "sleeper")
+    wait = f"import time; print('up', flush=True); time.sleep(600)  # {marker}"
+    launcher = _launch([sys.executable, "-c", wait], _env(str(tmp_path)), 2, 1)
+    deadline = time.time() + 60
+    while len(_running_with(marker, launcher)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(_running_with(marker, launcher)) == 2
+    launcher.send_signal(signal.SIGTERM)
+    launcher.communicate(timeout=60)
+    assert launcher.returncode == 128 + signal.SIGTERM
+    assert not _running_with(marker)
+
+
+def test_a_cpu_machine_does_not_start_libtpu():
+    """Without JAX_PLATFORMS: a TPU/GPU host is left to JAX; a CPU machine gets the CPU alone, and
+    libtpu (installed for the TPU compile check) logs nothing."""
+    probe = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+             "import jax\n"
+             "from sleep_jax.parallel import distributed\n"
+             "distributed.has_accelerator = lambda: True\n"
+             "distributed.use_cpu_without_accelerator()\n"
+             "print(jax.config.jax_platforms)\n"
+             "distributed.has_accelerator = lambda: False\n"
+             "distributed.use_cpu_without_accelerator()\n"
+             "print(jax.config.jax_platforms, jax.devices()[0].platform)\n")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["None", "cpu cpu"]
+    assert "tpu" not in result.stderr.lower(), result.stderr
