@@ -10,11 +10,14 @@ point the TPU pod and SLURM scripts share), each with:
 - ``JAX_COORDINATOR_ADDRESS=127.0.0.1:<a free port>``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``
   (read by ``sleep_jax.parallel.initialize_multihost``; the coordinator runs in process 0);
 - ``JAX_PLATFORMS=cpu`` and ``--devices_per_process`` simulated CPU devices
-  (``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``); collectives go through gloo.
+  (``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, with a collective timeout long
+  enough for one process to compile while another waits); collectives go through gloo.
 
-Every output line is shown prefixed with ``[<process id>]``. SIGINT, SIGTERM and SIGHUP are
-forwarded to all processes; if the launcher itself is killed (even by SIGKILL) the kernel kills
-them too (``PR_SET_PDEATHSIG``). When a process fails the others are stopped, its last lines are
+Every output line is shown prefixed with ``[<process id>]``. SIGINT, SIGTERM or SIGHUP to the
+launcher sends SIGTERM to all processes (the main job takes it as a preemption: it saves a
+checkpoint and exits; whatever still runs after ``SIGNAL_GRACE_S``, or after a second signal, is
+killed); if the launcher itself is killed
+(even by SIGKILL) the kernel kills them too (``PR_SET_PDEATHSIG``). When a process fails the others are stopped, its last lines are
 printed again, and the launcher exits with its status (128 + signal number if it was killed).
 """
 from __future__ import annotations
@@ -33,7 +36,15 @@ import time
 
 PROCESS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "process.sh")
 TAIL_LINES = 40  # lines of a failed process shown again at the end
-STOP_GRACE_S = 10.0  # after SIGTERM, seconds before the remaining processes get SIGKILL
+# How long a process waits in a collective for the others. The processes reach their first
+# collective far apart when one compiles the train step and another loads it from JAX's
+# compilation cache (only process 0 writes it); XLA's default (30 s) then fails that run.
+COLLECTIVE_TIMEOUT_S = 1200
+# Seconds from SIGTERM to SIGKILL: after a forwarded signal, time for the main job to save a
+# checkpoint at the step all processes agree on (JAX's preemption sync); after a failure, the
+# others cannot go on without the failed one.
+SIGNAL_GRACE_S = 120.0
+FAILURE_GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -55,7 +66,8 @@ def process_environment(base: dict[str, str], *, process_id: int, processes: int
             "JAX_PROCESS_ID": str(process_id),
             "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": f"{flags.strip()} --xla_force_host_platform_device_count="
-                         f"{devices_per_process}".strip()}
+                         f"{devices_per_process} --xla_cpu_collective_timeout_seconds="
+                         f"{COLLECTIVE_TIMEOUT_S}".strip()}
 
 
 def _die_with_parent() -> None:
@@ -101,9 +113,12 @@ def run(command: list[str], *, processes: int, devices_per_process: int) -> int:
     received: list[int] = []
 
     def forward(signum, frame):
+        # The first signal asks every process to stop (SIGTERM: the main job saves and exits);
+        # a second one kills them.
+        stop = signal.SIGKILL if received else signal.SIGTERM
         received.append(signum)
         for child in children:
-            child.signal(signum)
+            child.signal(stop)
 
     for signum in _FORWARDED:
         signal.signal(signum, forward)
@@ -121,7 +136,7 @@ def run(command: list[str], *, processes: int, devices_per_process: int) -> int:
                 for child in children:
                     child.signal(signal.SIGTERM)
         if (failed is not None or received) and stop_deadline is None:
-            stop_deadline = time.monotonic() + STOP_GRACE_S
+            stop_deadline = time.monotonic() + (SIGNAL_GRACE_S if received else FAILURE_GRACE_S)
         if stop_deadline is not None and time.monotonic() > stop_deadline:
             for child in children:
                 child.signal(signal.SIGKILL)

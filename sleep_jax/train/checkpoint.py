@@ -44,6 +44,14 @@ class Checkpointer:
         """The newest finished checkpoint's step, or None if there is none."""
         return self._manager.latest_step()
 
+    def reached_preemption(self, step: int) -> bool:
+        """True, on every process at the same ``step``, once any process of a multi-process run
+        got SIGTERM (a TPU maintenance event or preemption, ``scancel``, a signal to
+        ``launch/local.sh``): JAX's distributed runtime catches it and the processes agree on a
+        step to stop at. The caller saves there and exits; rerunning the command resumes. Always
+        False in a single-process run."""
+        return self._manager.reached_preemption(step)
+
     def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None) -> None:
         """Starts saving ``state`` (a pytree of arrays) and the iterator position at ``step``.
 
@@ -77,17 +85,17 @@ class Checkpointer:
 
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
         """ValueError naming the first array whose saved shape differs from ``abstract_state``'s."""
-        saved = self._manager.item_metadata(step)["state"]
-        if saved is None:
-            return
-        saved_leaves = dict(jax.tree_util.tree_leaves_with_path(saved))
-        for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
-            stored = saved_leaves.get(path)
-            if stored is not None and tuple(stored.shape) != tuple(leaf.shape):
+        path = os.path.join(self.directory, str(step), "state")
+        saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+        saved_shapes = {_key_names(key): leaf.shape
+                        for key, leaf in jax.tree_util.tree_leaves_with_path(saved)}
+        for key, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
+            stored = saved_shapes.get(_key_names(key))
+            if stored is not None and tuple(stored) != tuple(leaf.shape):
                 raise ValueError(
-                    f"checkpoint {self.directory}/{step}: state{jax.tree_util.keystr(path)} has "
-                    f"shape {tuple(stored.shape)}, this run's config gives {tuple(leaf.shape)}; "
-                    "it restores only into a run with the same model and optimiser")
+                    f"checkpoint {self.directory}/{step}: state.{'.'.join(_key_names(key))} has "
+                    f"shape {tuple(stored)}, this run's config gives {tuple(leaf.shape)}; it "
+                    "restores only into a run with the same model and optimiser")
 
     def _data_position(self, step: int) -> dict | None:
         """The iterator state to set when this process has no file of its own in the checkpoint
@@ -120,6 +128,12 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _key_names(path: tuple) -> tuple[str, ...]:
+    """A pytree key path as plain names (dict keys, attribute names and indices alike), so that
+    a saved tree (orbax metadata: dict keys) matches the live one (attributes, indices)."""
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

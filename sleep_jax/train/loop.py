@@ -135,9 +135,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write(step, metrics)
             if is_main:
                 progress.log(step, metrics)
+        preempted = checkpointer.reached_preemption(step)
         if (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0) or \
-                step == train_cfg.steps:
+                step == train_cfg.steps or preempted:
             checkpointer.save(step, state, data)
+        if preempted:
+            checkpointer.close()
+            writer.close()
+            raise SystemExit(f"preempted: saved step {step} to {checkpointer.directory}; "
+                             "rerun the same command to resume")
         if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < train_cfg.steps:
             result = _run_eval(exp, predict, state["params"])
             writer.write(step, _eval_metrics(result), split="eval")

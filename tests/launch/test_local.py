@@ -1,8 +1,8 @@
 """launch/local.sh: real multi-process runs (jax.distributed, gloo) of the tiny Rule 110 job.
 
 - 2 processes x 4 devices train like 1 process x 8 (same global batch, same 8-device mesh);
-- both processes killed (SIGKILL to the launcher) after a checkpoint, then relaunched: the same
-  losses, bit for bit;
+- both processes killed (SIGKILL to the launcher) after a checkpoint, relaunched, preempted
+  (SIGTERM), relaunched: the same losses as an uninterrupted run, bit for bit;
 - a checkpoint of 2 processes restores in 1 process (arrays resharded, data position kept);
 - a failing process fails the launcher with its error shown; signals reach every process.
 """
@@ -67,6 +67,11 @@ def _finished_checkpoints(workdir):
     return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
 
 
+def _logged_lines(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return sum(1 for _ in f)
+
+
 def _running_with(text, launcher=None):
     """Pids of processes whose command line contains ``text``, the launcher's own left out."""
     pids = []
@@ -111,13 +116,24 @@ def test_two_processes_train_like_one(runs):
         assert json.load(f)["step"] == STEPS
 
 
-def test_killed_processes_resume_with_identical_losses(runs):
+def _wait_for(condition, process, what, timeout=300):
+    deadline = time.time() + timeout
+    while not condition() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    if not condition():
+        out = process.communicate(timeout=60)[0] if process.poll() is not None else ""
+        raise AssertionError(f"{what} did not happen; launcher status {process.returncode}:\n"
+                             f"{out[-4000:]}")
+
+
+def test_killed_then_preempted_processes_resume_with_identical_losses(runs):
+    """SIGKILL to the launcher after the first checkpoint (both processes die with it), relaunch,
+    SIGTERM to the launcher (a preemption: both processes save at one step and exit), relaunch:
+    every step's loss is that of the uninterrupted 2-process run, bit for bit."""
     workdir = str(runs["root"] / "killed")
     env = _env(str(runs["root"] / "cache_two"))
     launcher = _launch(_main_job(workdir), env, 2, 4)
-    deadline = time.time() + 300
-    while not _finished_checkpoints(workdir) and launcher.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    _wait_for(lambda: _finished_checkpoints(workdir), launcher, "a checkpoint")
     launcher.send_signal(signal.SIGKILL)
     out, _ = launcher.communicate()
     assert launcher.returncode == -signal.SIGKILL, out[-4000:]
@@ -125,11 +141,22 @@ def test_killed_processes_resume_with_identical_losses(runs):
     while _running_with(workdir) and time.time() < deadline:
         time.sleep(0.1)
     assert not _running_with(workdir)
-    resume_step = max(_finished_checkpoints(workdir))
-    assert resume_step < STEPS, "the run finished before it could be killed"
+    killed_at = max(_finished_checkpoints(workdir))
+    assert killed_at < STEPS, "the run finished before it could be killed"
+
+    logged = _logged_lines(workdir)
+    launcher = _launch(_main_job(workdir), env, 2, 4)
+    _wait_for(lambda: _logged_lines(workdir) >= logged + 2, launcher, "2 steps after the resume")
+    launcher.send_signal(signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=300)
+    assert f"resuming from {os.path.join(workdir, 'checkpoints')}/{killed_at}" in out
+    assert launcher.returncode == 128 + signal.SIGTERM, out[-4000:]
+    preempted_at = max(_finished_checkpoints(workdir))
+    assert f"preempted: saved step {preempted_at}" in out, out[-4000:]
+    assert killed_at < preempted_at < STEPS, "the run finished before it could be preempted"
 
     out = _wait(_launch(_main_job(workdir), env, 2, 4))
-    assert f"resuming from {os.path.join(workdir, 'checkpoints')}/{resume_step}" in out
+    assert f"resuming from {os.path.join(workdir, 'checkpoints')}/{preempted_at}" in out
     assert _losses(workdir) == _losses(runs["two"])  # bit-identical at every step
 
 
@@ -233,3 +260,50 @@ def test_a_cpu_machine_does_not_start_libtpu():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["None", "cpu cpu"]
     assert "tpu" not in result.stderr.lower(), result.stderr
+
+
+def _fake_tool(directory, name):
+    """An executable ``name`` in ``directory`` that writes its arguments, one per line, to
+    ``<directory>/<name>.args``."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "{path}.args"\n')
+    os.chmod(path, 0o755)
+    return path + ".args"
+
+
+def _fake_path_env(directory, **extra):
+    return dict(os.environ, PATH=f"{directory}:{os.environ['PATH']}", **extra)
+
+
+def test_pod_and_slurm_scripts_run_the_shared_entry_point(tmp_path):
+    """tpu_pod.sh and slurm_gpu.sbatch start every process through launch/process.sh, as
+    local.sh does (gcloud and srun replaced by recorders)."""
+    job = ["python", "-m", "sleep_jax.main", "--config=configs/rule110.py:paper",
+           "--workdir=/shared/runs/r 110", "--config.sleep.passes=4"]
+    gcloud = _fake_tool(str(tmp_path), "gcloud")
+    subprocess.run([os.path.join(REPO, "launch", "tpu_pod.sh"), "my-v5p-64", "us-east5-a",
+                    "configs/rule110.py:paper", "/shared/runs/r 110", "--config.sleep.passes=4"],
+                   check=True, cwd=REPO, env=_fake_path_env(str(tmp_path)), timeout=60)
+    with open(gcloud) as f:
+        args = f.read().splitlines()
+    assert args[:7] == ["compute", "tpus", "tpu-vm", "ssh", "my-v5p-64", "--zone=us-east5-a",
+                        "--worker=all"]
+    remote = args[7]
+    assert remote.startswith("--command=cd ~/sleep_jax && launch/process.sh python -m sleep_jax.main ")
+    # The remote shell splits the command back into the job's arguments.
+    quoted = remote.split("launch/process.sh ", 1)[1].split(" 2>&1")[0]
+    split = subprocess.run(["bash", "-c", f'printf "%s\\n" {quoted}'], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert split == job
+
+    srun = _fake_tool(str(tmp_path), "srun")
+    subprocess.run(["bash", os.path.join(REPO, "launch", "slurm_gpu.sbatch"),
+                    "configs/rule110.py:paper", str(tmp_path / "run"), "--config.sleep.passes=4"],
+                   check=True, cwd=REPO, env=_fake_path_env(str(tmp_path), SLURM_SUBMIT_DIR=REPO),
+                   timeout=60)
+    with open(srun) as f:
+        assert f.read().splitlines() == [
+            "--kill-on-bad-exit=1", "launch/process.sh", "python", "-m", "sleep_jax.main",
+            "--config=configs/rule110.py:paper", f"--workdir={tmp_path / 'run'}",
+            "--config.sleep.passes=4"]
