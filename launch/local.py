@@ -10,9 +10,8 @@ point the TPU pod and SLURM scripts share), each with:
 - ``JAX_COORDINATOR_ADDRESS=127.0.0.1:<a free port>``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``
   (read by ``sleep_jax.parallel.initialize_multihost``; the coordinator runs in process 0);
 - ``JAX_PLATFORMS=cpu`` and ``--devices_per_process`` simulated CPU devices
-  (``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, each single-threaded, with a
-  collective timeout long enough for one process to compile while another waits); collectives
-  go through gloo.
+  (``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, with a collective timeout long
+  enough for one process to compile while another waits); collectives go through gloo.
 
 Every output line is shown prefixed with ``[<process id>]``. SIGINT, SIGTERM or SIGHUP to the
 launcher sends SIGTERM to all processes (the main job takes it as a preemption: it saves a
@@ -41,10 +40,6 @@ TAIL_LINES = 40  # lines of a failed process shown again at the end
 # collective far apart when one compiles the train step and another loads it from JAX's
 # compilation cache (only process 0 writes it); XLA's default (30 s) then fails that run.
 COLLECTIVE_TIMEOUT_S = 1200
-# Each simulated device already runs on its own thread; Eigen's thread pool on top of that makes
-# the devices spin against each other at every collective (2-core CPU, tiny Rule 110 step at
-# 2 x 4 devices: ~2 s with it, ~0.5 s without).
-SINGLE_THREADED_DEVICES = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 # Seconds from SIGTERM to SIGKILL: after a forwarded signal, time for the main job to save a
 # checkpoint at the step all processes agree on (JAX's preemption sync); after a failure, the
 # others cannot go on without the failed one.
@@ -71,8 +66,8 @@ def process_environment(base: dict[str, str], *, process_id: int, processes: int
             "JAX_PROCESS_ID": str(process_id),
             "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": f"{flags.strip()} --xla_force_host_platform_device_count="
-                         f"{devices_per_process} {SINGLE_THREADED_DEVICES} "
-                         f"--xla_cpu_collective_timeout_seconds={COLLECTIVE_TIMEOUT_S}".strip()}
+                         f"{devices_per_process} --xla_cpu_collective_timeout_seconds="
+                         f"{COLLECTIVE_TIMEOUT_S}".strip()}
 
 
 def _die_with_parent() -> None:
