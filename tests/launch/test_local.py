@@ -41,11 +41,23 @@ def _env(cache_dir, **extra):
     return env
 
 
-def _launch(command, env, processes, devices_per_process):
-    return subprocess.Popen([LAUNCHER, f"--processes={processes}",
-                             f"--devices_per_process={devices_per_process}", "--", *command],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def _start(argv, env, log_path):
+    """Starts ``argv`` with its output in ``log_path`` (a file: no pipe to fill while the test
+    waits on something else); ``_output(process)`` reads it."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.log_path = log_path
+    return process
+
+
+def _output(process):
+    with open(process.log_path) as f:
+        return f.read()
+
+
+def _launch(command, env, processes, devices_per_process, log_path):
+    return _start([LAUNCHER, f"--processes={processes}",
+                   f"--devices_per_process={devices_per_process}", "--", *command], env, log_path)
 
 
 def _main_job(workdir):
@@ -53,7 +65,8 @@ def _main_job(workdir):
 
 
 def _wait(process, timeout=600):
-    out, _ = process.communicate(timeout=timeout)
+    process.wait(timeout=timeout)
+    out = _output(process)
     assert process.returncode == 0, out[-4000:]
     return out
 
@@ -92,11 +105,10 @@ def runs(tmp_path_factory):
     """Uninterrupted runs of the job: 1 process x 8 devices and 2 processes x 4 devices."""
     root = tmp_path_factory.mktemp("launch")
     one, two = str(root / "one"), str(root / "two")
-    single = subprocess.Popen(_main_job(one), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              env=_env(str(root / "cache_one"),
-                                       XLA_FLAGS="--xla_force_host_platform_device_count=8"))
-    double = _launch(_main_job(two), _env(str(root / "cache_two")), 2, 4)
+    single = _start(_main_job(one), _env(str(root / "cache_one"),
+                                         XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                    str(root / "one.log"))
+    double = _launch(_main_job(two), _env(str(root / "cache_two")), 2, 4, str(root / "two.log"))
     _wait(single)
     out = _wait(double)
     return {"root": root, "one": one, "two": two, "two_output": out}
@@ -121,7 +133,7 @@ def _wait_for(condition, process, what, timeout=300):
     while not condition() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     if not condition():
-        out = process.communicate(timeout=60)[0] if process.poll() is not None else ""
+        out = _output(process)
         raise AssertionError(f"{what} did not happen; launcher status {process.returncode}:\n"
                              f"{out[-4000:]}")
 
@@ -132,11 +144,12 @@ def test_killed_then_preempted_processes_resume_with_identical_losses(runs):
     every step's loss is that of the uninterrupted 2-process run, bit for bit."""
     workdir = str(runs["root"] / "killed")
     env = _env(str(runs["root"] / "cache_two"))
-    launcher = _launch(_main_job(workdir), env, 2, 4)
+    log = str(runs["root"] / "killed_{}.log")
+    launcher = _launch(_main_job(workdir), env, 2, 4, log.format(1))
     _wait_for(lambda: _finished_checkpoints(workdir), launcher, "a checkpoint")
     launcher.send_signal(signal.SIGKILL)
-    out, _ = launcher.communicate()
-    assert launcher.returncode == -signal.SIGKILL, out[-4000:]
+    launcher.wait(timeout=60)
+    assert launcher.returncode == -signal.SIGKILL, _output(launcher)[-4000:]
     deadline = time.time() + 30  # the kernel kills both processes with the launcher
     while _running_with(workdir) and time.time() < deadline:
         time.sleep(0.1)
@@ -145,17 +158,18 @@ def test_killed_then_preempted_processes_resume_with_identical_losses(runs):
     assert killed_at < STEPS, "the run finished before it could be killed"
 
     logged = _logged_lines(workdir)
-    launcher = _launch(_main_job(workdir), env, 2, 4)
+    launcher = _launch(_main_job(workdir), env, 2, 4, log.format(2))
     _wait_for(lambda: _logged_lines(workdir) >= logged + 2, launcher, "2 steps after the resume")
     launcher.send_signal(signal.SIGTERM)
-    out, _ = launcher.communicate(timeout=300)
+    launcher.wait(timeout=300)
+    out = _output(launcher)
     assert f"resuming from {os.path.join(workdir, 'checkpoints')}/{killed_at}" in out
     assert launcher.returncode == 128 + signal.SIGTERM, out[-4000:]
     preempted_at = max(_finished_checkpoints(workdir))
     assert f"preempted: saved step {preempted_at}" in out, out[-4000:]
     assert killed_at < preempted_at < STEPS, "the run finished before it could be preempted"
 
-    out = _wait(_launch(_main_job(workdir), env, 2, 4))
+    out = _wait(_launch(_main_job(workdir), env, 2, 4, log.format(3)))
     assert f"resuming from {os.path.join(workdir, 'checkpoints')}/{preempted_at}" in out
     assert _losses(workdir) == _losses(runs["two"])  # bit-identical at every step
 
@@ -220,8 +234,10 @@ def test_a_failing_process_fails_the_launcher_with_its_error(tmp_path):
                    "    sys.exit('process 1 could not read its shard')\n"
                    "time.sleep(600)\n")
     start = time.time()
-    launcher = _launch([sys.executable, "-c", fail_in_one], _env(str(tmp_path)), 2, 1)
-    out, _ = launcher.communicate(timeout=120)
+    launcher = _launch([sys.executable, "-c", fail_in_one], _env(str(tmp_path)), 2, 1,
+                       str(tmp_path / "launcher.log"))
+    launcher.wait(timeout=120)
+    out = _output(launcher)
     assert launcher.returncode == 1, out
     assert "process 1 of 2 failed with exit status 1" in out
     assert "[1] process 1 could not read its shard" in out
@@ -231,13 +247,14 @@ def test_a_failing_process_fails_the_launcher_with_its_error(tmp_path):
 def test_a_signal_to_the_launcher_stops_every_process(tmp_path):
     marker = str(tmp_path / "sleeper")
     wait = f"import time; print('up', flush=True); time.sleep(600)  # {marker}"
-    launcher = _launch([sys.executable, "-c", wait], _env(str(tmp_path)), 2, 1)
+    launcher = _launch([sys.executable, "-c", wait], _env(str(tmp_path)), 2, 1,
+                       str(tmp_path / "launcher.log"))
     deadline = time.time() + 60
     while len(_running_with(marker, launcher)) < 2 and time.time() < deadline:
         time.sleep(0.05)
     assert len(_running_with(marker, launcher)) == 2
     launcher.send_signal(signal.SIGTERM)
-    launcher.communicate(timeout=60)
+    launcher.wait(timeout=60)
     assert launcher.returncode == 128 + signal.SIGTERM
     assert not _running_with(marker)
 
