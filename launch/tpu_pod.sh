@@ -11,7 +11,8 @@
 #   - the TPU VM slice exists (gcloud compute tpus tpu-vm create ...) and `gcloud` is set to
 #     the right project;
 #   - every worker has this repository at $REPO_DIR (default ~/sleep_jax) with its dependencies
-#     installed (pip install -r requirements.txt && pip install -e . plus jax[tpu]); set
+#     installed (pip install -r requirements.txt && pip install --no-deps -e .: the lock holds
+#     libtpu); set
 #     SETUP=1 to clone/update and install first (needs REPO_URL);
 #   - WORKDIR is a directory every worker sees at the same path (Filestore/NFS or a gcsfuse
 #     mount): checkpoints are written by all workers, metrics and eval.json by worker 0.
@@ -32,10 +33,12 @@ for arg in "$@"; do EXTRA+=" $(printf '%q' "$arg")"; done
 SETUP_CMD=""
 if [[ "${SETUP:-0}" == "1" ]]; then
   : "${REPO_URL:?SETUP=1 needs REPO_URL}"
-  SETUP_CMD="( [ -d ${REPO_DIR} ] || git clone ${REPO_URL} ${REPO_DIR} ) && cd ${REPO_DIR} && git pull --ff-only && pip install -q -r requirements.txt 'jax[tpu]' && pip install -q -e . && "
+  SETUP_CMD="( [ -d ${REPO_DIR} ] || git clone ${REPO_URL} ${REPO_DIR} ) && cd ${REPO_DIR} && git pull --ff-only && pip install -q -r requirements.txt && pip install -q --no-deps -e . && "
 fi
 
-RUN_CMD="cd ${REPO_DIR} && python -m sleep_jax.main --multihost --config=$(printf '%q' "$CONFIG") --workdir=$(printf '%q' "$WORKDIR")${EXTRA}"
+# Every worker runs launch/process.sh, the entry point of every launcher (environment, then
+# --multihost by default); jax.distributed.initialize() reads the TPU metadata.
+RUN_CMD="cd ${REPO_DIR} && launch/process.sh python -m sleep_jax.main --config=$(printf '%q' "$CONFIG") --workdir=$(printf '%q' "$WORKDIR")${EXTRA}"
 
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all \
   --command="${SETUP_CMD}${RUN_CMD} 2>&1 | tee -a /tmp/sleep_jax_\$(hostname).log"

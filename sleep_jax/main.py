@@ -14,13 +14,16 @@ record, once the config has validated and any restore has succeeded. ``--mode=ev
 the newest checkpoint with the run's config.json; ``--config.<block>.<key>=v`` overrides change
 it (``--config`` is then needed only to parse them) and the result goes to
 ``eval-<block>.<key>=v.json`` beside the run's own ``eval.json``. ``--multihost`` joins a
-multi-host run (one process per host; see ``launch/``) before anything else touches JAX.
+multi-host run (one process per host; see ``launch/``) before anything else touches JAX; it is
+the default under ``launch/process.sh`` (``SLEEP_JAX_MULTIHOST=1``). On a machine without a TPU
+or GPU, JAX runs on the CPU without trying libtpu.
 
 A bad config or input stops with one line starting with the key; a run that cannot go on
 (non-finite loss or gradient, no readable checkpoint, a failed save) stops with one line naming
 the step and the files, and exit status 1.
 """
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -33,8 +36,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and eval.json.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming) and evaluate; eval: evaluate the latest checkpoint.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "Call jax.distributed.initialize() first (TPU pods, SLURM clusters).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", os.environ.get("SLEEP_JAX_MULTIHOST") == "1",
+    "Join a multi-process run (jax.distributed.initialize) first; on by default under launch/.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -49,8 +53,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    from sleep_jax.parallel import initialize_multihost, use_cpu_without_accelerator
+    use_cpu_without_accelerator()
     if _MULTIHOST.value:
-        from sleep_jax.parallel import initialize_multihost
         initialize_multihost()
     from sleep_jax.train.errors import ConfigError, RunStopped
     from sleep_jax.train.loop import eval_config, evaluate_checkpoint, train

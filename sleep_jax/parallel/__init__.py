@@ -1,8 +1,9 @@
-"""Mesh, logical-axis sharding rules and the multi-host start."""
-from sleep_jax.parallel.distributed import initialize_multihost
+"""Mesh, logical-axis sharding rules, the multi-process start and the platform choice."""
+from sleep_jax.parallel.distributed import initialize_multihost, use_cpu_without_accelerator
 from sleep_jax.parallel.mesh import MESH_AXES, make_mesh, mesh_shape
 from sleep_jax.parallel.rules import (DEFAULT_RULES, batch_divisor, batch_sharding,
                                       logical_to_spec, tree_shardings)
 
 __all__ = ["MESH_AXES", "make_mesh", "mesh_shape", "DEFAULT_RULES", "logical_to_spec",
-           "tree_shardings", "batch_sharding", "batch_divisor", "initialize_multihost"]
+           "tree_shardings", "batch_sharding", "batch_divisor", "initialize_multihost",
+           "use_cpu_without_accelerator"]

@@ -1,19 +1,75 @@
-"""Multi-host start: one process per host (TPU pod worker, or SLURM task on a GPU cluster)."""
+"""Multi-process start: one JAX process per host (TPU pod worker, SLURM task), or several on one
+machine (``launch/local.sh``), and the choice of platform on a machine without an accelerator.
+
+Environment read here (set by ``launch/``; all optional):
+
+- ``JAX_COORDINATOR_ADDRESS`` (``host:port``), ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``: the
+  coordinator and this process's place. Unset, JAX discovers them (Cloud TPU metadata on a pod,
+  ``SLURM_*`` variables under ``srun``).
+- ``SLEEP_JAX_MULTIHOST=1``: makes ``--multihost`` the main job's default (``launch/process.sh``).
+"""
 from __future__ import annotations
+
+import glob
+import os
 
 import jax
 from absl import logging
 
+# Devices whose presence means an accelerator runtime may be wanted: Google's PCI vendor id (TPU
+# chips; what JAX's own TPU detection reads) and the NVIDIA device nodes JAX checks for CUDA.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_NVIDIA_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")
+
+
+def has_accelerator() -> bool:
+    """True if this machine has a TPU chip on its PCI bus or an NVIDIA GPU device node."""
+    for path in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(path) as f:
+                if f.read().strip() == _GOOGLE_PCI_VENDOR:
+                    return True
+        except OSError:
+            continue
+    return any(os.path.exists(node) for node in _NVIDIA_DEVICE_NODES)
+
+
+def use_cpu_without_accelerator() -> None:
+    """On a machine with no TPU chip and no NVIDIA GPU, runs JAX on the CPU without trying libtpu.
+
+    With libtpu installed (the ``tpu`` extra: the TPU compile-only check needs it), JAX otherwise
+    tries to start a TPU runtime on every machine, and logs its failure: ``unexpected worker
+    hostname``, or, while another JAX process holds it, advice to delete libtpu's lock file. An
+    explicit ``JAX_PLATFORMS`` (or ``jax_platforms``) is left alone; so are TPU and GPU hosts.
+    Must run before JAX starts its backends (the first device query).
+    """
+    if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or has_accelerator():
+        return
+    jax.config.update("jax_platforms", "cpu")
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: must be an integer") from None
+
 
 def initialize_multihost() -> None:
-    """Joins this process to the multi-host JAX runtime (``jax.distributed.initialize``).
+    """Joins this process to the multi-process JAX runtime (``jax.distributed.initialize``).
 
-    With no arguments JAX discovers the coordinator, process count and process id from the
-    environment: Cloud TPU metadata on a pod, ``SLURM_*`` variables under ``srun`` (see
-    ``launch/``); ``JAX_COORDINATOR_ADDRESS`` overrides the coordinator. Must run before any
-    other JAX call.
+    Coordinator, process count and id come from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``
+    and ``JAX_PROCESS_ID`` where set (``launch/local.sh``), else from JAX's discovery (TPU pod
+    metadata, SLURM). CPU collectives go through gloo, so that processes on CPUs (one machine or
+    several) can run cross-process programs; TPU and GPU hosts use their own. Must run before
+    any other JAX call.
     """
-    jax.distributed.initialize()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(num_processes=_env_int("JAX_NUM_PROCESSES"),
+                               process_id=_env_int("JAX_PROCESS_ID"))
     logging.info("multi-host: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())

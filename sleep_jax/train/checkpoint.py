@@ -4,19 +4,26 @@ A checkpoint at step ``s`` is the directory ``<workdir>/checkpoints/<s>/`` with 
 
 - ``state``: ``{"step", "params", "opt_state"}`` (orbax ``StandardSave``; sharded arrays are
   written by every process, each its own shards);
-- ``data``: the grain iterator state, one small JSON file per process (``grain.checkpoint``).
+- ``data``: the grain iterator state, one small JSON file per process,
+  ``process_<i>-of-<P>.json`` (``grain.checkpoint``).
 
-Orbax writes into a temporary directory and renames it when complete, so a process killed while
-saving leaves no half checkpoint: ``latest_step`` only ever sees finished ones (atomic). The
-cadence is orbax's own ``FixedIntervalPolicy`` (``train.checkpoint_every``; the last step is
+Orbax writes into a temporary directory and renames it when complete (on several processes:
+after every process has written its part), so a process killed while saving leaves no half
+checkpoint: ``latest_step`` only ever sees finished ones (atomic). The cadence is orbax's own ``FixedIntervalPolicy`` (``train.checkpoint_every``; the last step is
 forced). A checkpoint that cannot be read (a truncated or missing file) is reported and the next
 older one restored (``restore_newest_readable``); when training resumes from an older one, the
 unreadable newer ones are moved to ``<workdir>/checkpoints_unreadable/`` (kept for inspection,
 out of the way of the steps about to be saved again). A background save that failed is raised
 by ``check_saved`` as ``RunStopped`` naming the cause.
+
+A checkpoint restores on a different number of processes (or devices, or mesh) where the shapes
+allow: arrays are resharded to the new layout, and the data position carries over when every
+process saved the same one (each process reads its rows of the same global batch, so after k
+steps every iterator stands at batch k whatever the process count). Otherwise the error says so.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -75,6 +82,14 @@ class Checkpointer:
         """Whether ``step`` is on the save cadence (orbax's policy; never a step already saved)."""
         return self._manager.should_save(step)
 
+    def reached_preemption(self, step: int) -> bool:
+        """True, on every process at the same ``step``, once any process of a multi-process run
+        got SIGTERM (a TPU maintenance event or preemption, ``scancel``, a signal to
+        ``launch/local.sh``): JAX's distributed runtime catches it and the processes agree on a
+        step to stop at. The caller saves there and exits; rerunning the command resumes. Always
+        False in a single-process run."""
+        return self._manager.reached_preemption(step)
+
     def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None, *,
              force: bool = False) -> bool:
         """Starts saving ``state`` (a pytree of arrays) and the iterator position at ``step`` if
@@ -120,10 +135,16 @@ class Checkpointer:
         step = self._manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        self._check_shapes(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
+        saved_position = None
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            saved_position = self._data_position(step)
+            if saved_position is None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        if saved_position is not None:
+            data_iterator.set_state(saved_position)
         return restored["state"]
 
     def restore_newest_readable(self, abstract_state: Any,
@@ -164,6 +185,44 @@ class Checkpointer:
                                 destination)
         self._manager.reload()
 
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        """ValueError naming the first array whose saved shape differs from ``abstract_state``'s."""
+        path = os.path.join(self.directory, str(step), "state")
+        saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+        saved_shapes = {_key_names(key): leaf.shape
+                        for key, leaf in jax.tree_util.tree_leaves_with_path(saved)}
+        for key, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
+            stored = saved_shapes.get(_key_names(key))
+            if stored is not None and tuple(stored) != tuple(leaf.shape):
+                raise ValueError(
+                    f"checkpoint {self.directory}/{step}: state.{'.'.join(_key_names(key))} has "
+                    f"shape {tuple(stored)}, this run's config gives {tuple(leaf.shape)}; it "
+                    "restores only into a run with the same model and optimiser")
+
+    def _data_position(self, step: int) -> dict | None:
+        """The iterator state to set when this process has no file of its own in the checkpoint
+        (it was written by a different number of processes), else None (grain restores it).
+
+        Raises ValueError if the saving processes stood at different positions."""
+        directory = os.path.join(self.directory, str(step), "data")
+        own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if os.path.exists(os.path.join(directory, own)):
+            return None
+        names = sorted(n for n in os.listdir(directory) if n.startswith("process_")) \
+            if os.path.isdir(directory) else []
+        if not names:
+            raise ValueError(f"checkpoint {directory}: no data iterator state (process_*.json)")
+        positions = []
+        for name in names:
+            with open(os.path.join(directory, name)) as f:
+                positions.append(json.load(f))
+        if any(position != positions[0] for position in positions):
+            raise ValueError(
+                f"checkpoint {directory}: written by {names[0].split('-of-')[1][:-5]} processes "
+                f"whose data iterators stand at different positions; it restores only on that "
+                f"many processes, not on {jax.process_count()}")
+        return positions[0]
+
     def wait_until_finished(self) -> None:
         """Blocks until background writes are on disk."""
         self._manager.wait_until_finished()
@@ -177,6 +236,12 @@ class Checkpointer:
             raise RunStopped(self._save_failed(self._saving_step, error)) from None
         finally:
             self._manager.close()
+
+
+def _key_names(path: tuple) -> tuple[str, ...]:
+    """A pytree key path as plain names (dict keys, attribute names and indices alike), so that
+    a saved tree (orbax metadata: dict keys) matches the live one (attributes, indices)."""
+    return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

@@ -22,7 +22,12 @@ DEVICE_KEYS = ("tokens", "loss_mask")
 
 def train_iterator(task: Any, *, batch_size: int, seed: int) -> grain.DatasetIterator:
     """A checkpointable iterator over this process's rows of each global training batch
-    (dicts of numpy arrays ``[batch_size // process_count, ...]``)."""
+    (dicts of numpy arrays ``[batch_size // process_count, ...]``).
+
+    Process p of P reads examples p, p + P, ... (``Task.batches``), so global batch k holds
+    examples ``k * batch_size`` to ``(k + 1) * batch_size - 1`` on any number of processes (only
+    the row order depends on P), and after k steps every process's iterator stands at local
+    batch k: the position a checkpoint carries to another process count."""
     process_count = jax.process_count()
     if batch_size % process_count:
         raise ValueError(f"train.batch_size={batch_size} must be a multiple of the process "

@@ -163,9 +163,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 _check_finite(state, checkpointer, metrics)
             checkpointer.check_saved()
             final = step == train_cfg.steps
-            if final or checkpointer.should_save(step):
+            preempted = checkpointer.reached_preemption(step)
+            if final or preempted or checkpointer.should_save(step):
                 _check_finite(state, checkpointer)
-                checkpointer.save(step, state, data, force=final)
+                checkpointer.save(step, state, data, force=final or preempted)
+            if preempted:  # the finally below waits for the save
+                raise SystemExit(f"preempted: saved step {step} to {checkpointer.directory}; "
+                                 "rerun the same command to resume")
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and not final:
                 _check_finite(state, checkpointer)
                 result = _run_eval(exp, predict, state["params"])
