@@ -99,7 +99,7 @@ def greedy(model, prompt, new_tokens):
                                                   window=None))
     hidden, state, kv = prefill(model, prompt)
     cache = model.init_cache(batch, steps + new_tokens)
-    cache["positions"] = cache["positions"].at[:steps].set(positions)
+    cache["positions"] = cache["positions"].at[:, :steps].set(positions)  # [B, C]: one ring buffer per row
     cache["layers"] = {name: {key: cache["layers"][name][key].at[:, :steps].set(kv[name][key]) for key in kv[name]}
                        for name in cache["layers"]}
     token = jnp.argmax(model.logits(hidden[:, -1]), axis=-1)
