@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sleep_jax.layers.common import LOGICAL_AXES
+from sleep_jax.layers.common import LOGICAL_AXES, logical_axes
 from sleep_jax.model import HybridModel, ModelConfig
 
 
@@ -55,7 +55,7 @@ def test_every_param_has_logical_axes(tie):
     leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
     assert len(leaves) > 20
     for variable in leaves:
-        axes = variable.get_metadata()["logical_axes"]
+        axes = logical_axes(variable)
         assert len(axes) == variable[...].ndim
         assert all(a is None or a in LOGICAL_AXES for a in axes)
     assert (model.lm_head is None) == tie

@@ -1,7 +1,7 @@
 """Logical axis names -> mesh axes -> ``NamedSharding``s.
 
-Every parameter carries ``logical_axes`` metadata (one name or ``None`` per dimension, see
-WORKSPACE.md). A *rule* maps a logical name to a mesh axis, a tuple of mesh axes, or ``None``
+Every parameter carries Flax sharding metadata naming one logical axis (or ``None``) per
+dimension (``sleep_jax.layers.common.make_param``; read with ``logical_axes``). A *rule* maps a logical name to a mesh axis, a tuple of mesh axes, or ``None``
 (replicated). When a dimension is not divisible by the size of a mesh axis, that mesh axis is
 dropped for that dimension (the dimension is replicated over it), so any model fits any mesh.
 A mesh axis is used at most once per array (the first dimension that claims it gets it).
@@ -13,6 +13,8 @@ from typing import Any, Mapping, Sequence
 import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+
+from sleep_jax.layers.common import logical_axes
 
 MeshAxes = str | tuple[str, ...] | None
 
@@ -75,7 +77,7 @@ def _variable_sharding(variable: nnx.Variable, mesh, rules) -> nnx.Variable:
     if not hasattr(value, "shape"):  # an empty placeholder (optax.MaskedNode): nothing to place
         return variable
     shape = value.shape
-    axes = variable.get_metadata().get("logical_axes")
+    axes = logical_axes(variable)
     if axes is None:
         spec = PartitionSpec()
     else:

@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 from optax.contrib import MuonDimensionNumbers
 
+from sleep_jax.layers.common import logical_axes as variable_axes
 from sleep_jax.train.config import TrainConfig
 
 LABELS = ("muon", "adamw")
@@ -59,8 +60,7 @@ def _variable_dimension_numbers(x: Any) -> Any:
     value = x.get_value()
     if not hasattr(value, "shape"):  # masked out by multi_transform: not Muon's
         return x.replace(None)
-    axes = x.get_metadata().get("logical_axes")
-    return x.replace(muon_dimension_numbers(tuple(value.shape), axes))
+    return x.replace(muon_dimension_numbers(tuple(value.shape), variable_axes(x)))
 
 
 def _dimension_numbers_tree(params: Any) -> Any:

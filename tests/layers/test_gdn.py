@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from sleep_jax.layers import GDNMixer, causal_depthwise_conv
+from sleep_jax.layers.common import logical_axes
 
 
 def mixer(**overrides):
@@ -62,7 +63,7 @@ def test_state_shapes_and_mamba2_gate_initialisation():
     assert np.all((a > 0) & (a <= 16))
     dt = np.asarray(jax.nn.softplus(m.dt_bias[...]))
     assert np.all((dt >= 1e-3 * (1 - 1e-5)) & (dt <= 1e-1 * (1 + 1e-5)))
-    assert m.conv_q.get_metadata()["logical_axes"] == ("conv", "heads", "head_dim")
+    assert logical_axes(m.conv_q) == ("conv", "heads", "head_dim")
     assert np.all(np.abs(m.conv_q[...]) <= 1 / math.sqrt(4))
 
 

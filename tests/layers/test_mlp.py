@@ -4,6 +4,7 @@ import numpy as np
 from flax import nnx
 
 from sleep_jax.layers import SwiGLU
+from sleep_jax.layers.common import logical_axes
 
 
 def test_swiglu_formula_and_axes():
@@ -11,4 +12,4 @@ def test_swiglu_formula_and_axes():
     x = jax.random.normal(jax.random.key(1), (2, 3, 8))
     expected = (jax.nn.silu(x @ mlp.w_gate[...]) * (x @ mlp.w_up[...])) @ mlp.w_down[...]
     np.testing.assert_allclose(mlp(x), expected, atol=1e-5)
-    assert mlp.w_down.get_metadata()["logical_axes"] == ("mlp", "embed")
+    assert logical_axes(mlp.w_down) == ("mlp", "embed")

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_jax.layers import RMSNorm, l2_normalize, rms_normalize
+from sleep_jax.layers.common import logical_axes
 
 
 def test_rms_normalize_gives_unit_rms():
@@ -22,4 +23,4 @@ def test_rmsnorm_scale_and_dtype():
     y = norm(x)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(y.astype(jnp.float32), 2 * rms_normalize(x, 1e-6), rtol=1e-2)
-    assert norm.scale.get_metadata()["logical_axes"] == ("embed",)
+    assert logical_axes(norm.scale) == ("embed",)

@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from sleep_jax.layers.common import make_param
 from sleep_jax.parallel.mesh import make_mesh
 from sleep_jax.parallel.rules import batch_divisor, batch_sharding, logical_to_spec, tree_shardings
 
@@ -40,7 +41,7 @@ def test_bad_logical_axes_raise(mesh):
 
 
 def test_tree_shardings_follow_variable_metadata_into_optimizer_state(mesh):
-    params = nnx.State({"w": nnx.Param(jnp.zeros((8, 16)), logical_axes=("embed", "mlp")),
+    params = nnx.State({"w": make_param(jnp.zeros((8, 16)), ("embed", "mlp")),
                         "b": nnx.Param(jnp.zeros((16,)))})
     opt_state = optax.adam(1e-3).init(params)
     specs = [s.spec for s in jax.tree.leaves(tree_shardings(opt_state, mesh))]

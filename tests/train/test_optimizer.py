@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from optax.contrib import MuonDimensionNumbers
 
+from sleep_jax.layers.common import make_param
 from sleep_jax.train.config import TrainConfig
 from sleep_jax.train.optimizer import (learning_rate_schedule, learning_rates, make_optimizer,
                                        muon_dimension_numbers, optimizer_labels)
@@ -18,12 +19,12 @@ TRAIN = TrainConfig(steps=100, warmup_steps=10, schedule="cosine", final_lr_frac
 
 def params():
     return nnx.State({
-        "embed": nnx.Param(jnp.ones((10, 8)), logical_axes=("vocab", "embed")),
-        "q": nnx.Param(jnp.ones((8, 2, 4)), logical_axes=("embed", "heads", "head_dim")),
-        "o": nnx.Param(jnp.ones((2, 4, 8)), logical_axes=("heads", "head_dim", "embed")),
-        "up": nnx.Param(jnp.ones((8, 16)), logical_axes=("embed", "mlp")),
-        "conv": nnx.Param(jnp.ones((4, 8)), logical_axes=("conv", "embed")),
-        "norm": nnx.Param(jnp.ones((8,)), logical_axes=("embed",)),
+        "embed": make_param(jnp.ones((10, 8)), ("vocab", "embed")),
+        "q": make_param(jnp.ones((8, 2, 4)), ("embed", "heads", "head_dim")),
+        "o": make_param(jnp.ones((2, 4, 8)), ("heads", "head_dim", "embed")),
+        "up": make_param(jnp.ones((8, 16)), ("embed", "mlp")),
+        "conv": make_param(jnp.ones((4, 8)), ("conv", "embed")),
+        "norm": make_param(jnp.ones((8,)), ("embed",)),
     })
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from sleep_jax.layers.common import make_param
 from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.numerics import rel_rms
 from sleep_jax.parallel import make_mesh
@@ -84,7 +85,7 @@ def test_a_non_finite_step_is_not_applied_and_is_remembered():
                                                   lambda p: jax.tree.map(lambda _: "adamw", p)))
 
     def create_params():
-        return nnx.State({"w": nnx.Param(jnp.ones((4, 2)), logical_axes=("embed", "mlp"))})
+        return nnx.State({"w": make_param(jnp.ones((4, 2)), ("embed", "mlp"))})
 
     def loss_fn(params, batch):
         loss = jnp.mean((batch["x"] @ params["w"].get_value()) ** 2)
