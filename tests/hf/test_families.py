@@ -41,9 +41,22 @@ def tiny_qwen3_next():
 TINY = {"qwen3_5_text": (tiny_qwen3_5, transformers.Qwen3_5ForCausalLM),
         "qwen3_next": (tiny_qwen3_next, transformers.Qwen3NextForCausalLM),
         "olmo_hybrid": (tiny_olmo_hybrid, transformers.OlmoHybridForCausalLM)}
-# transformers' default config of each family (8.95 B, 7.43 B and 79.7 B parameters): the published
-# architectures, as the hub's config.json files are not reachable from CI
-FULL = {"qwen3_5_text": (transformers.Qwen3_5TextConfig, transformers.Qwen3_5ForCausalLM),
+
+
+def qwen3_5_0_8b():
+    """The text config of Qwen/Qwen3.5-0.8B, the smallest Qwen3.5 (its config.json, written out:
+    hub files are not reachable from CI); layer i is full attention iff (i + 1) % 4 == 0."""
+    return transformers.Qwen3_5TextConfig(
+        vocab_size=248320, hidden_size=1024, intermediate_size=3584, num_hidden_layers=24,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=256, linear_num_key_heads=16,
+        linear_num_value_heads=16, linear_key_head_dim=128, linear_value_head_dim=128,
+        linear_conv_kernel_dim=4, tie_word_embeddings=True, full_attention_interval=4)
+
+
+# Published architectures: the smallest Qwen3.5 (0.8B), and transformers' default configs of
+# OLMo-Hybrid (7.43 B) and Qwen3-Next (80B-A3B, 79.7 B), as hub config.json files are not
+# reachable from CI.
+FULL = {"qwen3_5_text": (qwen3_5_0_8b, transformers.Qwen3_5ForCausalLM),
         "qwen3_next": (transformers.Qwen3NextConfig, transformers.Qwen3NextForCausalLM),
         "olmo_hybrid": (transformers.OlmoHybridConfig, transformers.OlmoHybridForCausalLM)}
 
