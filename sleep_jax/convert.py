@@ -21,6 +21,7 @@ from absl import app, flags
 from flax import nnx
 
 from sleep_jax import hf
+from sleep_jax.files import write_text_atomic
 from sleep_jax.model import HybridModel, ModelConfig
 
 MODEL_FILE, PARAMS_DIR, HUB_DIR = "model.json", "params", "hub"
@@ -40,12 +41,11 @@ def import_checkpoint(hf_dir: str, run_dir: str, **overrides) -> ModelConfig:
     for name in (hf.CONFIG_FILE, *TOKENIZER_FILES):
         if os.path.exists(os.path.join(hf_dir, name)):
             shutil.copy2(os.path.join(hf_dir, name), os.path.join(run_dir, HUB_DIR, name))
-    checkpointer = _checkpointer()
-    checkpointer.save(os.path.abspath(os.path.join(run_dir, PARAMS_DIR)),
-                      nnx.state(model, nnx.Param).to_pure_dict(), force=True)
-    checkpointer.wait_until_finished()
-    with open(os.path.join(run_dir, MODEL_FILE), "w") as f:
-        json.dump(dataclasses.asdict(model.config), f, indent=2)
+    with _checkpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(os.path.join(run_dir, PARAMS_DIR)),
+                          nnx.state(model, nnx.Param).to_pure_dict(), force=True)
+        checkpointer.wait_until_finished()
+    write_text_atomic(os.path.join(run_dir, MODEL_FILE), json.dumps(dataclasses.asdict(model.config), indent=2))
     return model.config
 
 
@@ -56,7 +56,8 @@ def load_run(run_dir: str) -> HybridModel:
     model = hf.abstract_model(config)
     state = nnx.state(model, nnx.Param)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
-    state.replace_by_pure_dict(_checkpointer().restore(os.path.abspath(os.path.join(run_dir, PARAMS_DIR)), abstract))
+    with _checkpointer() as checkpointer:
+        state.replace_by_pure_dict(checkpointer.restore(os.path.abspath(os.path.join(run_dir, PARAMS_DIR)), abstract))
     nnx.update(model, state)
     return model
 

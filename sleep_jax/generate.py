@@ -30,21 +30,13 @@ def load_run(workdir: str, passes: int | None = None):
     from flax import nnx
 
     from sleep_jax.train import config as config_lib
-    from sleep_jax.train.checkpoint import Checkpointer, abstract_with_shardings
-    from sleep_jax.train.loop import setup
-    from sleep_jax.train.step import abstract_train_state
+    from sleep_jax.train.loop import restore_newest, setup
 
     config = config_lib.load_run_config(workdir)
     if config is None:
         raise ValueError(f"--workdir={workdir}: no config.json (not a sleep_jax.main run directory)")
     experiment = setup(config)
-    checkpointer = Checkpointer(workdir)
-    if checkpointer.latest_step() is None:
-        raise ValueError(f"--workdir={workdir}: no checkpoint under {checkpointer.directory}")
-    abstract, shardings = abstract_train_state(experiment.create_params, experiment.optimizer, experiment.mesh)
-    _, state = checkpointer.restore_newest_readable(abstract_with_shardings(abstract, shardings), None,
-                                                    set_aside_unreadable=False)
-    checkpointer.close()
+    _, state, _ = restore_newest(experiment, workdir)
     sleep = experiment.sleep if passes is None else dataclasses.replace(experiment.sleep, passes=passes)
     return nnx.merge(experiment.graphdef, state["params"]), sleep, experiment.task, experiment.config
 
@@ -113,7 +105,11 @@ def main(argv):
 
     if FLAGS.max_new_tokens < 1:
         raise app.UsageError(f"--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}")
-    model, sleep, task, config = load_run(FLAGS.workdir, FLAGS.passes)
+    from sleep_jax.train.errors import RunStopped
+    try:
+        model, sleep, task, config = load_run(FLAGS.workdir, FLAGS.passes)
+    except (ValueError, RunStopped) as error:  # no run, no readable checkpoint, a bad config
+        raise app.UsageError(str(error)) from None
 
     def progress(slot, window, seconds):
         print(f"[window {window} full: slept {sleep.passes} passes in {1000 * seconds:.1f} ms, "

@@ -9,15 +9,18 @@
 Reading and writing use the `safetensors` numpy API: no torch at run time. Key names are the hub
 format (what the models' own `save_pretrained` writes); `families.py` holds the architectures.
 """
+import contextlib
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
+from sleep_jax.files import write_atomic, write_text_atomic
 from sleep_jax.hf.families import FAMILIES, family
 from sleep_jax.model import HybridModel, ModelConfig
 
@@ -41,7 +44,6 @@ def model_config(hub: dict, **overrides) -> ModelConfig:
 
 def hub_tensor_files(path: str) -> dict[str, str]:
     """{hub key: safetensors file} of a checkpoint directory (the sharded index if there is one)."""
-    from safetensors import safe_open
     index = os.path.join(path, INDEX_FILE)
     if os.path.exists(index):
         with open(index) as f:
@@ -83,7 +85,6 @@ def from_pretrained(path: str, **overrides) -> HybridModel:
     Raises ValueError naming the key for a missing or extra tensor, and the key with both shapes
     for a mis-shaped one; an unsupported model_type lists the supported ones.
     """
-    from safetensors import safe_open
     config = model_config(read_hub_config(path), **overrides)
     model = abstract_model(config)
     files = hub_tensor_files(path)
@@ -94,24 +95,9 @@ def from_pretrained(path: str, **overrides) -> HybridModel:
         raise ValueError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for "
                          f"{config.hf_model_type}")
     handles, stacked = {}, {}
-    for m in maps:
-        if m.key not in files:
-            raise ValueError(f"{path}: missing tensor {m.key!r}")
-        if files[m.key] not in handles:
-            handles[files[m.key]] = safe_open(files[m.key], framework="np")
-        targets = [_target(model, p) for p in m.paths]
-        shapes = [tuple(p.get_value().shape)[0 if i is None else 1:] for p, i in targets]
-        want = jax.eval_shape(m.to_hub, *[jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]).shape
-        hub = handles[files[m.key]].get_tensor(m.key)
-        if tuple(hub.shape) != tuple(want):
-            raise ValueError(f"{path}: tensor {m.key!r} has shape {tuple(hub.shape)}, the model needs {tuple(want)}")
-        for (param, index), value in zip(targets, m.to_model(jnp.asarray(hub), shapes)):
-            if index is None:
-                param.set_value(value.astype(param.get_value().dtype))
-            else:   # slices of a stacked weight gather in a host buffer, set once below
-                if id(param) not in stacked:
-                    stacked[id(param)] = (param, np.zeros(param.get_value().shape, param.get_value().dtype))
-                stacked[id(param)][1][index] = np.asarray(value)
+    with contextlib.ExitStack() as open_files:
+        for m in maps:
+            _fill(model, m, files, handles, stacked, open_files, path)
     for param, buffer in stacked.values():
         param.set_value(jnp.asarray(buffer))
     unfilled = [p for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)
@@ -119,6 +105,28 @@ def from_pretrained(path: str, **overrides) -> HybridModel:
     if unfilled:
         raise ValueError(f"{path}: no {config.hf_model_type} tensor fills parameter {unfilled[0]}")
     return model
+
+
+def _fill(model, m, files, handles, stacked, open_files, path) -> None:
+    """Fill the parameters of one hub tensor map `m` from its safetensors file (opened once into
+    `handles` and closed with `open_files`); slices of stacked weights gather in `stacked`."""
+    if m.key not in files:
+        raise ValueError(f"{path}: missing tensor {m.key!r}")
+    if files[m.key] not in handles:
+        handles[files[m.key]] = open_files.enter_context(safe_open(files[m.key], framework="np"))
+    targets = [_target(model, p) for p in m.paths]
+    shapes = [tuple(p.get_value().shape)[0 if i is None else 1:] for p, i in targets]
+    want = jax.eval_shape(m.to_hub, *[jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]).shape
+    hub = handles[files[m.key]].get_tensor(m.key)
+    if tuple(hub.shape) != tuple(want):
+        raise ValueError(f"{path}: tensor {m.key!r} has shape {tuple(hub.shape)}, the model needs {tuple(want)}")
+    for (param, index), value in zip(targets, m.to_model(jnp.asarray(hub), shapes)):
+        if index is None:
+            param.set_value(value.astype(param.get_value().dtype))
+        else:   # slices of a stacked weight gather in a host buffer, set once by the caller
+            if id(param) not in stacked:
+                stacked[id(param)] = (param, np.zeros(param.get_value().shape, param.get_value().dtype))
+            stacked[id(param)][1][index] = np.asarray(value)
 
 
 def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
@@ -131,15 +139,6 @@ def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
     return {m.key: np.asarray(m.to_hub(*[value(p) for p in m.paths])) for m in maps}
 
 
-def _write_atomic(path: str, name: str, write) -> None:
-    """write(temporary file) in directory `path`, then rename it to `name`: a crash never leaves a
-    half-written file under its final name."""
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
-    os.close(fd)
-    write(tmp)
-    os.replace(tmp, os.path.join(path, name))
-
-
 def save_pretrained(model: HybridModel, path: str, base_config: dict | None = None, *,
                     max_shard_bytes: int = 5 * 2**30) -> None:
     """Write `config.json` and the weights (hub key names) into directory `path`.
@@ -150,7 +149,6 @@ def save_pretrained(model: HybridModel, path: str, base_config: dict | None = No
     `model.safetensors.index.json`, as transformers writes them; else one `model.safetensors`.
     Every file is written under a temporary name and renamed into place.
     """
-    from safetensors.numpy import save_file
     config = model.config
     if config.hf_model_type is None:
         raise ValueError("save_pretrained: model.config.hf_model_type is None (a native model has no hub format); "
@@ -167,12 +165,12 @@ def save_pretrained(model: HybridModel, path: str, base_config: dict | None = No
     names = ([WEIGHTS_FILE] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for name, shard in zip(names, shards):
-        _write_atomic(path, name, lambda f: save_file(shard, f, metadata={"format": "pt"}))
+        write_atomic(os.path.join(path, name), lambda f: save_file(shard, f, metadata={"format": "pt"}))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(v.nbytes for shard in shards for v in shard.values())},
                  "weight_map": {key: name for name, shard in zip(names, shards) for key in shard}}
-        _write_atomic(path, INDEX_FILE, lambda f: open(f, "w").write(json.dumps(index, indent=2)))
-    _write_atomic(path, CONFIG_FILE, lambda f: open(f, "w").write(json.dumps(hub_config, indent=2)))
+        write_text_atomic(os.path.join(path, INDEX_FILE), json.dumps(index, indent=2))
+    write_text_atomic(os.path.join(path, CONFIG_FILE), json.dumps(hub_config, indent=2))
 
 
 def logits(model: HybridModel, tokens) -> jax.Array:

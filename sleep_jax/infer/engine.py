@@ -43,6 +43,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from sleep_jax.files import write_atomic
 from sleep_jax.infer.sampling import Sampling, sample_tokens
 from sleep_jax.sleep import SleepConfig, consolidate, initial_past
 
@@ -322,11 +323,7 @@ class Engine:
         (atomically: a temporary file renamed into place)."""
         slot = self._check_slot(slot)
         arrays = {name: np.asarray(leaf[slot]) for name, leaf in named_leaves(self._state).items()}
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        temporary = f"{path}.tmp-{os.getpid()}"
-        save_file(arrays, temporary, metadata=self._metadata())
-        os.replace(temporary, path)
+        write_atomic(path, lambda temporary: save_file(arrays, temporary, metadata=self._metadata()))
 
     def restore(self, slot: int, path: str) -> None:
         """Load a session written by `snapshot` into slot `slot`, bit-exactly. The file must come

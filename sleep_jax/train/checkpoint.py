@@ -159,6 +159,8 @@ class Checkpointer:
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 state = self.restore(abstract_state, data_iterator, step)
+            except CheckpointMismatch:
+                raise  # a readable checkpoint of another run or process count: nothing to skip
             except Exception as error:  # noqa: BLE001 - any failure to read: try the next older
                 tried.append((step, reason(error)))
                 logging.warning("checkpoint %s cannot be read (%s); trying the next older one",
@@ -183,18 +185,21 @@ class Checkpointer:
                 shutil.move(self.path(step), destination)
                 logging.warning("moved the unreadable checkpoint %s to %s", self.path(step),
                                 destination)
+        # Every process must see the move before listing steps again (save decisions agree).
+        ocp.multihost.sync_global_processes("sleep_jax_set_aside_unreadable")
         self._manager.reload()
 
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
         """ValueError naming the first array whose saved shape differs from ``abstract_state``'s."""
         path = os.path.join(self.directory, str(step), "state")
-        saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+        with ocp.StandardCheckpointer() as reader:
+            saved = reader.metadata(path).item_metadata
         saved_shapes = {_key_names(key): leaf.shape
                         for key, leaf in jax.tree_util.tree_leaves_with_path(saved)}
         for key, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
             stored = saved_shapes.get(_key_names(key))
             if stored is not None and tuple(stored) != tuple(leaf.shape):
-                raise ValueError(
+                raise CheckpointMismatch(
                     f"checkpoint {self.directory}/{step}: state.{'.'.join(_key_names(key))} has "
                     f"shape {tuple(stored)}, this run's config gives {tuple(leaf.shape)}; it "
                     "restores only into a run with the same model and optimiser")
@@ -217,7 +222,7 @@ class Checkpointer:
             with open(os.path.join(directory, name)) as f:
                 positions.append(json.load(f))
         if any(position != positions[0] for position in positions):
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"checkpoint {directory}: written by {names[0].split('-of-')[1][:-5]} processes "
                 f"whose data iterators stand at different positions; it restores only on that "
                 f"many processes, not on {jax.process_count()}")
@@ -236,6 +241,19 @@ class Checkpointer:
             raise RunStopped(self._save_failed(self._saving_step, error)) from None
         finally:
             self._manager.close()
+
+    def close_quietly(self) -> None:
+        """``close`` for a run already stopping with another error: a failed background save is
+        logged, not raised, so that error is the one reported."""
+        try:
+            self.close()
+        except RunStopped as error:
+            logging.error("%s", error)
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that reads but does not fit this run: other array shapes, or data positions
+    saved by a different number of processes. Never skipped as unreadable."""
 
 
 def _key_names(path: tuple) -> tuple[str, ...]:

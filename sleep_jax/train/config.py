@@ -29,6 +29,7 @@ from typing import Any
 
 import ml_collections
 
+from sleep_jax.files import write_text_atomic
 from sleep_jax.parallel.mesh import MESH_AXES, mesh_shape
 from sleep_jax.train.errors import ConfigError
 
@@ -293,11 +294,7 @@ def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
 
 def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes ``<workdir>/config.json`` atomically (a crash leaves the old one whole)."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, RUN_CONFIG)
-    with open(path + ".tmp", "w") as f:
-        f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-    os.replace(path + ".tmp", path)
+    write_text_atomic(os.path.join(workdir, RUN_CONFIG), config.to_json_best_effort(indent=1, sort_keys=True))
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict | None:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from sleep_jax.files import write_text_atomic
 from sleep_jax.plot import plot_runs
 from sleep_jax.train.data import eval_batches, host_to_global
 
@@ -56,11 +57,7 @@ def write_eval(workdir: str, result: dict, *, task_name: str, passes: int, step:
     for key in ("accuracy", "by_difficulty", "examples"):
         if key not in record:
             raise ValueError(f"evaluator result lacks {key!r}: got keys {sorted(result)}")
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, f"{name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_text_atomic(os.path.join(workdir, f"{name}.json"), json.dumps(record, indent=1))
     plot_runs([record], os.path.join(workdir, f"{name}.png"),
               title=f"{task_name}, N = {passes}, step {step}")
     return record

@@ -167,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if final or preempted or checkpointer.should_save(step):
                 _check_finite(state, checkpointer)
                 checkpointer.save(step, state, data, force=final or preempted)
-            if preempted:  # the finally below waits for the save
+            if preempted:  # every process saved at this step; the handler below waits for it
                 raise SystemExit(f"preempted: saved step {step} to {checkpointer.directory}; "
                                  "rerun the same command to resume")
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and not final:
@@ -178,9 +178,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              json.dumps(result["by_difficulty"]))
                 timer.restart()  # eval time is not step time
         _check_finite(state, checkpointer)
-    finally:
+    except BaseException as error:
         writer.flush()
-        checkpointer.close()  # raises RunStopped if a background save failed
+        if isinstance(error, SystemExit):  # preempted: its save must have finished, or say so
+            checkpointer.close()
+        else:
+            checkpointer.close_quietly()  # the error in flight is the one to report
+        raise
+    writer.flush()
+    checkpointer.close()  # raises RunStopped if a background save failed
     result = _run_eval(exp, predict, state["params"])
     writer.write(step, _eval_metrics(result), split="eval")
     writer.close()
@@ -212,6 +218,21 @@ def eval_config(workdir: str, given: ml_collections.ConfigDict | None,
     return given
 
 
+def restore_newest(exp: Experiment, workdir: str) -> tuple[int, dict, dict]:
+    """``(step, state, shardings)`` of the newest readable checkpoint in ``workdir``, for
+    evaluation or serving (no data iterator, nothing set aside); ``RunStopped`` if there is none."""
+    checkpointer = Checkpointer(workdir, max_to_keep=exp.train.keep_checkpoints)
+    try:
+        if checkpointer.latest_step() is None:
+            raise RunStopped(f"{workdir}: no checkpoint under {checkpointer.directory}")
+        abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, exp.mesh)
+        step, state = checkpointer.restore_newest_readable(
+            abstract_with_shardings(abstract, shardings), None, set_aside_unreadable=False)
+    finally:
+        checkpointer.close()
+    return step, state, shardings
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the newest readable checkpoint in ``workdir`` with ``config`` (see
     ``eval_config``). Writes ``eval.json`` / ``eval.png`` when ``config`` is the run's own, or
@@ -219,13 +240,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     ``eval-sleep.passes=2.json``), never over the run's own."""
     exp = setup(config)
     tag = config_lib.eval_tag(config_lib.load_run_config(workdir), config)
-    checkpointer = Checkpointer(workdir, max_to_keep=exp.train.keep_checkpoints)
-    if checkpointer.latest_step() is None:
-        raise RunStopped(f"--mode=eval: no checkpoint under {checkpointer.directory}")
-    abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, exp.mesh)
-    step, state = checkpointer.restore_newest_readable(
-        abstract_with_shardings(abstract, shardings), None, set_aside_unreadable=False)
-    checkpointer.close()
+    step, state, shardings = restore_newest(exp, workdir)
     predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
                                 exp.mesh, shardings["params"])
     result = _run_eval(exp, predict, state["params"])
