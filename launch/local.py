@@ -112,24 +112,26 @@ def run(command: list[str], *, processes: int, devices_per_process: int) -> int:
     children: list[_Process] = []
     received: list[int] = []
 
-    def forward(signum, frame):
-        # The first signal asks every process to stop (SIGTERM: the main job saves and exits);
-        # a second one kills them.
-        stop = signal.SIGKILL if received else signal.SIGTERM
-        received.append(signum)
-        for child in children:
-            child.signal(stop)
-
+    # The handler only records the signal; the loop below forwards it. A signal can arrive while
+    # a child is between fork and exec, not yet in ``children`` and not yet leader of its own
+    # process group: forwarded from the handler it would miss that child.
     for signum in _FORWARDED:
-        signal.signal(signum, forward)
+        signal.signal(signum, lambda signum, frame: received.append(signum))
     for process_id in range(processes):
+        if received:
+            break
         env = process_environment(dict(os.environ), process_id=process_id, processes=processes,
                                   devices_per_process=devices_per_process, coordinator=coordinator)
         children.append(_Process(process_id, command, env))
 
     failed: _Process | None = None
+    forwarded = 0  # signals forwarded: the first asks every process to stop, a second kills them
     stop_deadline = None
     while [child.popen.poll() for child in children].count(None):  # polls every child
+        if len(received) > forwarded:
+            forwarded = len(received)
+            for child in children:
+                child.signal(signal.SIGTERM if forwarded == 1 else signal.SIGKILL)
         if failed is None and not received:
             failed = next((c for c in children if c.popen.returncode not in (None, 0)), None)
             if failed is not None:  # stop the others: they would wait for it forever

@@ -249,9 +249,9 @@ def test_a_signal_to_the_launcher_stops_every_process(tmp_path):
     wait = f"import time; print('up', flush=True); time.sleep(600)  # {marker}"
     launcher = _launch([sys.executable, "-c", wait], _env(str(tmp_path)), 2, 1,
                        str(tmp_path / "launcher.log"))
-    deadline = time.time() + 60
-    while len(_running_with(marker, launcher)) < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    # Both children print once they run the command (a child between fork and exec still has the
+    # launcher's command line, so /proc alone cannot tell that it started).
+    _wait_for(lambda: _output(launcher).count("] up") == 2, launcher, "both processes up", 60)
     assert len(_running_with(marker, launcher)) == 2
     launcher.send_signal(signal.SIGTERM)
     launcher.wait(timeout=60)
