@@ -22,6 +22,8 @@ VOCAB, STEPS, NEW_TOKENS = 61, 12, 16
 TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
             total_ut_steps=3, early_exit_threshold=1.0, hidden_act="silu", max_position_embeddings=128)
+# The inserted JetBlocks' shape in the tiny tests
+JET = dict(jet_heads=2, jet_head_dim=8, jet_v_head_dim=16, jet_conv_kernel=4, jet_generator_reduction=8)
 # Ouro-1.4B's config.json (ByteDance/Ouro-1.4B), written out: hub files are not reachable from CI.
 OURO_1_4B = dict(vocab_size=49152, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
                  num_attention_heads=16, num_key_value_heads=16, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
@@ -228,12 +230,13 @@ def test_ouro_1_4b_parameter_count_equals_the_reference():
 
 
 def test_sleep_one_pass_equals_block_diagonal_forward_and_two_passes_train(tiny):
-    """Ouro with an inserted MLP-free GDN block (fast weights to sleep on; its output projection
+    """Ouro with an inserted MLP-free JetBlock (fast weights to sleep on; its output projection
     moved off zero, as after some training), hard eviction: N = 1 is the plain forward with a
     block-diagonal mask; the all-blocks loop (every layer of every UT step) runs N = 2 with
     gradients."""
     _, path = tiny
-    model = insert_blocks(hf.from_pretrained(str(path), delta_rule_impl="recurrent", ut_steps=2), (1,), "G")
+    model = hf.from_pretrained(str(path), delta_rule_impl="recurrent", ut_steps=2, **JET)
+    model = insert_blocks(model, (1,), "J")
     w_o = model.blocks[1].mixer.w_o
     w_o.set_value(0.3 * jax.random.normal(jax.random.key(0), w_o.get_value().shape))
     assert model.config.layer_groups[1] == range(0, 6)                  # 3 layers x 2 UT steps, all looped
@@ -265,3 +268,36 @@ def test_convert_makes_a_fine_tunable_run_dir(tiny, tmp_path):
     loaded, imported = convert.load_run(str(tmp_path / "run")), hf.from_pretrained(str(path))
     x = jnp.asarray(tokens())
     np.testing.assert_array_equal(np.asarray(loaded(x)[0]), np.asarray(imported(x)[0]))
+
+
+def jetblock_parameters(d, heads, head_dim, v_head_dim, conv, reduction):
+    """Parameters of one MLP-free JetBlock (jet_block.py's tensors + the block's input norm)."""
+    value = heads * v_head_dim
+    return (d + 2 * d * heads * head_dim + 2 * d * value + 2 * d * heads + 2 * heads   # norm, q k, v g, b a, A dt
+            + d * value // reduction + value // reduction * value * conv + value * conv   # dynamic-conv generator
+            + v_head_dim + value * d)                                                   # o_norm, o_proj
+
+
+def test_ouro_with_inserted_jetblocks_starts_as_the_pretrained_ouro(tiny):
+    """The paper's modification, scaled down: 2 MLP-free JetBlocks in the tiny Ouro (the paper: 6
+    in Ouro-1.4B) leave the logits of every UT step unchanged at init."""
+    _, path = tiny
+    model = hf.from_pretrained(str(path), ut_exit="expected", delta_rule_impl="recurrent", **JET)
+    new = insert_blocks(model, (1, 3), "J")
+    assert new.config.pattern == "SJSJ" and new.config.no_mlp_layers == (1, 3) and len(new.blocks) == 4 * 3
+    x = jnp.asarray(tokens())
+    np.testing.assert_array_equal(np.asarray(model(x)[0]), np.asarray(new(x)[0]))
+    count = lambda m: sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
+    assert count(new) - count(model) == 2 * jetblock_parameters(32, 2, 8, 16, 4, 8)
+
+
+def test_ouro_1_4b_with_six_jetblocks_parameter_count():
+    """Six MLP-free JetBlocks of Jet-Nemotron-4B's shape (16 heads x 128, expand_v 2, the width
+    2048 Ouro-1.4B shares) add 6 x 43.1 M = 258,455,232 parameters: 18.0 % of Ouro-1.4B."""
+    from sleep_jax.hf.insert import inserted_config
+    config = hf.model_config({"model_type": "ouro", **OURO_1_4B}, jet_heads=16, jet_head_dim=128,
+                             jet_v_head_dim=256, jet_conv_kernel=4, jet_generator_reduction=8)
+    count = lambda c: sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(hf.abstract_model(c), nnx.Param)))
+    inserted = inserted_config(config, (4, 8, 12, 16, 20, 24), "J")
+    added = count(inserted) - count(config)
+    assert added == 6 * jetblock_parameters(2048, 16, 128, 256, 4, 8) == 258_455_232
