@@ -301,3 +301,4 @@ def test_ouro_1_4b_with_six_jetblocks_parameter_count():
     inserted = inserted_config(config, (4, 8, 12, 16, 20, 24), "J")
     added = count(inserted) - count(config)
     assert added == 6 * jetblock_parameters(2048, 16, 128, 256, 4, 8) == 258_455_232
+    assert round(added / count(config), 3) == 0.180
