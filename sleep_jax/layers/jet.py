@@ -22,7 +22,7 @@ from flax import nnx
 
 from sleep_jax import ops
 from sleep_jax.layers.common import dense_param, make_param
-from sleep_jax.layers.gdn import GDNMixer, decay_params
+from sleep_jax.layers.gdn import DeltaRuleMixer, decay_params
 from sleep_jax.layers.norms import RMSNorm, l2_normalize
 
 
@@ -39,8 +39,8 @@ def dynamic_causal_conv(x: jax.Array, kernels: jax.Array, tail: jax.Array):
     return y, padded[:, steps:]
 
 
-class JetMixer(GDNMixer):
-    """JetBlock mixer; shares GDN's gates (`_gates`) and gated output norm (`_output`).
+class JetMixer(DeltaRuleMixer):
+    """JetBlock mixer; shares GDN's state layout, gates (`_gates`) and gated output norm (`_output`).
 
     `heads` key and value heads (as published: HV = H), `head_dim` K, `v_head_dim` V,
     `conv_kernel` W taps, generator hidden width R = H*V // generator_reduction.
