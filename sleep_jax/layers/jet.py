@@ -12,7 +12,9 @@ The published code (jetai/modeling/hf/dynamic_conv.py) flattens the generator ou
 the tap index w innermost; W_gen2 [R, HV, V, W] and b_gen2 [HV, V, W] keep that order. Its decode
 cache holds the last W value inputs, but the oldest is rolled out before the sum, so only W-1 are
 needed: the recurrent state is GDN's, {"S": [B, HV, K, V] float32, "conv": [B, W-1, HV*V]}, and
-crosses windows and passes exactly as a GDN layer's does.
+crosses windows and passes exactly as a GDN layer's does. Every span, not only the first, reads
+the tail it is given (the published `_forward_naive` ignores an existing cache; its Triton cache
+path does not), so a sequence read in pieces equals the sequence read whole.
 """
 import math
 
