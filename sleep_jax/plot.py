@@ -1,6 +1,6 @@
 """Plots of exact-match accuracy (and held-out loss) by difficulty, from ``eval.json`` files.
 
-    python -m sleep_jax.plot runs/n1 runs/n2 runs/n4 --out=fig.png [--title=...] [--labels=a,b,c]
+    python -m sleep_jax.plot runs/n1 runs/n2 runs/n4 --out=fig.png [--title=...] [--labels=a,b,c] [--table]
 
 draws one line per number of sleep passes (labelled ``N = <passes>``, or by ``--labels``) over the
 difficulty buckets (``t=0, t=1, ...``), like the paper's figures, in a panel for accuracy and,
@@ -69,6 +69,20 @@ def merge_by_label(results: Sequence[Mapping], labels: Sequence[str] | None = No
             for label, buckets in values_by_label(results, labels, key).items()}
 
 
+def summary_table(results: Sequence[Mapping], labels: Sequence[str] | None = None,
+                  key: str = "by_difficulty") -> str:
+    """A markdown table of ``key``: one row per label, one column per bucket, each cell
+    ``mean ± standard deviation (number of runs)``."""
+    values = values_by_label(results, labels, key)
+    buckets = sorted({b for by_bucket in values.values() for b in by_bucket}, key=bucket_order)
+    lines = ["| " + " | ".join([PANELS.get(key, key), *buckets]) + " |", "|" + " --- |" * (len(buckets) + 1)]
+    for label, by_bucket in values.items():
+        cells = [f"{np.mean(by_bucket[b]):.3f} ± {np.std(by_bucket[b]):.3f} ({len(by_bucket[b])})"
+                 if b in by_bucket else "" for b in buckets]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
 def plot_runs(results: Sequence[Mapping], out: str, *, labels: Sequence[str] | None = None,
               title: str | None = None) -> str:
     """Draws each of ``PANELS`` the results hold by difficulty, one line per label (mean, error bar
@@ -110,11 +124,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("run_dirs", nargs="+", help="run directories holding eval.json")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--table", action="store_true", help="also print markdown tables (mean ± std over runs)")
     parser.add_argument("--labels", default=None, help="comma-separated, one label per run directory")
     args = parser.parse_args(argv)
     results = [load_eval(d) for d in args.run_dirs]
     labels = args.labels.split(",") if args.labels else None
     print(plot_runs(results, args.out, labels=labels, title=args.title))
+    if args.table:
+        for key in PANELS:
+            if any(key in r for r in results):
+                print(summary_table(results, labels, key))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sleep_jax.plot import bucket_order, load_eval, main, merge_by_label, plot_runs
+from sleep_jax.plot import bucket_order, load_eval, main, merge_by_label, plot_runs, summary_table
 
 
 def write_run(path, passes, by_difficulty):
@@ -47,6 +47,7 @@ def test_loss_by_difficulty_gets_its_own_panel_and_seeds_their_spread(tmp_path):
     runs = [{"passes": 1, "by_difficulty": {"k=1": 0.5}, "loss_by_difficulty": {"k=1": 2.0}},
             {"passes": 1, "by_difficulty": {"k=1": 0.7}, "loss_by_difficulty": {"k=1": 1.0}}]
     assert merge_by_label(runs, key="loss_by_difficulty") == {"N = 1": {"k=1": 1.5}}
+    assert summary_table(runs).splitlines()[2] == "| N = 1 | 0.600 ± 0.100 (2) |"
     out = plot_runs(runs, str(tmp_path / "two_panels.png"))
     one_panel = plot_runs([{"passes": 1, "by_difficulty": {"k=1": 0.5}}], str(tmp_path / "one_panel.png"))
     from PIL import Image
