@@ -10,9 +10,9 @@ Variants:
   L = 75, T = 375 (300 context + 50 query tokens, padded to whole windows), 10 layers, d = 512,
   batch 128, 100,000 steps: 100,000 x 128 x 375 = 4.8B tokens. Trained on k ~ U[1, 16] hops,
   evaluated (accuracy and held-out loss) at k = 1, 2, 4, 8, 16. The paper's model is
-  "the Jet-Nemotron architecture" (JetBlocks); the JetBlock is not in this tree yet, so the
-  layers alternate attention and plain GDN. Head counts, MLP width and schedule are not in the
-  paper: this project's choices.
+  "the Jet-Nemotron architecture": here attention and JetBlocks (GDN with a dynamic value conv)
+  alternate. Where full and sliding attention sit in the paper's 10 layers, head counts, MLP
+  width and schedule are not in the paper: this project's choices.
 """
 from sleep_jax.train.config import base_config, model_block, sleep_block
 
@@ -29,10 +29,9 @@ def get_config(variant: str = "tiny"):
         config.train.update(steps=1000, batch_size=32, warmup_steps=50, log_every=25,
                             eval_every=0, checkpoint_every=250, eval_batch_size=64)
     else:
-        config.model = model_block(
-            d_model=512, pattern="AG" * 5, attn_heads=8, attn_kv_heads=8, attn_head_dim=64,
-            gdn_heads=4, gdn_v_heads=4, gdn_head_dim=128, gdn_v_head_dim=128,
-            mlp_hidden=2048)
+        config.model = model_block(  # attention and JetBlocks ("J") alternating
+            d_model=512, pattern="AJ" * 5, attn_heads=8, attn_kv_heads=8, attn_head_dim=64,
+            jet_heads=4, jet_head_dim=128, jet_v_head_dim=128, mlp_hidden=2048)
         config.train.update(steps=100_000, batch_size=128, warmup_steps=500, log_every=50,
                             eval_every=2000, checkpoint_every=1000, eval_batch_size=128)
     config.sleep = sleep_block(window=window)
