@@ -19,7 +19,8 @@ with the number of runs in `kinds`, not with the number of windows, and not with
 Eviction: "hard": a token attends causally within its window only. "sliding": a token attends to
 the most recent L tokens (the previous window's keys/values are those of its final pass).
 
-Remat (`jax.checkpoint`, policy `nothing_saveable` at the chosen boundary):
+Remat (`jax.checkpoint`, policy `nothing_saveable` at the chosen boundary), planned once per
+`SleepConfig.remat` (`REMAT_PLANS`):
 - "none": every pass's activations are kept for the backward pass;
 - "pass": each pass is rematerialised, so each pass costs only its carry in memory;
 - "window": each window is rematerialised, so only window-entry carries are kept across windows
@@ -27,20 +28,60 @@ Remat (`jax.checkpoint`, policy `nothing_saveable` at the chosen boundary):
 - "sqrt": the (window, pass) steps of a run of n consolidation windows run as an outer scan of
   rematerialised groups of ~sqrt(n N) rematerialised passes (`sqrt_group`): O(sqrt(n N)) carries
   for deep sleeps, at about one more forward of recomputation.
+
+Truncated backprop (`truncate_passes = k`, 0 < k < N) cuts depth, not the path through time: the
+first N - k passes of each window run without gradient (no activations kept: they are not
+differentiated at all), and their effect enters as a straight-through update,
+
+    S_after_early = S_entry + stop_gradient(S_early - S_entry)      (same for the hidden states),
+
+so the forward pass is unchanged, d S_after_early / d S_entry = I, and the last k passes are
+differentiated exactly. The gradient thus still reaches every earlier window (through S_entry,
+which carries all of them) and the prelude and embedding (through the hidden states); what is
+dropped is only the early passes' own Jacobian and their parameter gradient. Stopping the gradient
+on the whole state instead (the earlier rule) cut every earlier window off the loss. The identity
+Jacobian is the natural choice here: a pass adds a delta-rule update to S, so S_early - S_entry
+is the early passes' additive contribution, and the identity is the exact Jacobian of S through
+that sum when the update is treated as a constant (as in truncated BPTT with a skip path).
+
+Recurrent-state contract (generic over block kinds): each stateful block's state is a dict; its
+entry `FAST_WEIGHTS` ("S") is carried from pass to pass and window to window; every other entry
+(the conv tail, ...) is a tail of the token sequence, so each pass restarts from its value at
+window entry and only the final pass's value moves on.
 """
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from sleep_jax.layers import EVICTIONS
 
-REMATS = ("none", "pass", "window", "sqrt")
 WINDOW_KINDS = ("C", "P")
 # What a rematerialised pass / window / group of passes keeps for the backward pass: its inputs only.
 REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
+# The entry of a block's recurrent state carried across passes; the others restart every pass.
+FAST_WEIGHTS = "S"
+
+
+@dataclasses.dataclass(frozen=True)
+class RematPlan:
+    """Where sleep places `jax.checkpoint` boundaries (one plan per `SleepConfig.remat`)."""
+    each_pass: bool      # every pass of the looped segment is rematerialised
+    each_window: bool    # every window is rematerialised (its passes nested in a scan over windows)
+    sqrt_groups: bool    # the (window, pass) steps run as checkpointed groups of ~sqrt(steps)
+
+
+REMAT_PLANS = {
+    "none": RematPlan(each_pass=False, each_window=False, sqrt_groups=False),
+    "pass": RematPlan(each_pass=True, each_window=False, sqrt_groups=False),
+    "window": RematPlan(each_pass=False, each_window=True, sqrt_groups=False),
+    "sqrt": RematPlan(each_pass=True, each_window=False, sqrt_groups=True),
+}
+REMATS = tuple(REMAT_PLANS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +91,8 @@ class SleepConfig:
     window: int = 24           # L: tokens per window (the attention span)
     eviction: str = "hard"     # "hard" | "sliding"
     remat: str = "none"        # "none" | "pass" | "window" | "sqrt"
-    truncate_passes: int = 0   # 0: backprop through all passes; k > 0: only through the last k of each sleep
+    truncate_passes: int = 0   # 0 (or >= N): differentiate every pass; 0 < k < N: only the last k of each
+                               # window, the earlier ones entering straight-through (module docstring)
 
     def __post_init__(self):
         if int(self.passes) < 1:
@@ -63,6 +105,15 @@ class SleepConfig:
             raise ValueError(f"sleep.remat={self.remat!r} must be one of {REMATS}")
         if int(self.truncate_passes) < 0:
             raise ValueError(f"sleep.truncate_passes >= 0 required, got {self.truncate_passes}")
+
+    @property
+    def remat_plan(self) -> RematPlan:
+        return REMAT_PLANS[self.remat]
+
+    @property
+    def differentiated_passes(self) -> int:
+        """Passes per consolidation window that the gradient goes through (the last ones)."""
+        return self.truncate_passes if 0 < self.truncate_passes < self.passes else self.passes
 
 
 def kinds_from_mask(loss_mask, window: int) -> str:
@@ -87,9 +138,12 @@ def window_runs(kinds: str) -> list[tuple[str, int, int]]:
 
 # ---- scans ---------------------------------------------------------------------------------
 
-def _stop_gradient_where(condition, tree):
-    """tree, with its gradient cut where the traced bool `condition` holds."""
-    return jax.tree.map(lambda x: jnp.where(condition, jax.lax.stop_gradient(x), x), tree)
+def _straight_through(before, after):
+    """`after` in the forward pass, with the gradient of `before` (d after / d before = I); pytrees.
+
+    Written as stop_gradient(after) + (before - stop_gradient(before)), so the forward value is
+    exactly `after`."""
+    return jax.tree.map(lambda b, a: jax.lax.stop_gradient(a) + (b - jax.lax.stop_gradient(b)), before, after)
 
 
 def _tree_where(condition, on_true, on_false):
@@ -176,86 +230,123 @@ def run_layers_once(model, hidden, first, layers, state: dict, past: dict, *, sl
         h, state, kv = model.apply_blocks(h, positions, state, layers, **_attention_kwargs(positions, past, sleep))
         return (state, {**past, **kv} if sliding else past), h
 
-    if sleep.remat == "window":
+    if sleep.remat_plan.each_window:
         one_window = _checkpoint(one_window)
     indices = first + jnp.arange(hidden.shape[0], dtype=jnp.int32)
     (state, past), hidden = jax.lax.scan(one_window, (state, past), (hidden, indices))
     return hidden, state, past
 
 
+class SleepCarry(NamedTuple):
+    """The carry of the (window, pass) scan of `sleep_segment`.
+
+    hidden: [B, L, D] the hidden states the latest pass wrote (the next pass of the window reads them).
+    state: {layer: recurrent state} of the looped segment's stateful blocks; its tails (every entry
+      but FAST_WEIGHTS) hold their value at window entry until the window's final pass.
+    window_past: {layer: {"k", "v"}} the keys/values the current window attends to (sliding; else {}).
+    latest_kv: {layer: {"k", "v"}} the keys/values the latest pass wrote (sliding; else {}).
+    outputs: [n, B, L, D] each window's final-pass hidden states, or None when they are not kept.
+    """
+    hidden: jax.Array
+    state: dict
+    window_past: dict
+    latest_kv: dict
+    outputs: jax.Array | None
+
+
+def _restore_tails(new_state: dict, window_entry_state: dict, keep_new_tails) -> dict:
+    """new_state with every entry but FAST_WEIGHTS put back to its window-entry value, unless the
+    traced bool `keep_new_tails` holds (the window's final pass)."""
+    return {name: {key: value if key == FAST_WEIGHTS
+                   else jnp.where(keep_new_tails, value, window_entry_state[name][key])
+                   for key, value in layer.items()}
+            for name, layer in new_state.items()}
+
+
 def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepConfig, keep_outputs: bool):
-    """N passes of the looped segment over each of n consecutive consolidation windows.
+    """N passes of the looped segment over each of `count` consecutive consolidation windows.
 
-    Pass n of a window reads the hidden states pass n-1 wrote (pass 0 reads `entry`), carries S
-    across passes and windows, and starts from the conv tail the window was entered with.
+    Pass p of a window reads the hidden states pass p-1 wrote (pass 0 reads `entry`), carries the
+    fast weights across passes and windows, and starts from the tails the window was entered with.
 
-    The n x N (window, pass) steps are one flat `lax.scan`, so with remat "pass" each step keeps
-    exactly its carry for the backward pass (no per-window copies of stacked residuals); "sqrt"
-    splits that scan into checkpointed groups of ~sqrt(n N) checkpointed passes (O(sqrt(n N))
-    carries; with a coda, each group also keeps the [n, B, L, D] buffer of final-pass outputs);
-    "window" nests a scan over passes inside a checkpointed scan over windows.
+    The (window, differentiated pass) steps are one flat `lax.scan` over a `SleepCarry`, so with
+    remat "pass" each step keeps exactly its carry for the backward pass; "sqrt" splits that scan
+    into checkpointed groups of ~sqrt(steps) checkpointed passes (with a coda, each group also
+    keeps the [count, B, L, D] buffer of final-pass outputs); "window" nests a scan over passes
+    inside a checkpointed scan over windows. With truncation, a window's first step also runs its
+    undifferentiated passes (a scan on stop-gradient parameters) and enters their effect
+    straight-through (module docstring).
 
     Args:
-      entry: [n, B, L, D] segment inputs (the prelude's outputs) of windows first, first+1, ...
+      entry: [count, B, L, D] segment inputs (the prelude's outputs) of windows first, first+1, ...
       state, past: at entry. keep_outputs: also return the final pass's hidden states.
     Returns:
-      (final-pass outputs [n, B, L, D] or None, state, past updated for the segment's blocks).
+      (final-pass outputs [count, B, L, D] or None, state, past updated for the segment's blocks).
     """
     _, segment, _ = model.config.layer_groups
-    passes, count = sleep.passes, entry.shape[0]
+    plan = sleep.remat_plan
+    count = entry.shape[0]
+    differentiated = sleep.differentiated_passes
+    undifferentiated = sleep.passes - differentiated
     sliding = sleep.eviction == "sliding"
-    looped = model.gdn_layers(segment)
-    cut = passes - sleep.truncate_passes if 0 < sleep.truncate_passes < passes else None
+    graphdef, params = nnx.split(model)
 
-    def one_pass(hidden, looped_state, past, positions):
+    def one_pass(hidden, looped_state, window_past, positions):
         return model.apply_blocks(hidden, positions, looped_state, segment,
-                                  **_attention_kwargs(positions, past, sleep))
+                                  **_attention_kwargs(positions, window_past, sleep))
 
-    if sleep.remat in ("pass", "sqrt"):
+    def undifferentiated_passes(hidden, looped_state, window_past, positions):
+        """The window's first N - k passes, not differentiated, entered straight-through."""
+        frozen = nnx.merge(graphdef, jax.lax.stop_gradient(params))
+        window_past = jax.lax.stop_gradient(window_past)
+
+        def frozen_pass(carry, _):
+            h, s = carry
+            h, new_state, _ = frozen.apply_blocks(h, positions, s, segment,
+                                                  **_attention_kwargs(positions, window_past, sleep))
+            return (h, _restore_tails(new_state, s, False)), None
+
+        start = jax.lax.stop_gradient((hidden, looped_state))
+        end, _ = jax.lax.scan(frozen_pass, start, None, length=undifferentiated)
+        return _straight_through((hidden, looped_state), end)
+
+    if plan.each_pass:
         one_pass = _checkpoint(one_pass)
-    flat = sleep.remat != "window"
 
-    def step(carry, index):
-        window, n = index // passes, index % passes
-        recurrent = {key: carry[key] for key in ("hidden", "state", "past", "kv") if key in carry}
-        if cut is not None:  # truncated backprop: no gradient into the passes before the last k
-            recurrent = _stop_gradient_where(n == cut, recurrent)
-        hidden = jnp.where(n == 0, jax.lax.dynamic_index_in_dim(entry, window, keepdims=False), recurrent["hidden"])
-        window_past = _tree_where(n == 0, recurrent["kv"], recurrent["past"]) if sliding else past
+    def step(carry: SleepCarry, index) -> SleepCarry:
+        window, pass_index = index // differentiated, index % differentiated
+        window_start, final_pass = pass_index == 0, pass_index == differentiated - 1
+        hidden = jnp.where(window_start, jax.lax.dynamic_index_in_dim(entry, window, keepdims=False), carry.hidden)
+        window_past = _tree_where(window_start, carry.latest_kv, carry.window_past)
         positions = _positions(first + window, sleep)
-        hidden, new_state, kv = one_pass(hidden, recurrent["state"], window_past, positions)
-        # Every pass restarts from the conv tail at window entry; the last pass's tail moves on.
-        new_state = {name: {"S": new_state[name]["S"],
-                            "conv": jnp.where(n == passes - 1, new_state[name]["conv"],
-                                              recurrent["state"][name]["conv"])} for name in looped}
-        out = {"hidden": hidden, "state": new_state}
-        if sliding:
-            out.update(past=window_past, kv=kv)
-        if "outputs" in carry:
-            kept = jax.lax.dynamic_index_in_dim(carry["outputs"], window, keepdims=False)
-            out["outputs"] = jax.lax.dynamic_update_index_in_dim(
-                carry["outputs"], jnp.where(n == passes - 1, hidden, kept), window, 0)
-        return out
+        looped_state = carry.state
+        if undifferentiated:
+            hidden, looped_state = jax.lax.cond(window_start, undifferentiated_passes,
+                                                lambda h, s, *_: (h, s), hidden, looped_state, window_past, positions)
+        hidden, new_state, kv = one_pass(hidden, looped_state, window_past, positions)
+        outputs = carry.outputs
+        if outputs is not None:
+            kept = jax.lax.dynamic_index_in_dim(outputs, window, keepdims=False)
+            outputs = jax.lax.dynamic_update_index_in_dim(outputs, jnp.where(final_pass, hidden, kept), window, 0)
+        return SleepCarry(hidden=hidden, state=_restore_tails(new_state, carry.state, final_pass),
+                          window_past=window_past, latest_kv=kv if sliding else {}, outputs=outputs)
 
-    carry = {"hidden": jnp.zeros_like(entry[0]), "state": {name: state[name] for name in looped}}
-    if sliding:
-        segment_past = {name: past[name] for name in model.attention_layers(segment)}
-        carry.update(past=segment_past, kv=segment_past)
-    indices = jnp.arange(count * passes, dtype=jnp.int32)
-    if flat:
-        if keep_outputs:
-            carry["outputs"] = jnp.zeros_like(entry)
-        carry = scan_steps(step, carry, indices, sqrt_groups=sleep.remat == "sqrt")
-        outputs = carry.pop("outputs", None)
-    else:
+    segment_past = {name: past[name] for name in model.attention_layers(segment)} if sliding else {}
+    carry = SleepCarry(hidden=jnp.zeros_like(entry[0]), state={name: state[name] for name in model.gdn_layers(segment)},
+                       window_past=segment_past, latest_kv=segment_past,
+                       outputs=jnp.zeros_like(entry) if keep_outputs and not plan.each_window else None)
+    indices = jnp.arange(count * differentiated, dtype=jnp.int32)
+    if plan.each_window:
         def one_window(carry, window_indices):
             carry = scan_steps(step, carry, window_indices)
-            return carry, (carry["hidden"] if keep_outputs else None)
+            return carry, (carry.hidden if keep_outputs else None)
 
         carry, outputs = jax.lax.scan(_checkpoint(one_window, prevent_cse=True), carry,
-                                      indices.reshape(count, passes))
-    state = {**state, **carry["state"]}
-    return outputs, state, ({**past, **carry["kv"]} if sliding else past)
+                                      indices.reshape(count, differentiated))
+    else:
+        carry = scan_steps(step, carry, indices, sqrt_groups=plan.sqrt_groups)
+        outputs = carry.outputs
+    return outputs, {**state, **carry.state}, {**past, **carry.latest_kv}
 
 
 def consolidate_run(model, tokens, first, state: dict, past: dict, *, sleep: SleepConfig):
@@ -344,7 +435,7 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
         logits, state, kv = predict(model, tok, index, state, past, sleep=sleep)
         return (state, kv), score(logits, tgt, msk)
 
-    if sleep.remat == "window":
+    if sleep.remat_plan.each_window:
         prediction_window = _checkpoint(prediction_window)
 
     carry = (model.init_state(batch), initial_past(model, batch, sleep))
@@ -361,11 +452,16 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(batch, steps, *x.shape[3:]), stacked)
 
 
-def _token_scores(logits, targets, mask):
+def _prediction_scores(logits, targets, mask):
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return {"nll": (log_z - target_logit) * mask, "correct": correct * mask, "mask": mask}
+    return {"predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32), "nll": log_z - target_logit}
+
+
+def _token_scores(logits, targets, mask):
+    scores = _prediction_scores(logits, targets, mask)
+    correct = (scores["predictions"] == targets).astype(jnp.float32)
+    return {"nll": scores["nll"] * mask, "correct": correct * mask, "mask": mask}
 
 
 def sequence_loss(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str):
@@ -395,10 +491,15 @@ def sequence_loss(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str):
     return loss, metrics
 
 
+def sequence_scores(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str) -> dict:
+    """What evaluation scores: `{"predictions": int32 [B, T]` greedy next tokens (position i predicts
+    token i+1), `"nll": float32 [B, T]` cross-entropy (nats) of token i+1}; 0 in consolidation windows."""
+    return _walk_windows(model, tokens, loss_mask, _prediction_scores, sleep=sleep, kinds=kinds)
+
+
 def sequence_predictions(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str) -> jax.Array:
     """Greedy next-token predictions int32 [B, T] (position i predicts token i+1); 0 in consolidation windows."""
-    score = lambda logits, targets, mask: jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return _walk_windows(model, tokens, loss_mask, score, sleep=sleep, kinds=kinds)
+    return sequence_scores(model, tokens, loss_mask, sleep=sleep, kinds=kinds)["predictions"]
 
 
 def sequence_logits(model, tokens, *, sleep: SleepConfig, kinds: str) -> jax.Array:

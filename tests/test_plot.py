@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sleep_jax.plot import bucket_order, load_eval, main, merge_by_label, plot_runs
+from sleep_jax.plot import bucket_order, load_eval, main, merge_by_label, plot_runs, summary_table
 
 
 def write_run(path, passes, by_difficulty):
@@ -41,3 +41,14 @@ def test_runs_with_the_same_passes_merge_into_one_line():
             {"passes": 2, "by_difficulty": {"t=1": 0.9}}, {"passes": 2, "by_difficulty": {"t=1": 0.7}}]
     assert merge_by_label(runs) == {"N = 1": {"t=1": 0.4, "t=2": 0.1}, "N = 2": {"t=1": 0.8}}
     assert list(merge_by_label(runs, labels=["a", "b", "a", "b"])) == ["a", "b"]
+
+
+def test_loss_by_difficulty_gets_its_own_panel_and_seeds_their_spread(tmp_path):
+    runs = [{"passes": 1, "by_difficulty": {"k=1": 0.5}, "loss_by_difficulty": {"k=1": 2.0}},
+            {"passes": 1, "by_difficulty": {"k=1": 0.7}, "loss_by_difficulty": {"k=1": 1.0}}]
+    assert merge_by_label(runs, key="loss_by_difficulty") == {"N = 1": {"k=1": 1.5}}
+    assert summary_table(runs).splitlines()[2] == "| N = 1 | 0.600 ± 0.100 (2) |"
+    out = plot_runs(runs, str(tmp_path / "two_panels.png"))
+    one_panel = plot_runs([{"passes": 1, "by_difficulty": {"k=1": 0.5}}], str(tmp_path / "one_panel.png"))
+    from PIL import Image
+    assert Image.open(out).width > 1.5 * Image.open(one_panel).width

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from sleep_jax.model import HybridModel, ModelConfig
-from sleep_jax.sleep import (SleepConfig, consolidate, initial_past, kinds_from_mask, predict, scan_steps,
+from sleep_jax.sleep import (SleepConfig, consolidate, consolidate_run, initial_past, kinds_from_mask, predict, scan_steps,
                              sequence_logits, sequence_loss, sequence_predictions, sqrt_group, window_runs)
 
 WINDOW = 4
@@ -243,21 +243,29 @@ def test_train_step_traces_one_scan_over_passes_and_compiles_as_fast_at_n8(gdn_t
     assert seconds[8] <= 1.5 * seconds[2], seconds
 
 
-def test_truncated_backprop_keeps_only_the_last_passes():
-    model = tiny_model(pattern="G")
-    x = tokens(2, WINDOW)
-    entry = jax.tree.map(lambda a: a + 0.1, model.init_state(2))
+def test_truncated_backprop_still_reaches_the_first_window():
+    """With truncate_passes on, the forward pass is unchanged and the gradient of the state after
+    three sleeping windows still reaches the embeddings of tokens seen only in the first window
+    (the earlier rule, a stop-gradient on the whole state, cut them off), through the fast weights."""
+    model = tiny_model(pattern="AG")
+    first_window = jnp.arange(1, 1 + WINDOW, dtype=jnp.int32)                 # tokens 1..4 only here
+    later = jax.random.randint(jax.random.key(1), (2 * WINDOW,), 5, 13, dtype=jnp.int32)
+    x = jnp.tile(jnp.concatenate([first_window, later])[None], (2, 1)).reshape(2, 3, WINDOW).swapaxes(0, 1)
+    graphdef, params = nnx.split(model)
 
-    def final_state(truncate, entry):
-        sleep = SleepConfig(passes=3, window=WINDOW, truncate_passes=truncate)
-        state, _ = consolidate(model, x, 0, entry, {}, sleep=sleep)
-        return state["layer0"]["S"]
+    def final_fast_weights(params, truncate):
+        sleep = SleepConfig(passes=3, window=WINDOW, eviction="sliding", truncate_passes=truncate)
+        model = nnx.merge(graphdef, params)
+        past = initial_past(model, 2, sleep)
+        state, _ = consolidate_run(model, x, 0, model.init_state(2), past, sleep=sleep)
+        return jnp.sum(state["layer1"]["S"] ** 2)
 
-    results = {k: jax.jit(jax.value_and_grad(lambda e, k=k: jnp.sum(final_state(k, e))))(entry) for k in (0, 2)}
-    np.testing.assert_array_equal(results[0][0], results[2][0])  # the forward pass is unchanged
-    grad = {k: g["layer0"]["S"] for k, (_, g) in results.items()}
-    assert float(jnp.max(jnp.abs(grad[0]))) > 1e-6
-    assert not np.any(grad[2])  # gradient stops before the last 2 of 3 passes
+    results = {k: jax.jit(jax.value_and_grad(final_fast_weights), static_argnums=1)(params, k) for k in (0, 1)}
+    np.testing.assert_array_equal(results[0][0], results[1][0])               # the forward pass is unchanged
+    embedding = {k: np.asarray(jax.tree.leaves(g["embedding"])[0]) for k, (_, g) in results.items()}
+    assert np.all(np.abs(embedding[1][1:1 + WINDOW]).sum(axis=1) > 1e-6)     # the first window's tokens
+    assert not np.allclose(embedding[1], embedding[0])                        # an approximation of the full gradient
+    assert [SleepConfig(passes=3, truncate_passes=k).differentiated_passes for k in (0, 1, 3)] == [3, 1, 3]
 
 
 def test_predictions_are_the_argmax_of_prediction_windows():

@@ -1,6 +1,6 @@
 """Memory and time of one loss+grad step as the sleep deepens; one JSON line per (passes, remat).
 
-    python -m sleep_jax.bench.sleep [--passes=1,2,4,8] [--remat=none,pass,window] [--batch=8]
+    python -m sleep_jax.bench.sleep [--passes=1,2,4,8] [--remat=none,pass,window] [--truncate_passes=0,1] [--batch=8]
         [--window=64] [--sleeping_windows=3] [--d_model=128]
 
 Each setting builds a small hybrid model (pattern AGAG) and a sequence of `sleeping_windows`
@@ -68,7 +68,7 @@ def measure(model: HybridModel, *, batch: int, sleep: SleepConfig, sleeping_wind
     tokens = jnp.asarray(rng.integers(0, model.config.vocab_size, (batch, steps)), jnp.int32)
     loss_mask = jnp.zeros((batch, steps), jnp.int32).at[:, -sleep.window:-1].set(1)
     compiled, args, compile_s = compile_step(model, tokens, loss_mask, sleep, kinds)
-    record = {"passes": sleep.passes, "remat": sleep.remat, "peak_bytes": peak_bytes(compiled),
+    record = {"passes": sleep.passes, "remat": sleep.remat, "truncate_passes": sleep.truncate_passes, "peak_bytes": peak_bytes(compiled),
               "carry_bytes": carry_bytes(model, batch, sleep, kinds), "compile_s": round(compile_s, 3),
               "batch": batch, "window": sleep.window, "kinds": kinds, "backend": jax.default_backend()}
     if run:
@@ -85,6 +85,7 @@ def measure(model: HybridModel, *, batch: int, sleep: SleepConfig, sleeping_wind
 FLAGS = flags.FLAGS
 flags.DEFINE_list("passes", ["1", "2", "4", "8"], "Numbers of passes N to measure.")
 flags.DEFINE_list("remat", ["none", "pass", "window"], "Remat settings to measure.")
+flags.DEFINE_list("truncate_passes", ["0"], "sleep.truncate_passes values to measure (0: full backprop).")
 flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_integer("window", 64, "Window length L.")
 flags.DEFINE_integer("sleeping_windows", 3, "Consolidation windows before the prediction window.")
@@ -97,10 +98,11 @@ def main(argv):
     del argv
     model = HybridModel(bench_model_config(FLAGS.d_model, FLAGS.impl), rngs=nnx.Rngs(0))
     for remat in FLAGS.remat:
-        for passes in FLAGS.passes:
-            sleep = SleepConfig(passes=int(passes), window=FLAGS.window, remat=remat)
-            print(json.dumps(measure(model, batch=FLAGS.batch, sleep=sleep, sleeping_windows=FLAGS.sleeping_windows,
-                                     repeats=FLAGS.repeats)), flush=True)
+        for truncate in FLAGS.truncate_passes:
+            for passes in FLAGS.passes:
+                sleep = SleepConfig(passes=int(passes), window=FLAGS.window, remat=remat, truncate_passes=int(truncate))
+                print(json.dumps(measure(model, batch=FLAGS.batch, sleep=sleep,
+                                         sleeping_windows=FLAGS.sleeping_windows, repeats=FLAGS.repeats)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Depo: multi-hop retrieval on a directed cycle (Physics of Language Models 4.1, sleep-paper layout).
 
-Each example is a directed cycle over n nodes (`min_nodes <= n <= nodes`), each node a
-single-token name drawn without replacement from `N0 .. N{name_count-1}`. Word-level tokens:
+Each example is a directed cycle over n nodes, n drawn uniformly from [`min_nodes`, `nodes`] (the
+paper: cycles of at most 75 nodes, shorter ones left-padded), each node a single-token name drawn
+without replacement from `N0 .. N{name_count-1}`. Word-level tokens:
 
     context (consolidated): <pad> ... <pad> N7 -> N31 ; N2 -> N7 ; ...   edges in shuffled order,
                             4 tokens each, left-padded to ceil(4 * nodes / window) windows
     queries (predicted):    ? N2 +4 : N40 ? N9 +1 : N12 ...             `queries` of 5 tokens each,
                             "k hops after X: Y", right-padded to whole windows
 
-Paper scale: nodes = 75, window L = 75: 300 edge tokens = 4 windows, then 10 queries in 50 tokens
+Paper scale: nodes = 75, window L = 75: up to 300 edge tokens = 4 windows, then 10 queries in 50 tokens
 (at most 60), padded to one more window of 75, so T = 375 and kinds = "CCCCP". (The issue's
 T = 360 = 300 + 60 is not a whole number of 75-token windows; the last window is padded instead.)
 
@@ -31,7 +32,7 @@ QUERY_TOKENS = 5   # ? X +k : Y
 ANSWER_OFFSET = 3  # the ':' of a query, whose logits predict Y
 DEFAULTS = {
     "nodes": 75,           # most nodes in a cycle (sets the context length)
-    "min_nodes": 75,       # fewest nodes; n is drawn uniformly from [min_nodes, nodes]
+    "min_nodes": 2,        # fewest nodes; n is drawn uniformly from [min_nodes, nodes] (the paper: "at most")
     "name_count": 100,     # node names N0..N{name_count-1}, each one token
     "window": 75,          # L
     "queries": 10,
@@ -39,7 +40,7 @@ DEFAULTS = {
     "eval_hops": (1, 2, 4, 8, 16),
     "eval_examples": 1000,  # eval_examples * queries must be a multiple of len(eval_hops)
 }
-TINY = {"nodes": 16, "min_nodes": 16, "name_count": 32, "window": 20, "queries": 4,
+TINY = {"nodes": 16, "min_nodes": 2, "name_count": 32, "window": 20, "queries": 4,
         "hops_train": tuple(range(1, 9)), "eval_hops": (1, 2, 4, 8), "eval_examples": 256}
 
 

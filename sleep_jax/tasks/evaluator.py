@@ -8,8 +8,9 @@ Its features say which positions belong to which unit and how hard each unit is:
   `i` predict token `i + 1`), -1 elsewhere. Equals `loss_mask - 1` where `loss_mask` is 0.
 - `difficulty int32[A]`: the difficulty value of each unit, named `<bucket>=<value>` in results.
 
-A unit is right when every one of its positions is predicted exactly. Units with no scored position
-(e.g. the all-padding examples that fill the last eval batch) are not counted.
+A unit is right when every one of its positions is predicted exactly; its loss is the mean
+next-token cross-entropy (nats) over its positions. Units with no scored position (e.g. the
+all-padding examples that fill the last eval batch) are not counted.
 """
 from __future__ import annotations
 
@@ -29,20 +30,26 @@ class ExactMatchEvaluator:
         self.bucket = bucket
         self._right: dict[int, int] = {}
         self._total: dict[int, int] = {}
+        self._loss: dict[int, float] = {}
+        self._units_without_loss = 0
         self._examples = 0
 
-    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray) -> None:
+    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray, nll: np.ndarray | None = None) -> None:
         """Scores one batch.
 
         Args:
           batch: numpy arrays `tokens int[B, T]`, `answer_id int[B, T]`, `difficulty int[B, A]`.
           predictions: `int[B, T]`, the greedy token predicted at each position (for token i+1).
+          nll: optional `float[B, T]`, the cross-entropy (nats) of token i+1 at each position; when
+            given for every batch, the result holds the loss overall and by difficulty.
         """
         tokens, answer_id, difficulty = (np.asarray(batch[k]) for k in ("tokens", "answer_id", "difficulty"))
         predictions = np.asarray(predictions)
         if predictions.shape != tokens.shape or answer_id.shape != tokens.shape:
             raise ValueError(f"predictions {predictions.shape} and batch['answer_id'] {answer_id.shape} "
                              f"must have the shape of batch['tokens'] {tokens.shape}")
+        if nll is not None and np.shape(nll) != tokens.shape:
+            raise ValueError(f"nll {np.shape(nll)} must have the shape of batch['tokens'] {tokens.shape}")
         if difficulty.ndim != 2 or difficulty.shape[0] != tokens.shape[0]:
             raise ValueError(f"batch['difficulty'] must be [B, A] with B={tokens.shape[0]}, "
                              f"got {difficulty.shape}")
@@ -61,15 +68,29 @@ class ExactMatchEvaluator:
         for value, is_right in zip(difficulty[present].tolist(), (~wrong[present]).tolist()):
             self._total[value] = self._total.get(value, 0) + 1
             self._right[value] = self._right.get(value, 0) + is_right
+        if nll is not None:
+            unit_loss, unit_positions = np.zeros(present.shape), np.zeros(present.shape)
+            np.add.at(unit_loss, (rows, unit), np.asarray(nll, np.float64)[rows, cols])
+            np.add.at(unit_positions, (rows, unit), 1.0)
+            for value, loss in zip(difficulty[present].tolist(), (unit_loss[present] / unit_positions[present]).tolist()):
+                self._loss[value] = self._loss.get(value, 0.0) + loss
+        else:
+            self._units_without_loss += int(present.sum())
         self._examples += int(present.any(axis=1).sum())
 
     def result(self) -> dict:
-        """`{"accuracy", "by_difficulty": {"<bucket>=<value>": accuracy}, "examples", "answers"}`."""
+        """`{"accuracy", "by_difficulty": {"<bucket>=<value>": accuracy}, "examples", "answers"}`, and
+        `"loss"`, `"loss_by_difficulty": {"<bucket>=<value>": mean unit loss}` when every batch had `nll`."""
         answers = sum(self._total.values())
-        return {
+        result = {
             "accuracy": sum(self._right.values()) / answers if answers else 0.0,
             "by_difficulty": {f"{self.bucket}={value}": self._right[value] / self._total[value]
                               for value in sorted(self._total)},
             "examples": self._examples,
             "answers": answers,
         }
+        if answers and not self._units_without_loss:
+            result["loss"] = sum(self._loss.values()) / answers
+            result["loss_by_difficulty"] = {f"{self.bucket}={value}": self._loss[value] / self._total[value]
+                                            for value in sorted(self._total)}
+        return result

@@ -9,7 +9,7 @@ Layout with b bits (window L = b, T = 5b, kinds "CCCCP"):
 Label i is bit 0 (the leftmost character) of state i after t steps of Rule 110 with periodic
 boundary. One answer unit per example: exact match means all four labels right; the evaluator also
 reports per-label accuracy. Training draws t uniformly from `steps`; eval cycles through
-`eval_steps`. Bucket names `t=<t>`. The sequence does not state t, so a model is normally trained
+`eval_steps` (by default the trained t). Bucket names `t=<t>`. The sequence does not state t, so a model is normally trained
 at one t (`steps` of one value, the default); several values make the labels ambiguous.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ STATES = 4
 DEFAULTS = {
     "bits": 24,              # b: bits per state, also the window L
     "steps": (1,),           # training t, drawn uniformly
-    "eval_steps": (0, 1, 2, 3),
+    "eval_steps": (),        # eval t, cycled over the eval split; () = the trained t (`steps`)
     "eval_examples": 1024,   # a multiple of len(eval_steps)
 }
 TINY = {"bits": 8, "eval_examples": 256}
@@ -61,8 +61,8 @@ class Rule110Evaluator(ExactMatchEvaluator):
         self._label_right = np.zeros(STATES, np.int64)
         self._label_total = 0
 
-    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray) -> None:
-        super().add(batch, predictions)
+    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray, nll: np.ndarray | None = None) -> None:
+        super().add(batch, predictions, nll)
         tokens, predictions = np.asarray(batch["tokens"]), np.asarray(predictions)
         real = (np.asarray(batch["answer_id"])[:, self._positions] >= 0).all(axis=1)
         right = predictions[real][:, self._positions] == tokens[real][:, self._positions + 1]
@@ -84,7 +84,8 @@ class Rule110Task(Task):
         self.config = config_lib.merge(self.name, config, DEFAULTS)
         self.bits = config_lib.int_value(self.config, "bits", low=STATES + 1)
         self.steps = config_lib.int_tuple(self.config, "steps", low=0)
-        self.eval_steps = config_lib.int_tuple(self.config, "eval_steps", low=0)
+        self.eval_steps = (self.steps if self.config["eval_steps"] in ((), [])
+                           else config_lib.int_tuple(self.config, "eval_steps", low=0))
         self.eval_examples = config_lib.int_value(self.config, "eval_examples", low=1)
         config_lib.multiple_of("eval_examples", self.eval_examples, len(self.eval_steps),
                                "every eval_steps bucket gets the same number of examples")

@@ -25,14 +25,15 @@ def evaluate(predict: Callable, params: Any, task: Any, *, batch_size: int, seed
     """Scores the task's eval split; returns the evaluator's result dict.
 
     Args:
-      predict: jitted ``(params, {"tokens", "loss_mask"}) -> int32 [B, T]``.
+      predict: jitted ``(params, {"tokens", "loss_mask"}) -> {"predictions": int32 [B, T],
+        "nll": float32 [B, T]}``.
     """
     evaluator = task.evaluator()
     for batch in eval_batches(task, batch_size=batch_size, seed=seed):
-        predictions = predict(params, host_to_global(batch, batch_sharding))
+        scores = predict(params, host_to_global(batch, batch_sharding))
         if jax.process_count() > 1:
-            predictions = multihost_utils.process_allgather(predictions, tiled=True)
-        evaluator.add(batch, np.asarray(predictions))
+            scores = multihost_utils.process_allgather(scores, tiled=True)
+        evaluator.add(batch, np.asarray(scores["predictions"]), nll=np.asarray(scores["nll"]))
     return evaluator.result()
 
 

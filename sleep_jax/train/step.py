@@ -124,7 +124,8 @@ def model_loss_fn(graphdef: nnx.GraphDef, *, sleep: Any, kinds: str) -> LossFn:
 
 
 def model_predict_fn(graphdef: nnx.GraphDef, *, sleep: Any, kinds: str) -> Callable:
-    """``(params, batch) -> int32 [B, T]`` through ``sleep.sequence_predictions``."""
-    from sleep_jax.sleep import sequence_predictions
+    """``(params, batch) -> {"predictions": int32 [B, T], "nll": float32 [B, T]}`` through
+    ``sleep.sequence_scores``."""
+    from sleep_jax.sleep import sequence_scores
 
-    return _on_model(sequence_predictions, graphdef, sleep, kinds)
+    return _on_model(sequence_scores, graphdef, sleep, kinds)

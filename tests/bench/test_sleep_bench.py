@@ -16,9 +16,12 @@ def records():
                          gdn_heads=2, gdn_v_heads=2, gdn_head_dim=16, gdn_v_head_dim=16, mlp_hidden=64,
                          delta_rule_impl="recurrent", chunk_size=16)
     model = HybridModel(config, rngs=nnx.Rngs(0))
-    return {(remat, n): bench.measure(model, batch=2, sleep=SleepConfig(passes=n, window=8, remat=remat),
-                                      sleeping_windows=3, repeats=5, run=remat == "pass")
-            for remat in ("pass", "none") for n in (1, 8)}
+    records = {(remat, n): bench.measure(model, batch=2, sleep=SleepConfig(passes=n, window=8, remat=remat),
+                                         sleeping_windows=3, repeats=5, run=remat == "pass")
+               for remat in ("pass", "none") for n in (1, 8)}
+    records[("none", 8, "truncate 1")] = bench.measure(
+        model, batch=2, sleep=SleepConfig(passes=8, window=8, truncate_passes=1), sleeping_windows=3, run=False)
+    return records
 
 
 def test_records_have_the_reported_fields(records):
@@ -40,3 +43,12 @@ def test_without_remat_memory_grows_far_more(records):
     remat_growth = records[("pass", 8)]["peak_bytes"] - records[("pass", 1)]["peak_bytes"]
     plain_growth = records[("none", 8)]["peak_bytes"] - records[("none", 1)]["peak_bytes"]
     assert plain_growth > 5 * max(remat_growth, records[("pass", 1)]["carry_bytes"]), (plain_growth, remat_growth)
+
+
+def test_truncated_backprop_keeps_only_the_differentiated_passes(records):
+    """truncate_passes = 1 of N = 8, no remat: the 7 undifferentiated passes keep no activations, so
+    the peak is about that of N = 1 and far below N = 8's."""
+    truncated = records[("none", 8, "truncate 1")]
+    assert truncated["truncate_passes"] == 1
+    assert truncated["peak_bytes"] < 1.2 * records[("none", 1)]["peak_bytes"], truncated
+    assert truncated["peak_bytes"] < 0.5 * records[("none", 8)]["peak_bytes"], truncated

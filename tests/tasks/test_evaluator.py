@@ -56,3 +56,21 @@ def test_errors():
     bad[0, -1] = 0
     with pytest.raises(ValueError, match="last position"):
         evaluator.add({**b, "answer_id": bad}, oracle(b["tokens"]))
+
+
+def test_loss_is_the_mean_over_each_units_positions_then_over_units():
+    b = batch()
+    nll = np.zeros((2, 6))
+    nll[0, 1], nll[0, 2] = 1.0, 3.0   # example 0, unit 0 (difficulty 2): mean 2
+    nll[0, 3] = 5.0                   # example 0, unit 1 (difficulty 7)
+    nll[1, 0] = 1.0                   # example 1, unit 0 (difficulty 7)
+    nll[0, 4] = 100.0                 # unscored: no effect
+    evaluator = ExactMatchEvaluator("k")
+    evaluator.add(b, oracle(b["tokens"]), nll=nll)
+    result = evaluator.result()
+    assert result["loss_by_difficulty"] == {"k=2": 2.0, "k=7": 3.0}
+    assert result["loss"] == pytest.approx(8 / 3)
+    evaluator.add(b, oracle(b["tokens"]))  # a batch without nll: no loss is reported
+    assert "loss" not in evaluator.result()
+    with pytest.raises(ValueError, match="nll"):
+        evaluator.add(b, oracle(b["tokens"]), nll=nll[:, :5])

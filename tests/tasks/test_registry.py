@@ -29,7 +29,7 @@ def test_paper_layouts():
     ({"name": "rule110", "bits": 0}, "task.bits must be >= 5, got 0"),
     ({"name": "rule110", "window": 8}, "task.window is not an option of task 'rule110'"),
     ({"name": "rule110", "steps": ()}, "task.steps must be a non-empty tuple of ints"),
-    ({"name": "rule110", "eval_examples": 10}, r"task.eval_examples must be a multiple of 4"),
+    ({"name": "rule110", "eval_steps": (0, 1, 2, 3), "eval_examples": 10}, r"task.eval_examples must be a multiple of 4"),
     ({"name": "depo", "min_nodes": 80}, "task.min_nodes must be <= 75, got 80"),
     ({"name": "depo", "name_count": 50}, "task.name_count must be >= 75, got 50"),
     ({"name": "depo", "eval_hops": (0, 1)}, "task.eval_hops must be >= 1, got 0"),

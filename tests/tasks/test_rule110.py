@@ -26,7 +26,7 @@ def test_brute_force_itself():
 @pytest.mark.parametrize("size", tasks.SIZES)
 def test_labels_match_brute_force(size):
     config = tasks.default_config("rule110", size)
-    config.steps = (0, 1, 2, 3, 7)
+    config.steps, config.eval_steps = (0, 1, 2, 3, 7), (0, 1, 2, 3)
     task = tasks.make(config)
     bits = task.bits
     checked_steps = set()
@@ -56,8 +56,17 @@ def test_scored_positions_predict_the_labels():
     assert set(task.vocab.decode(example["tokens"][scored + 1]).replace(" ", "")) <= {"0", "1"}
 
 
+def test_eval_steps_default_to_the_trained_t():
+    config = tasks.default_config("rule110", "tiny")
+    config.steps = (3,)
+    assert tasks.make(config).eval_steps == (3,)
+    assert tasks.make(tasks.default_config("rule110", "paper")).eval_steps == (1,)   # the task's own default t
+
+
 def test_evaluator_oracle_random_and_one_wrong_label():
-    task = tasks.make(tasks.default_config("rule110", "tiny"))
+    config = tasks.default_config("rule110", "tiny")
+    config.eval_steps = (0, 1, 2, 3)
+    task = tasks.make(config)
     batch = eval_batch(task, 256)
     oracle = oracle_predictions(batch["tokens"])
     evaluator = task.evaluator()

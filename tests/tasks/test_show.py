@@ -19,7 +19,7 @@ def test_json_records():
         assert len(record["states"]) == 4 and all(len(s) == 24 for s in record["states"])
         assert record["text"].endswith("|" + "".join(map(str, record["labels"])))
     (depo,) = [json.loads(line) for line in render("depo", 1, as_json=True)]
-    assert len(depo["edges"]) == 75 and len(depo["queries"]) == 10
+    assert 2 <= len(depo["edges"]) <= 75 and len(depo["queries"]) == 10
     assert set(depo["queries"][0]) == {"start", "k", "answer"}
     (gsm,) = [json.loads(line) for line in render("gsm_infinite", 1, as_json=True)]
     assert isinstance(gsm["answer"], int) and 1 <= gsm["ops"] <= 8

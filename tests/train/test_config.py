@@ -44,6 +44,11 @@ def test_paper_settings():
         (10, 512, 75, 128)
     assert (gsm.sleep.window, gsm.train.batch_size) == (2000, 256)
     assert (r110.train.muon_lr, r110.train.adamw_lr) == (2e-3, 5e-5)
+    # The paper's budgets: Rule 110 at t = 32 for about 5B tokens; Depo 100k steps, with JetBlocks.
+    tokens = {name: c.train.steps * c.train.batch_size * tasks.make(c.task).layout.seq_len
+              for name, c in (("rule110", r110), ("depo", depo))}
+    assert r110.task.steps == (32,) and 4.9e9 < tokens["rule110"] < 5.1e9
+    assert depo.model.pattern == "AJ" * 5 and tokens["depo"] == 4.8e9
 
 
 def _error(config, device_count=1):
