@@ -23,6 +23,11 @@ from sleep_jax.layers.attention import QK_NORMS
 from sleep_jax.layers.common import dense_param, dtype_from_name
 from sleep_jax.ops.delta_rule import CHUNK_SIZES, IMPLS
 
+# Per-layer options of ModelConfig: tuples of layer indices, and tuples of one value per layer
+# (empty = none). A field added here is validated, and shifted by `hf.insert.insert_blocks`.
+LAYER_INDEX_FIELDS = ("nope_layers", "no_mlp_layers", "moe_layers")
+LAYER_VALUE_FIELDS = ("layer_windows",)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -77,7 +82,7 @@ class ModelConfig:
             object.__setattr__(self, "pattern", "".join(self.pattern))
         qk_norm = {True: "head", False: None}.get(self.qk_norm, self.qk_norm)
         object.__setattr__(self, "qk_norm", qk_norm)
-        for name in ("nope_layers", "layer_windows", "no_mlp_layers", "moe_layers"):
+        for name in LAYER_INDEX_FIELDS + LAYER_VALUE_FIELDS:
             object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
         for name in ("vocab_size", "d_model", "attn_heads", "attn_kv_heads", "attn_head_dim", "gdn_heads",
                      "gdn_v_heads", "gdn_head_dim", "gdn_v_head_dim", "conv_kernel", "mlp_hidden"):
@@ -104,7 +109,7 @@ class ModelConfig:
             raise ValueError(f"model.rotary_fraction={self.rotary_fraction} must give an even number of rotary "
                              f"channels in (0, attn_head_dim={self.attn_head_dim}], got {rotary}")
         n = len(self.pattern)
-        for name in ("nope_layers", "no_mlp_layers", "moe_layers"):
+        for name in LAYER_INDEX_FIELDS:
             if any(not 0 <= i < n for i in getattr(self, name)):
                 raise ValueError(f"model.{name}={getattr(self, name)} must be layer indices in [0, {n})")
         if self.moe_layers and min(self.moe_experts, self.moe_hidden, self.moe_shared_hidden) < 1:
