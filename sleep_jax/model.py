@@ -66,6 +66,14 @@ class ModelConfig:
     gdn_beta_scale: float = 1.0           # beta = scale * sigmoid(.); 2 allows negative eigenvalues (OLMo)
     gdn_norm_eps: float | None = None     # eps of the GDN output norm (None = norm_eps)
     conv_kernel: int = 4
+    # JetBlock ("J", sleep_jax.layers.jet): H key = value heads, K, V, dynamic-conv taps W,
+    # generator width H*V // reduction, output-norm eps
+    jet_heads: int = 2
+    jet_head_dim: int = 32
+    jet_v_head_dim: int = 64
+    jet_conv_kernel: int = 4
+    jet_generator_reduction: int = 8
+    jet_norm_eps: float = 1e-5
     mlp_hidden: int = 512
     tie_embeddings: bool = True
     dtype: str = "float32"                # compute dtype
@@ -88,6 +96,14 @@ class ModelConfig:
                      "gdn_v_heads", "gdn_head_dim", "gdn_v_head_dim", "conv_kernel", "mlp_hidden"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("jet_heads", "jet_head_dim", "jet_v_head_dim", "jet_conv_kernel", "jet_generator_reduction"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.jet_heads * self.jet_v_head_dim < self.jet_generator_reduction:
+            raise ValueError(f"model.jet_generator_reduction={self.jet_generator_reduction} must be <= jet_heads * "
+                             f"jet_v_head_dim = {self.jet_heads * self.jet_v_head_dim} (the generator width)")
+        if not self.jet_norm_eps > 0:
+            raise ValueError(f"model.jet_norm_eps must be > 0, got {self.jet_norm_eps}")
         if not self.pattern or any(c not in BLOCK_KINDS for c in self.pattern):
             raise ValueError(f"model.pattern={self.pattern!r} must be a non-empty string of {BLOCK_KINDS}")
         if self.loop is not None:

@@ -8,9 +8,10 @@ A family is `Family(model_config, hub_config, tensor_maps)`:
   (those the models' own `save_pretrained` writes).
 """
 import dataclasses
+import math
 from typing import Callable
 
-from sleep_jax.hf.tensors import copy, dense_in, dense_in_interleaved, dense_out, depthwise_conv
+from sleep_jax.hf.tensors import copy, dense_in, dense_in_interleaved, dense_out, depthwise_conv, reshaped
 from sleep_jax.model import ModelConfig
 
 
@@ -272,10 +273,119 @@ def qwen3_next_tensor_maps(c: ModelConfig) -> list:
     return maps
 
 
+# ---- Jet-Nemotron -----------------------------------------------------------------------------
+
+JET_LETTERS = {"jet": "J", "attn": "A", "swa": "A"}
+JET_DEFAULTS = {"num_heads": 6, "head_dim": 256, "expand_v": 2.0, "conv_size": 4, "dconv_generator_reduction": 8,
+                "norm_eps": 1e-5}   # the published JetBlockConfig's
+
+
+def _jet_v_head_dim(jet: dict, model_type: str) -> int:
+    """V = int(head_dim * expand_v), as the published code computes it (and rejects inexact ones)."""
+    expand_v = float(jet["expand_v"])
+    v_head_dim = int(jet["head_dim"] * expand_v)
+    value_dim = int(jet["num_heads"] * jet["head_dim"] * expand_v)
+    if not math.isclose(jet["head_dim"] * expand_v, v_head_dim, rel_tol=1e-5) or value_dim != jet["num_heads"] * v_head_dim:
+        raise ValueError(f"{model_type}: config field efficient_attention_config.jet.expand_v={jet['expand_v']!r} "
+                         f"does not give a whole value head dim (head_dim={jet['head_dim']})")
+    return v_head_dim
+
+
+def jet_nemotron_model_config(hub: dict, **overrides) -> ModelConfig:
+    """`jet_nemotron` (NVlabs/Jet-Nemotron remote code): a Qwen2.5 backbone (q/k/v bias, plain
+    RMSNorm, pre-norm, SwiGLU in every layer) whose `layer_types` are "jet" (JetBlock, "J"),
+    "attn" (full attention) or "swa" (attention with `efficient_attention_config.swa.window_size`)."""
+    model_type = "jet_nemotron"
+    _require(hub, "hidden_act", ("silu",), model_type)
+    _require(hub, "rope_scaling", (None,), model_type)
+    pattern = _pattern(hub, model_type, JET_LETTERS)
+    kinds, efficient = hub["layer_types"], hub.get("efficient_attention_config") or {}
+    fields = {}
+    if "swa" in kinds:
+        window = (efficient.get("swa") or {}).get("window_size")
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"{model_type}: config field efficient_attention_config.swa.window_size={window!r} must "
+                             f"be an integer >= 1 for the swa layers")
+        fields["layer_windows"] = tuple(window if kind == "swa" else 0 for kind in kinds)
+    if "jet" in kinds:
+        jet = {**JET_DEFAULTS, **(efficient.get("jet") or {})}
+        fields.update(jet_heads=jet["num_heads"], jet_head_dim=jet["head_dim"],
+                      jet_v_head_dim=_jet_v_head_dim(jet, model_type), jet_conv_kernel=jet["conv_size"],
+                      jet_generator_reduction=jet["dconv_generator_reduction"], jet_norm_eps=float(jet["norm_eps"]))
+    fields.update(
+        vocab_size=hub["vocab_size"], d_model=hub["hidden_size"], mlp_hidden=hub["intermediate_size"],
+        pattern=pattern, attn_heads=hub["num_attention_heads"], attn_kv_heads=hub["num_key_value_heads"],
+        attn_head_dim=hub.get("head_dim") or hub["hidden_size"] // hub["num_attention_heads"], attn_bias=True,
+        norm_style="plain", rope_theta=float(hub.get("rope_theta", 1e6)),
+        tie_embeddings=bool(hub.get("tie_word_embeddings", True)), norm_eps=hub.get("rms_norm_eps", 1e-6),
+        hf_model_type=model_type)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def _jet_expand_v(c: ModelConfig) -> float:
+    """expand_v = V / K, nudged up by ulps until the published int(K * expand_v) gives V back."""
+    expand_v = c.jet_v_head_dim / c.jet_head_dim
+    while (int(c.jet_head_dim * expand_v) != c.jet_v_head_dim
+           or int(c.jet_heads * c.jet_head_dim * expand_v) != c.jet_heads * c.jet_v_head_dim):
+        expand_v = math.nextafter(expand_v, math.inf)
+    return expand_v
+
+
+def jet_nemotron_hub_config(c: ModelConfig) -> dict:
+    kinds = ["jet" if k == "J" else "swa" if c.layer_window(i) else "attn" for i, k in enumerate(c.pattern)]
+    windows = sorted({c.layer_window(i) for i, kind in enumerate(kinds) if kind == "swa"})
+    windowed_jet = any(c.layer_window(i) for i, k in enumerate(c.pattern) if k == "J")
+    if set(c.pattern) - {"J", "A"} or len(windows) > 1 or windowed_jet:
+        raise ValueError(f"jet_nemotron: model.pattern={c.pattern!r} with model.layer_windows={c.layer_windows} has no "
+                         f"hub form (J and A layers only, one sliding window, on attention layers)")
+    efficient = {"jet": {"mode": "chunk", "num_heads": c.jet_heads, "head_dim": c.jet_head_dim,
+                         "expand_v": _jet_expand_v(c), "conv_size": c.jet_conv_kernel,
+                         "dconv_generator_reduction": c.jet_generator_reduction,
+                         "dconv_implementation": "triton", "norm_eps": c.jet_norm_eps}}
+    if windows:
+        efficient["swa"] = {"window_size": windows[0]}
+    return {
+        "architectures": ["JetNemotronForCausalLM"], "model_type": "jet_nemotron", "torch_dtype": c.param_dtype,
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": len(c.pattern), "layer_types": kinds, "num_attention_heads": c.attn_heads,
+        "num_key_value_heads": c.attn_kv_heads, "head_dim": c.attn_head_dim, "hidden_act": "silu",
+        "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "rope_scaling": None,
+        "tie_word_embeddings": c.tie_embeddings, "efficient_attention_config": efficient}
+
+
+def jet_nemotron_tensor_maps(c: ModelConfig) -> list:
+    maps = _embeddings(c)
+    for i, kind in enumerate(c.pattern):
+        prefix, block = f"model.layers.{i}", ("blocks", i)
+        mixer, p = (*block, "mixer"), f"{prefix}.self_attn"
+        maps += [copy(f"{prefix}.input_layernorm.weight", (*block, "mixer_norm", "scale")),
+                 copy(f"{prefix}.post_attention_layernorm.weight", (*block, "mlp_norm", "scale"))]
+        maps += _swiglu(f"{prefix}.mlp", (*block, "mlp"))
+        if kind == "J":
+            generator = f"{p}.dynamic_conv1d.kernel_generator"
+            maps += [dense_in(f"{p}.q_proj.weight", (*mixer, "w_q")), dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+                     dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")), dense_in(f"{p}.g_proj.weight", (*mixer, "w_z")),
+                     dense_in(f"{p}.b_proj.weight", (*mixer, "w_beta")),
+                     dense_in(f"{p}.a_proj.weight", (*mixer, "w_a")),
+                     copy(f"{p}.A_log", (*mixer, "A_log")), copy(f"{p}.dt_bias", (*mixer, "dt_bias")),
+                     dense_in(f"{generator}.w1.weight", (*mixer, "w_gen1")),
+                     dense_in(f"{generator}.w2.weight", (*mixer, "w_gen2")),   # rows (d w), w innermost
+                     reshaped(f"{generator}.w2.bias", (*mixer, "b_gen2")),
+                     copy(f"{p}.o_norm.weight", (*mixer, "o_norm", "scale")),
+                     dense_out(f"{p}.o_proj.weight", (*mixer, "w_o"))]
+        else:
+            maps += [dense_in(f"{p}.q_proj.weight", (*mixer, "w_q")), reshaped(f"{p}.q_proj.bias", (*mixer, "b_q")),
+                     dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")), reshaped(f"{p}.k_proj.bias", (*mixer, "b_k")),
+                     dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")), reshaped(f"{p}.v_proj.bias", (*mixer, "b_v")),
+                     dense_out(f"{p}.o_proj.weight", (*mixer, "w_o"))]
+    return maps
+
+
 FAMILIES = {
     "qwen3_next": Family(qwen3_next_model_config, qwen3_next_hub_config, qwen3_next_tensor_maps),
     "qwen3_5_text": Family(qwen3_5_model_config, qwen3_5_hub_config, qwen3_5_tensor_maps),
     "olmo_hybrid": Family(olmo_hybrid_model_config, olmo_hybrid_hub_config, olmo_hybrid_tensor_maps),
+    "jet_nemotron": Family(jet_nemotron_model_config, jet_nemotron_hub_config, jet_nemotron_tensor_maps),
 }
 
 

@@ -27,6 +27,12 @@ def copy(key, path) -> TensorMap:
     return TensorMap(key, (path,), lambda w, shapes: [w], lambda a: a)
 
 
+def reshaped(key, path) -> TensorMap:
+    """Hub 1-D array <-> parameter of any shape, same elements in the same order (a bias `[H*Dh]`
+    <-> `[H, Dh]`)."""
+    return TensorMap(key, (path,), lambda w, shapes: [w.reshape(shapes[0])], lambda a: a.reshape(-1))
+
+
 def dense_in(key, *paths) -> TensorMap:
     """Hub `[out_1 + out_2 + ..., D]` (rows concatenated) <-> parameters `[D, ...out_i]`."""
     def to_model(w, shapes):

@@ -35,6 +35,16 @@ def causal_depthwise_conv(x: jax.Array, weight: jax.Array, tail: jax.Array):
     return y, padded[:, steps:]
 
 
+def decay_params(rngs: nnx.Rngs, v_heads: int, param_dtype) -> tuple[nnx.Param, nnx.Param]:
+    """(A_log, dt_bias) [HV] with Mamba2's initialisation: A ~ U(0, 16); dt log-uniform in
+    [1e-3, 1e-1], dt_bias = softplus^-1(dt)."""
+    a = jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, 0.0, 16.0)
+    A_log = make_param(jnp.log(jnp.maximum(a, 1e-4)).astype(param_dtype), ("heads",))
+    log_dt = jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, math.log(1e-3), math.log(1e-1))
+    dt = jnp.maximum(jnp.exp(log_dt), 1e-4)
+    return A_log, make_param((dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype), ("heads",))
+
+
 class GDNMixer(nnx.Module):
     def __init__(self, d_model: int, *, heads: int, v_heads: int, head_dim: int, v_head_dim: int,
                  conv_kernel: int, norm_eps: float, impl: str, chunk_size: int, dtype, param_dtype,
@@ -60,12 +70,7 @@ class GDNMixer(nnx.Module):
         self.conv_k = conv((conv_kernel, heads, head_dim))
         self.conv_v = conv((conv_kernel, v_heads, v_head_dim))
 
-        # Mamba2 initialisation: A ~ U(0, 16); dt log-uniform in [1e-3, 1e-1], dt_bias = softplus^-1(dt).
-        a = jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, 0.0, 16.0)
-        self.A_log = make_param(jnp.log(jnp.maximum(a, 1e-4)).astype(param_dtype), ("heads",))
-        log_dt = jax.random.uniform(rngs.params(), (v_heads,), jnp.float32, math.log(1e-3), math.log(1e-1))
-        dt = jnp.maximum(jnp.exp(log_dt), 1e-4)
-        self.dt_bias = make_param((dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype), ("heads",))
+        self.A_log, self.dt_bias = decay_params(rngs, v_heads, param_dtype)
 
         self.o_norm = RMSNorm(v_head_dim, logical_axis="head_dim", eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.heads, self.v_heads, self.head_dim, self.v_head_dim = heads, v_heads, head_dim, v_head_dim

@@ -15,8 +15,9 @@ the kind. Adding a kind: one module here and an entry in `BLOCKS`.
 """
 from sleep_jax.layers.blocks.attention import AttentionBlock, PostNormAttentionBlock
 from sleep_jax.layers.blocks.gdn import GDNBlock
+from sleep_jax.layers.blocks.jet import JetBlock
 
-BLOCKS = {cls.letter: cls for cls in (AttentionBlock, GDNBlock, PostNormAttentionBlock)}
+BLOCKS = {cls.letter: cls for cls in (AttentionBlock, GDNBlock, PostNormAttentionBlock, JetBlock)}
 BLOCK_KINDS = tuple(BLOCKS)
 
-__all__ = ["BLOCKS", "BLOCK_KINDS", "AttentionBlock", "GDNBlock", "PostNormAttentionBlock"]
+__all__ = ["BLOCKS", "BLOCK_KINDS", "AttentionBlock", "GDNBlock", "PostNormAttentionBlock", "JetBlock"]
