@@ -30,8 +30,10 @@ generated problems (``task.train_examples``; one epoch = 20,000 / batch 64 = 313
 64, 5% warm-up capped at 100 steps then cosine decay to 10% per stage, gradient clip 1.0, the
 eval set 800 problems with op counts 1-8 (100 per count), bfloat16 compute with float32
 parameters, remat ``pass``, and the insert positions of Ouro's blocks (after every 4th of its 24
-layers: 4, 9, 14, 19, 24, 29 in the new 30-layer list). The inserted block kind is GDN ("G")
-until the JetBlock kind lands; then set ``init.insert_kind`` to its letter. The hard-eviction
+layers: 4, 9, 14, 19, 24, 29 in the new 30-layer list) and their shape (JetBlocks, "J", of 8
+heads with K = V = 128: about 11M parameters each at Ouro's d = 2048, 66M in all, under 5% of
+the model). The tiny variant inserts a GDN block ("G"), the cheapest kind to compile on a CPU;
+``--config.init.insert_kind=J`` inserts a JetBlock there too. The hard-eviction
 recipes train one stage (all parameters) for 2 epochs. To train and evaluate on the published
 problems instead, set ``task.data`` to the downloaded dataset directory (see the README).
 """
@@ -68,7 +70,8 @@ def get_config(variant: str = "tiny"):
     config.train.update(batch_size=64, warmup_steps=100, log_every=10, checkpoint_every=100,
                         eval_batch_size=64, muon_lr=1e-3, adamw_lr=5e-5, grad_clip=1.0)
     if variant != "paper":
-        config.init.update(insert_positions=OURO_INSERT, insert_kind="G")
+        config.init.update(insert_positions=OURO_INSERT, insert_kind="J")
+        config.model.update(jet_heads=8, jet_head_dim=128, jet_v_head_dim=128)
     if variant == "paper_sliding":
         config.sleep = sleep_block(window=window, eviction="sliding", remat="pass")
         config.stages.update(epochs=(1, 2), trainable=(INSERTED, "*"),

@@ -51,6 +51,9 @@ INIT_DEFAULTS = {"hf_dir": "", "insert_positions": (), "insert_kind": "", "inser
 STAGE_KEYS = ("steps", "epochs", "trainable", "eviction", "window", "muon_lr", "adamw_lr")
 # Model keys a fine-tuning run chooses itself; every other model key comes from init.hf_dir.
 RUN_MODEL_KEYS = ("loop", "dtype", "param_dtype", "delta_rule_impl", "chunk_size")
+# Model keys that shape an inserted block of a kind the checkpoint has none of: the run chooses
+# them (e.g. model.jet_heads for JetBlocks inserted into Ouro).
+INSERTED_KIND_KEYS = {"J": "jet_"}
 # In stages.trainable: the blocks inserted by init.insert_positions.
 INSERTED = "@inserted"
 
@@ -560,7 +563,8 @@ def tokenizer_dir(hf_dir: str) -> str:
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The run's config: a copy of ``config`` where, with ``init.hf_dir`` set, the ``model``
     block is the checkpoint's architecture after ``init.insert_*`` (keeping the given
-    ``RUN_MODEL_KEYS``; ``model.loop`` counts the layers after insertion) and an empty
+    ``RUN_MODEL_KEYS``, and the keys of an inserted kind new to the checkpoint,
+    ``INSERTED_KIND_KEYS``; ``model.loop`` counts the layers after insertion) and an empty
     ``task.tokenizer`` is the checkpoint's; with stages, ``train.steps`` is their total.
     ``ConfigError`` for a model key set to a value the checkpoint contradicts."""
     check_structure(config)
@@ -570,6 +574,12 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         from sleep_jax.hf.insert import inserted_config
 
         pretrained = pretrained_dir_config(init.hf_dir)
+        run_keys = RUN_MODEL_KEYS
+        prefix = INSERTED_KIND_KEYS.get(init.insert_kind)
+        if init.insert_positions and prefix and init.insert_kind not in pretrained.pattern:
+            run_keys += tuple(f.name for f in dataclasses.fields(pretrained) if f.name.startswith(prefix))
+            pretrained = dataclasses.replace(pretrained, **{k: config.model[k] for k in run_keys
+                                                            if k.startswith(prefix)})
         if init.insert_positions:
             try:
                 pretrained = inserted_config(pretrained, tuple(init.insert_positions),
@@ -581,7 +591,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         given = config.model.to_dict()
         fields = dataclasses.asdict(pretrained)
         for key, value in given.items():
-            if key in RUN_MODEL_KEYS:
+            if key in run_keys:
                 fields[key] = value
             elif value != defaults[key] and _plain(value) != _plain(fields[key]):
                 raise ConfigError(f"model.{key}={value!r}: init.hf_dir={init.hf_dir!r} fixes the "
