@@ -120,10 +120,16 @@ def make_predict_step(predict_fn: Callable[[Any, dict[str, jax.Array]], jax.Arra
 def _on_mesh(mesh: jax.sharding.Mesh, jitted: Callable) -> Callable:
     """``jitted`` called with ``mesh`` as the ambient mesh (``jax.set_mesh``), so that ops which
     need the mesh while tracing find it: the Pallas delta rule wraps its kernels in a
-    ``shard_map`` over batch and heads."""
+    ``shard_map`` over batch and heads. ``call.compile(*abstract_args)`` compiles it without
+    running (``sleep_jax.bench.memory``)."""
     def call(*args):
         with jax.set_mesh(mesh):
             return jitted(*args)
+
+    def compile_only(*args):
+        with jax.set_mesh(mesh):
+            return jitted.trace(*args).lower().compile()
+    call.compile = compile_only
     return call
 
 
