@@ -4,8 +4,9 @@ no accelerator.
     python -m sleep_jax.bench.memory --config=configs/gsm_finetune.py:paper \
         --config.init.hf_dir=DIR --tpu=v5p:2x2x2 --passes=1,6 --remat=pass [--gpus=8]
 
-``DIR`` needs only the checkpoint's ``config.json`` and tokenizer files (the architecture and the
-token-level task); no weight is read. For each N (``--passes``) and remat choice, the run's
+``DIR`` needs only the checkpoint's ``config.json`` (the architecture); no weight is read, and
+without its tokenizer files the task's layout is computed with the character vocabulary (the
+same T and windows: lengths are counted in whatever tokens the task has). For each N (``--passes``) and remat choice, the run's
 training step (loss over the sleep windows, gradient, optimiser update, state donated) of its
 last stage is built on abstract arrays sharded over a mesh (``config.mesh`` resolved over the
 target's devices) and compiled:
@@ -90,7 +91,7 @@ def table(config, targets: dict, passes, remats) -> list[dict]:
         for n in passes:
             for remat in remats:
                 variant = config_lib.with_overrides(config, {"sleep.passes": int(n), "sleep.remat": remat})
-                out.append(dict(target=name, **step_memory(config_lib.resolve(variant), devices,
+                out.append(dict(target=name, **step_memory(config_lib.resolve(variant, need_tokenizer=False), devices,
                                                            estimate=estimate)))
     return out
 

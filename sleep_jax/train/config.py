@@ -560,13 +560,15 @@ def tokenizer_dir(hf_dir: str) -> str:
                       "the fine-tuning data is tokenized with the checkpoint's tokenizer")
 
 
-def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -> ml_collections.ConfigDict:
     """The run's config: a copy of ``config`` where, with ``init.hf_dir`` set, the ``model``
     block is the checkpoint's architecture after ``init.insert_*`` (keeping the given
     ``RUN_MODEL_KEYS``, and the keys of an inserted kind new to the checkpoint,
     ``INSERTED_KIND_KEYS``; ``model.loop`` counts the layers after insertion) and an empty
     ``task.tokenizer`` is the checkpoint's; with stages, ``train.steps`` is their total.
-    ``ConfigError`` for a model key set to a value the checkpoint contradicts."""
+    ``ConfigError`` for a model key set to a value the checkpoint contradicts.
+    ``need_tokenizer=False`` (``bench.memory``: shapes only) leaves the character vocabulary when
+    the directory has no tokenizer.json; the layout (T, windows) is the same."""
     check_structure(config)
     out = ml_collections.ConfigDict(config.to_dict())
     init = config.init
@@ -599,7 +601,11 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                   f"its default, or change only {', '.join(RUN_MODEL_KEYS)}")
         out.model = model_block(**{k: v for k, v in fields.items()})
         if "tokenizer" in out.task and not out.task.tokenizer:
-            out.task.tokenizer = tokenizer_dir(init.hf_dir)
+            try:
+                out.task.tokenizer = tokenizer_dir(init.hf_dir)
+            except ConfigError:
+                if need_tokenizer:
+                    raise
     elif init.insert_positions:
         raise ConfigError(f"init.insert_positions={tuple(init.insert_positions)}: blocks are "
                           "inserted into a pretrained model; set init.hf_dir")
