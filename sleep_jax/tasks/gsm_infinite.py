@@ -13,9 +13,11 @@ depends on, plus m - 1 additions for each implicit total over m items (2 <= m <=
 graph is a chain (each operation uses the previous result, possibly through a total), so every core
 statement is needed. Values stay in [0, 99].
 
-Distractors are statements about other people (owners disjoint from the core's), defined from
-literals or from any earlier quantity. The core never refers to them and no implicit total counts
-them, so they cannot change the answer. They are added until the problem reaches a length drawn
+Distractors follow GSM-Infinite's unnecessary parameters (`drawUnnecessary` in its
+`gsm-infinite/data/realistic/forward_generator.py`): quantities of the same people, core people
+included, half of them independent of the core (from literals or earlier independent distractors)
+and half computed from any earlier quantity, core ones included. They never join a total the
+problem references, and the core never refers to them, so they cannot change the answer. They are added until the problem reaches a length drawn
 from `target_tokens`; then all statements are shuffled.
 
 Text (`<eos>` ends the answer; `<pad>` fills the front):
@@ -196,6 +198,7 @@ class _Graph:
         self.frozen: set[tuple[int, int]] = set()       # (owner, category)s whose total is referenced
         self.statements: list[str] = []
         self.distractors: list[str] = []
+        self.independent: list[tuple[int, int]] = []   # distractors that never read the core
 
     def _pick(self, low: int, high: int) -> int:
         return int(self.rng.integers(low, high + 1))
@@ -312,15 +315,23 @@ class _Graph:
         return _question(("item", *head)), self.values[head]
 
     def distractor(self) -> str:
-        """Defines one quantity of a distractor person (a literal or from any earlier quantity)."""
-        entity = self._new_entity(self.distractor_owners)
-        known = list(self.values)
-        if self.rng.random() < 0.4:
+        """Defines one quantity of any person (core people included), in a category whose total
+        the problem does not reference: half the time independent of the core (a literal or from
+        an earlier independent distractor), else from any earlier quantity, core ones included,
+        as GSM-Infinite draws its unnecessary parameters."""
+        entity = self._new_entity(self.core_owners + self.distractor_owners)
+        if self.rng.random() < 0.5:
+            pool = list(self.independent)
+            self.independent.append(entity)
+        else:
+            pool = list(self.values)
+        choice = int(self.rng.integers(len(pool) + 1))
+        if choice == len(pool):
             self.literal(entity, core=False)
         else:
-            operand = known[self.rng.integers(len(known))]
+            operand = pool[choice]
             self._operation(entity, ("item", *operand), self.values[operand],
-                            [e for e in known if e != operand], core=False)
+                            [e for e in pool if e != operand], core=False)
         return self.distractors[-1]
 
 

@@ -248,3 +248,20 @@ def test_published_parquet_and_jsonl(tmp_path):
     (data / "bad.jsonl").write_text(json.dumps({"problem": "x", "question": "y", "op": 1}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl:0 has no field 'solution'"):
         tasks.make(config)
+
+
+def test_distractors_share_people_and_read_core_quantities():
+    """As GSM-Infinite's noise: distractors about the core's own people, and distractors computed
+    from core quantities (the answer staying unchanged is checked by `check`)."""
+    task = tasks.make(tasks.default_config("gsm_infinite", "tiny"))
+    about_core_people = reads_core = 0
+    for index in range(20):
+        problem = task.problem("train", 5, index)
+        parsed = [parse_statement(s) for s in problem.statements]
+        core = {e for (e, _, _, _), d in zip(parsed, problem.is_distractor) if not d}
+        core_people = {owner for owner, _ in core}
+        for (entity, _, _, refs), is_distractor in zip(parsed, problem.is_distractor):
+            if is_distractor:
+                about_core_people += entity[0] in core_people
+                reads_core += any(r[0] == "item" and (r[1], r[2]) in core for r in refs)
+    assert about_core_people > 0 and reads_core > 10
