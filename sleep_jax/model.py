@@ -11,6 +11,22 @@ explicit pytrees passed in and out:
 Layer groups: with `loop=(start, end)` the blocks [0, start) are the prelude (run once per window),
 [start, end) the looped segment (run N times when sleeping) and [end, n) the coda (run once).
 `loop=None` loops the whole stack.
+
+Looped LMs (Ouro, `ut_steps = U`): the stack of n blocks runs U times per pass (universal
+transformer steps), the final norm closing every step and feeding the next. This is one place:
+`self.blocks` is the unrolled stack of U * n entries holding the n blocks U times over (shared
+references, so each parameter exists once), and `close_step` applies the norm after every n-th.
+Everything indexed by block (state and key/value pytrees "layer{u * n + i}", sleep's layer groups,
+decoding) then sees U * n layers: each step has its own KV cache slot (Ouro's
+`current_ut * num_layers + layer_idx`) and, for inserted GDN blocks, its own fast weights; RoPE
+positions are the tokens', shared by all steps. The readout (`logits`) takes the last step, the
+exit-gate expected logits, or a threshold exit (`ut_exit`).
+
+Sleep on a looped LM: one sleep pass is one whole forward of the model (all U steps), so N = 1 is
+exactly the pretrained model, as for every other model (DESIGN: N = 1 is the vanilla model), and
+pass n + 1 reads the normed output of pass n, i.e. continues the UT recursion: N passes over a
+window are N * U universal-transformer steps, with the fast weights carried from pass to pass.
+The paper loops all of Ouro's blocks: a UT model has no prelude or coda (`loop` must be None).
 """
 import dataclasses
 
@@ -20,13 +36,14 @@ from flax import nnx
 
 from sleep_jax.layers import BLOCKS, BLOCK_KINDS, EVICTIONS, NORM_STYLES, RMSNorm
 from sleep_jax.layers.attention import QK_NORMS
-from sleep_jax.layers.common import dense_param, dtype_from_name
+from sleep_jax.layers.common import dense_param, dtype_from_name, make_param
 from sleep_jax.ops.delta_rule import CHUNK_SIZES, IMPLS
 
 # Per-layer options of ModelConfig: tuples of layer indices, and tuples of one value per layer
 # (empty = none). A field added here is validated, and shifted by `hf.insert.insert_blocks`.
 LAYER_INDEX_FIELDS = ("nope_layers", "no_mlp_layers", "moe_layers")
 LAYER_VALUE_FIELDS = ("layer_windows",)
+UT_EXITS = ("last", "expected", "threshold")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +99,12 @@ class ModelConfig:
     chunk_size: int = 64
     norm_eps: float = 1e-6
     hf_model_type: str | None = None      # the hub architecture this follows (sleep_jax.hf), None = native
+    # looped LM (Ouro): the stack runs ut_steps times per pass, the final norm after every step
+    ut_steps: int | None = None           # None = not a looped LM (final norm only before the head)
+    exit_gate: bool = False               # Ouro's early-exit gate: Linear(D, 1) + bias on each step's normed hidden
+    ut_exit: str = "last"                 # readout: "last" step, "expected" (exit-pdf weighted logits, Ouro's
+                                          # training loss) or "threshold" (first step whose cumulative exit
+    ut_exit_threshold: float = 1.0        # probability reaches ut_exit_threshold; the last if none does)
 
     def __post_init__(self):
         if self.loop is not None:
@@ -140,6 +163,15 @@ class ModelConfig:
             raise ValueError(f"model.chunk_size={self.chunk_size} must be one of {CHUNK_SIZES}")
         dtype_from_name(self.dtype, "model.dtype")
         dtype_from_name(self.param_dtype, "model.param_dtype")
+        if self.ut_steps is not None and (int(self.ut_steps) < 1 or self.loop is not None):
+            raise ValueError(f"model.ut_steps={self.ut_steps} must be None or >= 1, and a looped LM loops its whole "
+                             f"stack (model.loop={self.loop} must be None)")
+        if self.ut_exit not in UT_EXITS:
+            raise ValueError(f"model.ut_exit={self.ut_exit!r} must be one of {UT_EXITS}")
+        if (self.exit_gate or self.ut_exit != "last") and self.ut_steps is None:
+            raise ValueError(f"model.exit_gate={self.exit_gate} / model.ut_exit={self.ut_exit!r} need model.ut_steps")
+        if self.ut_exit != "last" and not self.exit_gate:
+            raise ValueError(f"model.ut_exit={self.ut_exit!r} needs model.exit_gate=True")
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -158,10 +190,15 @@ class ModelConfig:
         return self.layer_windows[index] if self.layer_windows else 0
 
     @property
+    def depth(self) -> int:
+        """Blocks run per pass: len(pattern), times ut_steps for a looped LM."""
+        return len(self.pattern) * (self.ut_steps or 1)
+
+    @property
     def layer_groups(self) -> tuple[range, range, range]:
-        """(prelude, looped segment, coda) as ranges of block indices."""
-        start, end = self.loop if self.loop is not None else (0, len(self.pattern))
-        return range(0, start), range(start, end), range(end, len(self.pattern))
+        """(prelude, looped segment, coda) as ranges of block indices (of the unrolled stack)."""
+        start, end = self.loop if self.loop is not None else (0, self.depth)
+        return range(0, start), range(start, end), range(end, self.depth)
 
 
 def layer_name(index: int) -> str:
@@ -170,14 +207,22 @@ def layer_name(index: int) -> str:
 
 
 class HybridModel(nnx.Module):
-    """Embedding, a stack of blocks from `config.pattern` (`layers.BLOCKS`), final RMSNorm, LM head."""
+    """Embedding, a stack of blocks from `config.pattern` (`layers.BLOCKS`), final RMSNorm, LM head;
+    for a looped LM the stack unrolled `ut_steps` times (`self.blocks[u * n + i]` is block i) and
+    the early-exit gate."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         param_dtype = config.parameter_dtype
         self.embedding = dense_param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
                                      fan_in=config.d_model, dtype=param_dtype)
-        self.blocks = nnx.List([BLOCKS[kind](config, i, rngs=rngs) for i, kind in enumerate(config.pattern)])
+        blocks = [BLOCKS[kind](config, i, rngs=rngs) for i, kind in enumerate(config.pattern)]
+        self.blocks = nnx.List(blocks * (config.ut_steps or 1))
+        if config.exit_gate:   # Linear(D, 1) with bias
+            self.exit_gate = dense_param(rngs, (config.d_model,), ("embed",), fan_in=config.d_model, dtype=param_dtype)
+            self.exit_gate_bias = make_param(jnp.zeros((1,), param_dtype), (None,))
+        else:
+            self.exit_gate = self.exit_gate_bias = None
         self.final_norm = RMSNorm(config.d_model, logical_axis="embed", eps=config.norm_eps,
                                   dtype=config.compute_dtype, param_dtype=param_dtype, style=config.norm_style)
         self.lm_head = None if config.tie_embeddings else dense_param(
@@ -211,9 +256,53 @@ class HybridModel(nnx.Module):
         """int tokens [B, T] -> hidden [B, T, D] in the compute dtype."""
         return jnp.take(self.embedding[...], tokens, axis=0).astype(self.config.compute_dtype)
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """hidden [..., D] -> float32 logits [..., vocab] (final RMSNorm, then the LM head)."""
-        h = self.final_norm(hidden)
+    def close_step(self, index: int, hidden: jax.Array, exits: list | None = None) -> jax.Array:
+        """The looped LM's one rule, applied after block `index` of the unrolled stack: the final
+        norm closes every universal-transformer step (and the normed hidden is appended to `exits`).
+        Identity for other models and inside a step."""
+        if self.config.ut_steps is None or (index + 1) % len(self.config.pattern):
+            return hidden
+        hidden = self.final_norm(hidden)
+        if exits is not None:
+            exits.append(hidden)
+        return hidden
+
+    def exit_probabilities(self, exits) -> jax.Array:
+        """Ouro's exit distribution: float32 [U, ...] from each step's normed hidden [U][..., D]:
+        lambda_u = sigmoid(gate(h_u)), p_u = lambda_u * prod_{j<u} (1 - lambda_j), the last step
+        taking what remains."""
+        remaining, probabilities = None, []
+        for u, h in enumerate(exits):
+            gate = h.astype(jnp.float32) @ self.exit_gate[...].astype(jnp.float32) + self.exit_gate_bias[...][0]
+            lam = jax.nn.sigmoid(gate.astype(jnp.float32))
+            remaining = jnp.ones_like(lam) if remaining is None else remaining
+            if u < len(exits) - 1:
+                probabilities.append(lam * remaining)
+                remaining = remaining * (1.0 - lam)
+            else:
+                probabilities.append(remaining)
+        return jnp.stack(probabilities)
+
+    def _exit_hidden(self, hidden: jax.Array, exits) -> jax.Array:
+        """The hidden state the head reads under `config.ut_exit` (looped LMs)."""
+        if self.config.ut_exit == "last":
+            return hidden
+        if not exits or len(exits) != self.config.ut_steps:
+            raise ValueError(f"model.ut_exit={self.config.ut_exit!r} needs the {self.config.ut_steps} steps' normed "
+                             f"hidden states (exits), got {0 if not exits else len(exits)}")
+        p = self.exit_probabilities(exits)                                          # [U, ...]
+        stacked = jnp.stack(exits)                                                  # [U, ..., D]
+        if self.config.ut_exit == "expected":   # sum_u p_u head(h_u) = head(sum_u p_u h_u): the head is linear
+            return jnp.sum(p[..., None] * stacked.astype(jnp.float32), axis=0).astype(hidden.dtype)
+        reached = jnp.cumsum(p, axis=0) >= self.config.ut_exit_threshold
+        step = jnp.where(jnp.any(reached, axis=0), jnp.argmax(reached, axis=0), len(exits) - 1)
+        return jnp.take_along_axis(stacked, step[None, ..., None], axis=0)[0]
+
+    def logits(self, hidden: jax.Array, exits: list | None = None) -> jax.Array:
+        """hidden [..., D] -> float32 logits [..., vocab]: final RMSNorm, then the LM head. A looped
+        LM's hidden is already normed (`close_step`); `exits` (each step's normed hidden, from
+        `apply_blocks`) feed its exit rule (`config.ut_exit`)."""
+        h = self.final_norm(hidden) if self.config.ut_steps is None else self._exit_hidden(hidden, exits)
         if self.lm_head is None:
             w = self.embedding[...].astype(h.dtype).T
         else:
@@ -222,7 +311,7 @@ class HybridModel(nnx.Module):
 
     def apply_blocks(self, hidden: jax.Array, positions: jax.Array, state: dict, layers, *,
                      past: dict | None = None, past_positions: jax.Array | None = None,
-                     window: int | None = None, eviction: str = "hard"):
+                     window: int | None = None, eviction: str = "hard", exits: list | None = None):
         """Run blocks `layers` (a range of block indices) once over a span of tokens.
 
         Args:
@@ -231,6 +320,7 @@ class HybridModel(nnx.Module):
           past: None, or keys/values [B, S, KVH, Dh] of earlier tokens for every attention block
             among `layers`, at positions past_positions [S] (negative = empty).
           window, eviction: the attention mask rule (`sleep_jax.layers.attention_mask`).
+          exits: a list receiving each closed universal-transformer step's normed hidden (looped LMs).
         Returns:
           (hidden [B, T, D], state with those GDN entries updated, {name: {"k", "v"}} of this span
           for the attention blocks among `layers`).
@@ -248,7 +338,17 @@ class HybridModel(nnx.Module):
                 state[name] = layer_state
             if block.has_kv:
                 kv[name] = layer_kv
+            hidden = self.close_step(i, hidden, exits)
         return hidden, state, kv
+
+    def forward_span(self, hidden: jax.Array, positions: jax.Array, state: dict, **attention):
+        """Every block once over a span, then the readout: (logits float32 [B, T, vocab], state,
+        this span's keys/values). `attention`: past, past_positions, window, eviction as in
+        `apply_blocks`."""
+        exits = []
+        hidden, state, kv = self.apply_blocks(hidden, positions, state, range(len(self.blocks)), exits=exits,
+                                              **attention)
+        return self.logits(hidden, exits), state, kv
 
     def __call__(self, tokens: jax.Array, *, state: dict | None = None, positions: jax.Array | None = None,
                  window: int | None = None, eviction: str = "hard"):
@@ -264,9 +364,8 @@ class HybridModel(nnx.Module):
         batch, steps = tokens.shape
         state = self.init_state(batch) if state is None else state
         positions = jnp.arange(steps, dtype=jnp.int32) if positions is None else positions
-        hidden, state, _ = self.apply_blocks(self.embed(tokens), positions, state, range(len(self.blocks)),
-                                             window=window, eviction=eviction)
-        return self.logits(hidden), state
+        logits, state, _ = self.forward_span(self.embed(tokens), positions, state, window=window, eviction=eviction)
+        return logits, state
 
     # ---- decoding --------------------------------------------------------------------------
 
@@ -296,6 +395,7 @@ class HybridModel(nnx.Module):
         layers = dict(cache["layers"])
         state = dict(state)
         hidden = self.embed(tokens[:, None])[:, 0]
+        exits = []
         for i, block in enumerate(self.blocks):
             name = layer_name(i)
             hidden, layer_state, layer_cache = block.step(hidden, position, state.get(name), layers.get(name),
@@ -304,4 +404,5 @@ class HybridModel(nnx.Module):
                 state[name] = layer_state
             if block.has_kv:
                 layers[name] = layer_cache
-        return self.logits(hidden), state, {"positions": positions, "layers": layers}
+            hidden = self.close_step(i, hidden, exits)
+        return self.logits(hidden, exits), state, {"positions": positions, "layers": layers}

@@ -290,9 +290,9 @@ def predict(model, tokens, window_index, state: dict, past: dict, *, sleep: Slee
     the window, keys/values for the next window under sliding eviction, else {}).
     """
     positions = _positions(window_index, sleep)
-    hidden, state, kv = model.apply_blocks(model.embed(tokens), positions, state, range(len(model.blocks)),
+    logits, state, kv = model.forward_span(model.embed(tokens), positions, state,
                                            **_attention_kwargs(positions, past, sleep))
-    return model.logits(hidden), state, (kv if sleep.eviction == "sliding" else {})
+    return logits, state, (kv if sleep.eviction == "sliding" else {})
 
 
 # ---- the sequence --------------------------------------------------------------------------

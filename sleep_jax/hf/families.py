@@ -273,6 +273,65 @@ def qwen3_next_tensor_maps(c: ModelConfig) -> list:
     return maps
 
 
+# ---- Ouro -------------------------------------------------------------------------------------
+
+def ouro_model_config(hub: dict, **overrides) -> ModelConfig:
+    """`ouro` (OuroForCausalLM, remote code): a looped LM. Every layer is a sandwich-norm attention
+    block ("S", plain RMSNorms, no biases, full attention, MHA or GQA); the stack runs
+    `total_ut_steps` times with the final norm after each step, and the early-exit gate reads each
+    step's normed hidden. Inference reads the last step (`ut_exit="last"`; Ouro's
+    `early_exit_threshold` becomes `ut_exit_threshold`, used with `ut_exit="threshold"`)."""
+    model_type = "ouro"
+    _require(hub, "hidden_act", ("silu",), model_type)
+    _require(hub, "use_sliding_window", (False, None), model_type)
+    if hub.get("rope_scaling") is not None:
+        raise ValueError(f"{model_type}: config field rope_scaling={hub['rope_scaling']!r} is not supported "
+                         f"(supported: None)")
+    n = hub["num_hidden_layers"]
+    if any(kind != "full_attention" for kind in hub.get("layer_types") or ["full_attention"] * n):
+        raise ValueError(f"{model_type}: config field layer_types={hub['layer_types']} is not supported "
+                         f"(supported: full_attention only)")
+    fields = dict(
+        vocab_size=hub["vocab_size"], d_model=hub["hidden_size"], mlp_hidden=hub["intermediate_size"],
+        pattern="S" * n, attn_heads=hub["num_attention_heads"],
+        attn_kv_heads=hub.get("num_key_value_heads") or hub["num_attention_heads"],
+        attn_head_dim=hub.get("head_dim") or hub["hidden_size"] // hub["num_attention_heads"],
+        rope_theta=float(hub.get("rope_theta", 10000.0)), norm_style="plain",
+        tie_embeddings=bool(hub.get("tie_word_embeddings", False)), norm_eps=hub.get("rms_norm_eps", 1e-6),
+        ut_steps=int(hub.get("total_ut_steps", 4)), exit_gate=True,
+        ut_exit_threshold=float(hub.get("early_exit_threshold") or 1.0), hf_model_type=model_type)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def ouro_hub_config(c: ModelConfig) -> dict:
+    return {
+        "architectures": ["OuroForCausalLM"], "model_type": "ouro", "torch_dtype": c.param_dtype,
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": len(c.pattern), "layer_types": ["full_attention"] * len(c.pattern),
+        "num_attention_heads": c.attn_heads, "num_key_value_heads": c.attn_kv_heads, "head_dim": c.attn_head_dim,
+        "hidden_act": "silu", "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "rope_scaling": None,
+        "use_sliding_window": False, "tie_word_embeddings": c.tie_embeddings, "total_ut_steps": c.ut_steps,
+        "early_exit_threshold": c.ut_exit_threshold}
+
+
+def ouro_tensor_maps(c: ModelConfig) -> list:
+    maps = _embeddings(c) + [dense_in("model.early_exit_gate.weight", ("exit_gate",)),
+                             copy("model.early_exit_gate.bias", ("exit_gate_bias",))]
+    for i, kind in enumerate(c.pattern):
+        if kind != "S":
+            raise ValueError(f"ouro: layer {i} is a {kind!r} block; the Ouro hub format holds only 'S' layers")
+        prefix, block = f"model.layers.{i}", ("blocks", i)
+        p, mixer = f"{prefix}.self_attn", (*block, "mixer")
+        maps += [copy(f"{prefix}.input_layernorm.weight", (*block, "mixer_norm", "scale")),
+                 copy(f"{prefix}.input_layernorm_2.weight", (*block, "mixer_out_norm", "scale")),
+                 copy(f"{prefix}.post_attention_layernorm.weight", (*block, "mlp_norm", "scale")),
+                 copy(f"{prefix}.post_attention_layernorm_2.weight", (*block, "mlp_out_norm", "scale")),
+                 dense_in(f"{p}.q_proj.weight", (*mixer, "w_q")), dense_in(f"{p}.k_proj.weight", (*mixer, "w_k")),
+                 dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")), dense_out(f"{p}.o_proj.weight", (*mixer, "w_o"))]
+        maps += _swiglu(f"{prefix}.mlp", (*block, "mlp"))
+    return maps
+
+
 # ---- Jet-Nemotron -----------------------------------------------------------------------------
 
 JET_LETTERS = {"jet": "J", "attn": "A", "swa": "A"}
@@ -386,6 +445,7 @@ FAMILIES = {
     "qwen3_5_text": Family(qwen3_5_model_config, qwen3_5_hub_config, qwen3_5_tensor_maps),
     "olmo_hybrid": Family(olmo_hybrid_model_config, olmo_hybrid_hub_config, olmo_hybrid_tensor_maps),
     "jet_nemotron": Family(jet_nemotron_model_config, jet_nemotron_hub_config, jet_nemotron_tensor_maps),
+    "ouro": Family(ouro_model_config, ouro_hub_config, ouro_tensor_maps),
 }
 
 

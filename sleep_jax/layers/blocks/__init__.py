@@ -16,8 +16,11 @@ the kind. Adding a kind: one module here and an entry in `BLOCKS`.
 from sleep_jax.layers.blocks.attention import AttentionBlock, PostNormAttentionBlock
 from sleep_jax.layers.blocks.gdn import GDNBlock
 from sleep_jax.layers.blocks.jet import JetBlock
+from sleep_jax.layers.blocks.sandwich import SandwichAttentionBlock
 
 BLOCKS = {cls.letter: cls for cls in (AttentionBlock, GDNBlock, PostNormAttentionBlock, JetBlock)}
+BLOCKS["S"] = SandwichAttentionBlock   # Ouro
 BLOCK_KINDS = tuple(BLOCKS)
 
-__all__ = ["BLOCKS", "BLOCK_KINDS", "AttentionBlock", "GDNBlock", "PostNormAttentionBlock", "JetBlock"]
+__all__ = ["BLOCKS", "BLOCK_KINDS", "AttentionBlock", "GDNBlock", "PostNormAttentionBlock", "JetBlock",
+           "SandwichAttentionBlock"]
