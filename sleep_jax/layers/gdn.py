@@ -45,7 +45,35 @@ def decay_params(rngs: nnx.Rngs, v_heads: int, param_dtype) -> tuple[nnx.Param, 
     return A_log, make_param((dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype), ("heads",))
 
 
-class GDNMixer(nnx.Module):
+class DeltaRuleMixer(nnx.Module):
+    """What the GDN and JetBlock mixers share: the recurrent-state layout, the gates (beta, g) and
+    the gated output norm with W_o. A subclass sets the parameters (w_beta, w_a, A_log, dt_bias,
+    w_z, o_norm, w_o), the sizes, `dtype`, `beta_scale` and `conv_channels`."""
+
+    def init_state(self, batch: int) -> dict:
+        """Zero recurrent state: {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C] compute dtype}."""
+        return {"S": jnp.zeros((batch, self.v_heads, self.head_dim, self.v_head_dim), jnp.float32),
+                "conv": jnp.zeros((batch, self.conv_kernel - 1, self.conv_channels), self.dtype)}
+
+    def _w(self, p):
+        return p[...].astype(self.dtype)
+
+    def _gates(self, x):
+        """x [..., D] -> (g, beta) [..., HV] float32."""
+        x32 = x.astype(jnp.float32)
+        beta = self.beta_scale * jax.nn.sigmoid(x32 @ self.w_beta[...].astype(jnp.float32))
+        a = x32 @ self.w_a[...].astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
+        return g, beta
+
+    def _output(self, x, o):
+        """o [..., HV, V] -> y [..., D]: RMSNorm(o) * SiLU(x W_z), then W_o."""
+        z = jnp.einsum("...d,dhk->...hk", x, self._w(self.w_z))
+        o = self.o_norm(o) * jax.nn.silu(z)
+        return jnp.einsum("...hk,hkd->...d", o, self._w(self.w_o))
+
+
+class GDNMixer(DeltaRuleMixer):
     def __init__(self, d_model: int, *, heads: int, v_heads: int, head_dim: int, v_head_dim: int,
                  conv_kernel: int, norm_eps: float, impl: str, chunk_size: int, dtype, param_dtype,
                  rngs: nnx.Rngs, beta_scale: float = 1.0):
@@ -83,26 +111,10 @@ class GDNMixer(nnx.Module):
     def conv_channels(self) -> int:
         return 2 * self.heads * self.head_dim + self.v_heads * self.v_head_dim
 
-    def init_state(self, batch: int) -> dict:
-        """Zero recurrent state: {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C] compute dtype}."""
-        return {"S": jnp.zeros((batch, self.v_heads, self.head_dim, self.v_head_dim), jnp.float32),
-                "conv": jnp.zeros((batch, self.conv_kernel - 1, self.conv_channels), self.dtype)}
-
-    def _w(self, p):
-        return p[...].astype(self.dtype)
-
     def _conv_weight(self) -> jax.Array:
         """[kernel, C], channels ordered q, k, v as in the conv tail."""
         w = [self._w(p).reshape(self.conv_kernel, -1) for p in (self.conv_q, self.conv_k, self.conv_v)]
         return jnp.concatenate(w, axis=1)
-
-    def _gates(self, x):
-        """x [..., D] -> (g, beta) [..., HV] float32."""
-        x32 = x.astype(jnp.float32)
-        beta = self.beta_scale * jax.nn.sigmoid(x32 @ self.w_beta[...].astype(jnp.float32))
-        a = x32 @ self.w_a[...].astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
-        g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
-        return g, beta
 
     def _split_qkv(self, qkv):
         """[..., C] -> q, k [..., H, K] (L2-normalised), v [..., HV, V]."""
@@ -117,12 +129,6 @@ class GDNMixer(nnx.Module):
         """x [..., D] -> concatenated q, k, v projections [..., C] (before the conv)."""
         parts = [jnp.einsum("...d,dhk->...hk", x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v)]
         return jnp.concatenate([p.reshape(*x.shape[:-1], -1) for p in parts], axis=-1)
-
-    def _output(self, x, o):
-        """o [..., HV, V] -> y [..., D]: RMSNorm(o) * SiLU(x W_z), then W_o."""
-        z = jnp.einsum("...d,dhk->...hk", x, self._w(self.w_z))
-        o = self.o_norm(o) * jax.nn.silu(z)
-        return jnp.einsum("...hk,hkd->...d", o, self._w(self.w_o))
 
     def __call__(self, x: jax.Array, state: dict):
         """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state)."""

@@ -12,7 +12,9 @@ The published code (jetai/modeling/hf/dynamic_conv.py) flattens the generator ou
 the tap index w innermost; W_gen2 [R, HV, V, W] and b_gen2 [HV, V, W] keep that order. Its decode
 cache holds the last W value inputs, but the oldest is rolled out before the sum, so only W-1 are
 needed: the recurrent state is GDN's, {"S": [B, HV, K, V] float32, "conv": [B, W-1, HV*V]}, and
-crosses windows and passes exactly as a GDN layer's does.
+crosses windows and passes exactly as a GDN layer's does. Every span, not only the first, reads
+the tail it is given (the published `_forward_naive` ignores an existing cache; its Triton cache
+path does not), so a sequence read in pieces equals the sequence read whole.
 """
 import math
 
@@ -22,7 +24,7 @@ from flax import nnx
 
 from sleep_jax import ops
 from sleep_jax.layers.common import dense_param, make_param
-from sleep_jax.layers.gdn import GDNMixer, decay_params
+from sleep_jax.layers.gdn import DeltaRuleMixer, decay_params
 from sleep_jax.layers.norms import RMSNorm, l2_normalize
 
 
@@ -39,8 +41,8 @@ def dynamic_causal_conv(x: jax.Array, kernels: jax.Array, tail: jax.Array):
     return y, padded[:, steps:]
 
 
-class JetMixer(GDNMixer):
-    """JetBlock mixer; shares GDN's gates (`_gates`) and gated output norm (`_output`).
+class JetMixer(DeltaRuleMixer):
+    """JetBlock mixer; shares GDN's state layout, gates (`_gates`) and gated output norm (`_output`).
 
     `heads` key and value heads (as published: HV = H), `head_dim` K, `v_head_dim` V,
     `conv_kernel` W taps, generator hidden width R = H*V // generator_reduction.

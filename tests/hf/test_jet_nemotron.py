@@ -281,3 +281,23 @@ def test_convert_makes_a_run_directory_that_exports_bit_exact(pair, tmp_path):
     for a, b in zip(*(jax.tree.leaves(nnx.state(m, nnx.Param)) for m in
                       (convert.load_run(str(tmp_path / "run")), hf.from_pretrained(path)))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_engine_sleeps_the_jetblock_state_as_training_does(pair):
+    """The streaming engine (N = 2, looped middle segment) gives the training path's logits and
+    greedy tokens: the JetBlock state crosses windows and passes as a GDN block's does."""
+    from sleep_jax.infer import Engine
+    from sleep_jax.sleep import SleepConfig, sequence_logits
+    window = 4
+    model = hf.from_pretrained(pair[2], loop=(1, 4), delta_rule_impl="recurrent")
+    sleep = SleepConfig(passes=2, window=window, eviction="hard")
+    prompt = tokens(1)[:, :10]
+    engine = Engine(model, sleep, slots=1)
+    first = engine.prefill(0, prompt[0])
+    new = engine.generate([0], 6)
+    stream = jnp.asarray(np.concatenate([prompt, new], axis=1))                 # 16 tokens, 4 windows
+    logits = jax.jit(lambda m, x, kinds: sequence_logits(m, x, sleep=sleep, kinds=kinds), static_argnums=2)
+    third, fourth = logits(model, stream[:, :12], "CCP"), logits(model, stream, "CCCP")
+    np.testing.assert_allclose(first, third[0, 9], atol=1e-5, rtol=0)
+    want = np.concatenate([third[0, 9:12].argmax(-1), fourth[0, 12:15].argmax(-1)])
+    np.testing.assert_array_equal(new[0], want)
