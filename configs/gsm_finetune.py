@@ -31,9 +31,11 @@ generated problems (``task.train_examples``; one epoch = 20,000 / batch 64 = 313
 eval set 800 problems with op counts 1-8 (100 per count), bfloat16 compute with float32
 parameters, remat ``pass``, and the insert positions of Ouro's blocks (after every 4th of its 24
 layers: 4, 9, 14, 19, 24, 29 in the new 30-layer list) and their shape (JetBlocks, "J", of 8
-heads with K = V = 128: about 11M parameters each at Ouro's d = 2048, 66M in all, under 5% of
-the model). The tiny variant inserts a GDN block ("G"), the cheapest kind to compile on a CPU;
-``--config.init.insert_kind=J`` inserts a JetBlock there too. The hard-eviction
+heads with K = V = 128: 67,867,488 parameters in all at Ouro's d = 2048, 4.7% of Ouro-1.4B's
+1,434,652,673, counted with ``hf.insert.inserted_config``). The tiny variant inserts a GDN
+block ("G"), the cheapest kind to compile on a CPU; ``--config.init.insert_kind=J`` inserts a
+JetBlock there too. Ouro's own recurrent depth (``ut_steps`` = 4) comes with its checkpoint;
+"all blocks looped" is ``model.loop`` None (the whole unrolled stack sleeps). The hard-eviction
 recipes train one stage (all parameters) for 2 epochs. To train and evaluate on the published
 problems instead, set ``task.data`` to the downloaded dataset directory (see the README).
 """
