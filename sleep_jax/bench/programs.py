@@ -46,3 +46,9 @@ def forward_and_gradient(backend, *, sizes=None, chunk_size=64):
 def failure(exc) -> str:
     """A failed lowering, compile or run as one string for a JSON row: type and message (500 chars)."""
     return f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+
+
+def peak_bytes(compiled) -> int:
+    """argument + output - alias + temp bytes of a compiled executable (XLA memory analysis)."""
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)

@@ -29,6 +29,7 @@ from absl import app, flags
 from flax import nnx
 
 from sleep_jax.bench.models import bench_model_config
+from sleep_jax.bench.programs import peak_bytes
 from sleep_jax.model import HybridModel
 from sleep_jax.sleep import SleepConfig, sequence_loss
 
@@ -39,12 +40,6 @@ def carry_bytes(model: HybridModel, batch: int, sleep: SleepConfig, kinds: str) 
     looped = model.init_state(batch, model.config.layer_groups[1])
     state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(looped))
     return (hidden + state) * kinds.count("C")
-
-
-def peak_bytes(compiled) -> int:
-    """argument + output - alias + temp bytes of a compiled executable (XLA memory analysis)."""
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
 def compile_step(model: HybridModel, tokens, loss_mask, sleep: SleepConfig, kinds: str):

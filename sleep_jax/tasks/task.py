@@ -87,6 +87,7 @@ class Task(abc.ABC):
     answers: int
     eval_examples: int
     config: dict[str, Any]
+    train_size: int | None = None   # examples in one epoch of "train"; None = endless
 
     @abc.abstractmethod
     def problem(self, split: str, seed: int, index: int) -> Any:

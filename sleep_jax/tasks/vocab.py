@@ -87,3 +87,69 @@ class Vocab:
             bad = ids[(ids < 0) | (ids >= self.size)][0]
             raise ValueError(f"token id {int(bad)} is outside [0, {self.size})")
         return (" " if self.word_level else "").join(self.tokens[i] for i in ids.tolist())
+
+
+class TokenizerVocab:
+    """A pretrained model's tokenizer (`tokenizer.json`, read by `tokenizers`) with `Vocab`'s
+    interface: `size`, `encode`, `encode_array`, `decode`, `id`, `pad_id`, `eos_id`, `sep_id`.
+
+    `encode` adds no special tokens. The end-of-answer token is the directory's
+    `tokenizer_config.json` `eos_token`; padding is its `pad_token`, else the end token.
+
+    Args:
+      path: a directory holding `tokenizer.json` (and `tokenizer_config.json`).
+    """
+
+    word_level = False
+    sep_id = None
+
+    def __init__(self, path: str):
+        import json
+        import os
+
+        from tokenizers import Tokenizer
+
+        file = os.path.join(path, "tokenizer.json")
+        if not os.path.exists(file):
+            raise ValueError(f"task.tokenizer={path!r}: no tokenizer.json in that directory")
+        self.path = path
+        self._tokenizer = Tokenizer.from_file(file)
+        special = {}
+        config_file = os.path.join(path, "tokenizer_config.json")
+        if os.path.exists(config_file):
+            with open(config_file) as f:
+                special = json.load(f)
+
+        def token_of(key):
+            value = special.get(key)
+            return value.get("content") if isinstance(value, dict) else value
+
+        eos = token_of("eos_token")
+        if eos is None:
+            raise ValueError(f"task.tokenizer={path!r}: tokenizer_config.json names no eos_token "
+                             "(the token that ends an answer)")
+        self.eos_id = self.id(eos)
+        pad = token_of("pad_token")
+        self.pad_id = self.eos_id if pad is None else self.id(pad)
+        self.size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def id(self, token: str) -> int:
+        """The id of one token string; ValueError if it is not in the vocabulary."""
+        value = self._tokenizer.token_to_id(token)
+        if value is None:
+            raise ValueError(f"token {token!r} is not in the vocabulary of {self.path}")
+        return value
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of token ids; ValueError on an id outside `[0, size)`."""
+        ids = np.asarray(ids).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.size):
+            bad = ids[(ids < 0) | (ids >= self.size)][0]
+            raise ValueError(f"token id {int(bad)} is outside [0, {self.size})")
+        return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False)

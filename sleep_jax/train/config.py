@@ -8,6 +8,15 @@ A config (``configs/<task>.py``) is an ``ml_collections.ConfigDict`` with exactl
 - ``task``: ``sleep_jax.tasks.default_config(name)`` with overrides.
 - ``train``: the fields of ``TrainConfig`` 1:1 (steps, batch size, optimiser, logging, eval).
 - ``mesh``: ``data``, ``fsdp``, ``tensor`` sizes (one may be -1: the remaining devices).
+- ``init``: where the parameters start (``INIT_DEFAULTS``): ``hf_dir`` "" (random init) or a
+  Hugging Face directory / a run directory written by ``sleep_jax.convert``; ``insert_positions``,
+  ``insert_kind``, ``insert_mlp``: blocks inserted into it (``sleep_jax.hf.insert``).
+- ``stages``: the training stages, one tuple entry per stage (``STAGE_KEYS``); all empty = one
+  stage from the ``train`` and ``sleep`` blocks. See ``Stage`` and ``stage_plan``.
+
+``resolve`` turns a config into the run's config: with ``init.hf_dir`` the ``model`` block
+becomes the checkpoint's architecture (plus the run's own choices, ``RUN_MODEL_KEYS``), the
+task's tokenizer becomes the checkpoint's, and with stages ``train.steps`` becomes their total.
 
 ``validate`` checks a config against the task and the devices before anything is built, and
 raises ``ConfigError`` (a ``ValueError``), one line starting with the key at fault. Each rule
@@ -33,7 +42,20 @@ from sleep_jax.files import write_text_atomic
 from sleep_jax.parallel.mesh import MESH_AXES, mesh_shape
 from sleep_jax.train.errors import ConfigError
 
-BLOCKS = ("model", "sleep", "task", "train", "mesh")
+BLOCKS = ("model", "sleep", "task", "train", "mesh", "init", "stages")
+
+# init.hf_dir "": random init; else a Hugging Face directory (config.json, *.safetensors,
+# tokenizer.json) or a run directory written by sleep_jax.convert (model.json, params/, hub/).
+INIT_DEFAULTS = {"hf_dir": "", "insert_positions": (), "insert_kind": "", "insert_mlp": False}
+# One tuple entry per stage; all empty: one stage from the train and sleep blocks.
+STAGE_KEYS = ("steps", "epochs", "trainable", "eviction", "window", "muon_lr", "adamw_lr")
+# Model keys a fine-tuning run chooses itself; every other model key comes from init.hf_dir.
+RUN_MODEL_KEYS = ("loop", "dtype", "param_dtype", "delta_rule_impl", "chunk_size")
+# Model keys that shape an inserted block of a kind the checkpoint has none of: the run chooses
+# them (e.g. model.jet_heads for JetBlocks inserted into Ouro).
+INSERTED_KIND_KEYS = {"J": "jet_"}
+# In stages.trainable: the blocks inserted by init.insert_positions.
+INSERTED = "@inserted"
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -130,6 +152,8 @@ def base_config(task_name: str, task_size: str = "paper") -> ml_collections.Conf
     config.task = tasks.default_config(task_name, task_size)
     config.train = ml_collections.ConfigDict(dict(TRAIN_DEFAULTS))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.init = ml_collections.ConfigDict(dict(INIT_DEFAULTS))
+    config.stages = ml_collections.ConfigDict({key: () for key in STAGE_KEYS})
     return config
 
 
@@ -199,6 +223,8 @@ def check_structure(config: ml_collections.ConfigDict) -> None:
     _check_keys("sleep", config.sleep.keys(), _field_names(SleepConfig))
     _check_keys("train", config.train.keys(), _field_names(TrainConfig))
     _check_keys("mesh", config.mesh.keys(), MESH_AXES)
+    _check_keys("init", config.init.keys(), INIT_DEFAULTS)
+    _check_keys("stages", config.stages.keys(), STAGE_KEYS)
 
 
 def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
@@ -225,6 +251,7 @@ def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
             raise ConfigError(f"model.vocab_size={vocab}: smaller than the task vocabulary "
                               f"({task.vocab.size}); leave it None to take the task's")
         shape = mesh_shape(dict(config.mesh), device_count)
+        stage_plan(config, task)
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:  # the typed configs' own checks
@@ -369,3 +396,225 @@ def eval_tag(stored: ml_collections.ConfigDict | None, given: ml_collections.Con
     changed = [f"{key}={new}".replace(" ", "").replace("/", "_")
                for key, (_, new) in differences(stored, given).items() if _changes_eval(key)]
     return ",".join(changed) or None
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages and fine-tuning from a pretrained checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training stage, resolved: global steps ``first_step + 1 .. last_step`` (the state
+    saved at ``last_step`` is still this stage's; the next stage starts a fresh optimiser from
+    its parameters).
+
+    Attributes:
+      trainable: path patterns (``fnmatch`` on ``blocks/3/mixer/w_q``-style parameter paths);
+        parameters that match none are frozen (no gradient, no optimiser state, bit-identical).
+    """
+    index: int
+    first_step: int
+    steps: int
+    trainable: tuple[str, ...]
+    eviction: str
+    window: int
+    muon_lr: float
+    adamw_lr: float
+
+    @property
+    def last_step(self) -> int:
+        return self.first_step + self.steps
+
+
+def _stage_columns(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    columns = {key: tuple(config.stages[key] or ()) for key in STAGE_KEYS}
+    count = len(columns["trainable"]) or len(columns["steps"]) or len(columns["epochs"])
+    for key in STAGE_KEYS:
+        if key in ("steps", "epochs") and not columns[key]:
+            columns[key] = (0,) * count
+        if len(columns[key]) != count:
+            raise ConfigError(f"stages.{key}={columns[key]!r}: has {len(columns[key])} entries, "
+                              f"the stage list has {count} (one per stage in every stages key)")
+    return columns
+
+
+def stage_plan(config: ml_collections.ConfigDict, task: Any) -> tuple[Stage, ...]:
+    """The run's stages from the ``stages`` block (``ConfigError`` naming the key at fault), or
+    one stage from the ``train`` and ``sleep`` blocks when the block is empty.
+
+    Each stage has either ``steps`` or ``epochs`` (> 0, the other 0); an epoch is
+    ``task.train_size`` examples. The last stage's window and eviction must be the ``sleep``
+    block's: the run is evaluated with them.
+    """
+    train = TrainConfig(**config.train.to_dict())
+    columns = _stage_columns(config)
+    if not columns["trainable"]:
+        return (Stage(0, 0, train.steps, ("*",), config.sleep.eviction, config.sleep.window,
+                      train.muon_lr, train.adamw_lr),)
+    stages, first = [], 0
+    for i in range(len(columns["trainable"])):
+        steps, epochs = columns["steps"][i], columns["epochs"][i]
+        for key, value in (("steps", steps), ("epochs", epochs)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"stages.{key}={columns[key]!r}: entry {i} must be a number >= 0")
+        if (steps > 0) == (epochs > 0):
+            raise ConfigError(f"stages.steps={columns['steps']!r}: stage {i} needs steps or epochs "
+                              f"(stages.epochs={columns['epochs']!r}), exactly one of them > 0")
+        if epochs:
+            if not task.train_size:
+                raise ConfigError(f"stages.epochs={columns['epochs']!r}: task {task.name!r} has an "
+                                  "endless train split; give stages.steps, or a fixed train set "
+                                  "(task.train_examples or task.data)")
+            steps = math.ceil(epochs * task.train_size / train.batch_size)
+        elif not isinstance(steps, int):
+            raise ConfigError(f"stages.steps={columns['steps']!r}: entry {i} must be an int")
+        trainable = tuple(p.strip() for p in str(columns["trainable"][i]).split(",") if p.strip())
+        if not trainable:
+            raise ConfigError(f"stages.trainable={columns['trainable']!r}: entry {i} is empty")
+        if INSERTED in trainable:
+            positions = tuple(config.init.insert_positions)
+            if not positions:
+                raise ConfigError(f"stages.trainable={columns['trainable']!r}: {INSERTED} names "
+                                  "the inserted blocks, but init.insert_positions is empty")
+            trainable = tuple(p for p in trainable if p != INSERTED) + tuple(
+                f"blocks/{position}/*" for position in positions)
+        from sleep_jax.sleep import EVICTIONS
+        if columns["eviction"][i] not in EVICTIONS:
+            raise ConfigError(f"stages.eviction={columns['eviction']!r}: entry {i} must be one of "
+                              f"{EVICTIONS}")
+        for key in ("window", "muon_lr", "adamw_lr"):
+            value = columns[key][i]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or \
+                    (key == "window" and not isinstance(value, int)):
+                raise ConfigError(f"stages.{key}={columns[key]!r}: entry {i} must be "
+                                  f"{'an int' if key == 'window' else 'a number'} > 0")
+        stages.append(Stage(i, first, int(steps), trainable, columns["eviction"][i],
+                            columns["window"][i], float(columns["muon_lr"][i]),
+                            float(columns["adamw_lr"][i])))
+        first += int(steps)
+    last = stages[-1]
+    if last.window != config.sleep.window:
+        raise ConfigError(f"stages.window={columns['window']!r}: the last stage's window must be "
+                          f"sleep.window={config.sleep.window}, the window the run is evaluated with")
+    if last.eviction != config.sleep.eviction:
+        raise ConfigError(f"stages.eviction={columns['eviction']!r}: the last stage's eviction must "
+                          f"be sleep.eviction={config.sleep.eviction!r}, the run's evaluation setting")
+    for stage in stages:
+        if stage.window != task.layout.window:
+            try:
+                stage_task(config, stage)
+            except ConfigError as error:
+                raise ConfigError(f"stages.window={columns['window']!r}: stage {stage.index}: "
+                                  f"{error}") from None
+    return tuple(stages)
+
+
+def stage_task(config: ml_collections.ConfigDict, stage: Stage) -> Any:
+    """The task of a stage: the ``task`` block with the stage's window."""
+    task_config = ml_collections.ConfigDict(config.task.to_dict())
+    task_config.window = stage.window
+    return make_task(ml_collections.ConfigDict({"task": task_config}))
+
+
+def stage_train_config(train: TrainConfig, stage: Stage) -> TrainConfig:
+    """The ``TrainConfig`` of one stage: its steps and learning rates (its own warmup and
+    schedule, over at most its steps)."""
+    return dataclasses.replace(train, steps=stage.steps, muon_lr=stage.muon_lr,
+                               adamw_lr=stage.adamw_lr,
+                               warmup_steps=min(train.warmup_steps, stage.steps))
+
+
+def stage_sleep_config(config: ml_collections.ConfigDict, stage: Stage):
+    """The ``SleepConfig`` of one stage: the ``sleep`` block with its window and eviction."""
+    from sleep_jax.sleep import SleepConfig
+
+    return SleepConfig(**dict(config.sleep.to_dict(), window=stage.window, eviction=stage.eviction))
+
+
+def pretrained_dir_config(hf_dir: str):
+    """The ``ModelConfig`` of ``init.hf_dir``: a hub directory's config.json, or a run
+    directory's model.json (``sleep_jax.convert``)."""
+    from sleep_jax import convert, hf
+    from sleep_jax.model import ModelConfig
+
+    hub_file = os.path.join(hf_dir, hf.CONFIG_FILE)
+    run_file = os.path.join(hf_dir, convert.MODEL_FILE)
+    try:
+        if os.path.exists(hub_file):
+            return hf.model_config(hf.read_hub_config(hf_dir))
+        if os.path.exists(run_file):
+            with open(run_file) as f:
+                return ModelConfig(**json.load(f))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"init.hf_dir={hf_dir!r}: {error}") from None
+    raise ConfigError(f"init.hf_dir={hf_dir!r}: no config.json (a Hugging Face directory) or "
+                      f"model.json (a run directory of sleep_jax.convert) there")
+
+
+def tokenizer_dir(hf_dir: str) -> str:
+    """Where ``init.hf_dir``'s tokenizer.json is: the directory itself, or a run directory's hub/."""
+    for candidate in (hf_dir, os.path.join(hf_dir, "hub")):
+        if os.path.exists(os.path.join(candidate, "tokenizer.json")):
+            return candidate
+    raise ConfigError(f"init.hf_dir={hf_dir!r}: no tokenizer.json (nor hub/tokenizer.json) there; "
+                      "the fine-tuning data is tokenized with the checkpoint's tokenizer")
+
+
+def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -> ml_collections.ConfigDict:
+    """The run's config: a copy of ``config`` where, with ``init.hf_dir`` set, the ``model``
+    block is the checkpoint's architecture after ``init.insert_*`` (keeping the given
+    ``RUN_MODEL_KEYS``, and the keys of an inserted kind new to the checkpoint,
+    ``INSERTED_KIND_KEYS``; ``model.loop`` counts the layers after insertion) and an empty
+    ``task.tokenizer`` is the checkpoint's; with stages, ``train.steps`` is their total.
+    ``ConfigError`` for a model key set to a value the checkpoint contradicts.
+    ``need_tokenizer=False`` (``bench.memory``: shapes only) leaves the character vocabulary when
+    the directory has no tokenizer.json; the layout (T, windows) is the same."""
+    check_structure(config)
+    out = ml_collections.ConfigDict(config.to_dict())
+    init = config.init
+    if init.hf_dir:
+        from sleep_jax.hf.insert import inserted_config
+
+        pretrained = pretrained_dir_config(init.hf_dir)
+        run_keys = RUN_MODEL_KEYS
+        prefix = INSERTED_KIND_KEYS.get(init.insert_kind)
+        if init.insert_positions and prefix and init.insert_kind not in pretrained.pattern:
+            run_keys += tuple(f.name for f in dataclasses.fields(pretrained) if f.name.startswith(prefix))
+            pretrained = dataclasses.replace(pretrained, **{k: config.model[k] for k in run_keys
+                                                            if k.startswith(prefix)})
+        if init.insert_positions:
+            try:
+                pretrained = inserted_config(pretrained, tuple(init.insert_positions),
+                                             init.insert_kind, mlp=bool(init.insert_mlp))
+            except ValueError as error:
+                raise ConfigError(f"init.insert_positions={tuple(init.insert_positions)}: "
+                                  f"{error}") from None
+        defaults = model_block()
+        given = config.model.to_dict()
+        fields = dataclasses.asdict(pretrained)
+        for key, value in given.items():
+            if key in run_keys:
+                fields[key] = value
+            elif value != defaults[key] and _plain(value) != _plain(fields[key]):
+                raise ConfigError(f"model.{key}={value!r}: init.hf_dir={init.hf_dir!r} fixes the "
+                                  f"architecture ({key}={fields[key]!r}); leave model.{key} at "
+                                  f"its default, or change only {', '.join(RUN_MODEL_KEYS)}")
+        out.model = model_block(**{k: v for k, v in fields.items()})
+        if "tokenizer" in out.task and not out.task.tokenizer:
+            try:
+                out.task.tokenizer = tokenizer_dir(init.hf_dir)
+            except ConfigError:
+                if need_tokenizer:
+                    raise
+    elif init.insert_positions:
+        raise ConfigError(f"init.insert_positions={tuple(init.insert_positions)}: blocks are "
+                          "inserted into a pretrained model; set init.hf_dir")
+    if tuple(out.stages.trainable or ()):
+        total = sum(stage.steps for stage in stage_plan(out, make_task(out)))
+        out.train.steps = total
+        out.train.warmup_steps = min(out.train.warmup_steps, total)
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value

@@ -35,49 +35,99 @@ from sleep_jax.train.data import to_global, train_iterator
 from sleep_jax.train.evaluation import evaluate, write_eval
 from sleep_jax.train.errors import ConfigError, RunStopped
 from sleep_jax.train.metrics import MetricsWriter, Progress, StepTimer
-from sleep_jax.train.optimizer import make_optimizer
+from sleep_jax.train.optimizer import make_optimizer, trainable_mask
 from sleep_jax.train.step import (abstract_train_state, init_train_state, make_predict_step,
-                                  make_train_step, model_loss_fn, model_predict_fn)
+                                  make_train_step, model_loss_fn, model_predict_fn,
+                                  train_state_from_params)
 
 
 @dataclasses.dataclass
 class Experiment:
-    """Everything built from a validated config, before any array is allocated."""
+    """Everything built from a validated config for one stage, before any array is allocated."""
     config: ml_collections.ConfigDict
-    train: config_lib.TrainConfig
-    task: Any
+    train: config_lib.TrainConfig      # this stage's: its steps and learning rates
+    task: Any                          # this stage's window
     mesh: jax.sharding.Mesh
     model_config: Any
-    sleep: Any
+    sleep: Any                         # this stage's window and eviction
     graphdef: nnx.GraphDef
-    create_params: Callable[[], nnx.State]
+    create_params: Callable[[], nnx.State]   # random init (also what abstract shapes come from)
+    initial_params: Callable[[], nnx.State] | None   # the pretrained parameters (init.hf_dir)
     optimizer: Any
+    stage: config_lib.Stage
+    trainable: Any                     # bool per parameter array (optimizer.trainable_mask)
 
     @property
     def kinds(self) -> str:
         return self.task.layout.kinds
 
 
-def setup(config: ml_collections.ConfigDict) -> Experiment:
-    """Validates ``config`` (raising ``ConfigError`` naming the bad key) and builds the pieces."""
+def setup(config: ml_collections.ConfigDict, stage_index: int = -1) -> Experiment:
+    """Validates a resolved ``config`` (``config_lib.resolve``; raising ``ConfigError`` naming
+    the bad key) and builds the pieces of stage ``stage_index`` (default: the last, whose window
+    and eviction are the run's evaluation setting)."""
     from sleep_jax.model import HybridModel
 
     config_lib.check_structure(config)
     task = config_lib.make_task(config)
     config_lib.validate(config, task, jax.device_count())
-    train = config_lib.train_config(config)
+    stage = config_lib.stage_plan(config, task)[stage_index]
+    if stage.window != task.layout.window:
+        task = config_lib.stage_task(config, stage)
+    train = config_lib.stage_train_config(config_lib.train_config(config), stage)
     mesh = make_mesh(config.mesh)
     model_config = config_lib.model_config(config, task)
 
     def create_params():
         return nnx.split(HybridModel(model_config, rngs=nnx.Rngs(train.seed)))[1]
 
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: HybridModel(model_config,
-                                                               rngs=nnx.Rngs(train.seed))))
+    abstract = nnx.eval_shape(lambda: HybridModel(model_config, rngs=nnx.Rngs(train.seed)))
+    trainable = trainable_mask(nnx.split(abstract)[1], stage.trainable)
+    if not any(jax.tree.leaves(trainable)):
+        raise ConfigError(f"stages.trainable={tuple(config.stages.trainable)!r}: stage "
+                          f"{stage.index}'s filter {','.join(stage.trainable)!r} matches no "
+                          f"parameter (paths look like blocks/0/mixer/w_q, embedding)")
+    initial_params = None
+    if config.init.hf_dir:
+        def initial_params():
+            return pretrained_params(config, abstract)
     return Experiment(config=config, train=train, task=task, mesh=mesh,
-                      model_config=model_config, sleep=config_lib.sleep_config(config),
-                      graphdef=graphdef, create_params=create_params,
-                      optimizer=make_optimizer(train))
+                      model_config=model_config, sleep=config_lib.stage_sleep_config(config, stage),
+                      graphdef=nnx.graphdef(abstract), create_params=create_params,
+                      initial_params=initial_params,
+                      optimizer=make_optimizer(train, stage.trainable), stage=stage,
+                      trainable=trainable)
+
+
+def setup_stages(config: ml_collections.ConfigDict) -> list[Experiment]:
+    """``setup`` of every stage, in order (every stage's config checked before any runs)."""
+    task = config_lib.make_task(config)
+    config_lib.validate(config, task, jax.device_count())
+    return [setup(config, index) for index in range(len(config_lib.stage_plan(config, task)))]
+
+
+def pretrained_params(config: ml_collections.ConfigDict, abstract: Any) -> nnx.State:
+    """The parameters ``init.hf_dir`` gives, laid into the run model's structure ``abstract``
+    (cast to its parameter dtype): a hub directory through ``hf.from_pretrained`` or a run
+    directory through ``convert.load_run``, then ``init.insert_*`` through
+    ``hf.insert.insert_blocks`` (seeded by ``train.seed``)."""
+    from sleep_jax import convert, hf
+    from sleep_jax.hf.insert import insert_blocks
+
+    init = config.init
+    if os.path.exists(os.path.join(init.hf_dir, hf.CONFIG_FILE)):
+        model = hf.from_pretrained(init.hf_dir)
+    else:
+        model = convert.load_run(init.hf_dir)
+    if init.insert_positions:
+        model = insert_blocks(model, tuple(init.insert_positions), init.insert_kind,
+                              mlp=bool(init.insert_mlp), seed=config.train.seed)
+    source = nnx.state(model, nnx.Param).to_pure_dict()
+    state = nnx.split(abstract)[1]
+    target = state.to_pure_dict()
+    state.replace_by_pure_dict(jax.tree.map(lambda value, like: jax.numpy.asarray(value, like.dtype),
+                                            source, target))
+    return state
 
 
 def _run_eval(exp: Experiment, predict: Callable, params: Any) -> dict:
@@ -107,76 +157,71 @@ def _check_finite(state: dict, checkpointer: Checkpointer, metrics: dict | None 
                      f"train.adamw_lr or set train.grad_clip > 0")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from the newest readable checkpoint if any), evaluates, writes eval.json.
+def _stage_of_step(exps: list[Experiment], step: int) -> int:
+    """The stage whose state a checkpoint at ``step`` holds: first_step < step <= last_step."""
+    for index, exp in enumerate(exps):
+        if step <= exp.stage.last_step:
+            return index
+    return len(exps) - 1
 
-    The run's ``config.json`` is compared with ``config`` before anything is built (a key outside
-    ``config_lib.RESUMABLE_KEYS`` that differs stops the run) and written only once the config
-    has validated and any restore has succeeded. Returns the final eval record (eval.json).
-    Raises ``ConfigError`` (bad config) or ``RunStopped`` (divergence, no readable checkpoint,
-    a failed save).
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains through the config's stages (resuming from the newest readable checkpoint, in
+    its stage), evaluates, writes eval.json.
+
+    ``config`` is resolved first (``config_lib.resolve``: the pretrained architecture and
+    tokenizer, the stages' total steps). The run's ``config.json`` is compared with it before
+    anything is built (a key outside ``config_lib.RESUMABLE_KEYS`` that differs stops the run)
+    and written only once the config has validated and any restore has succeeded. The step
+    counter runs on across stages; each stage ends with a saved checkpoint, and the next starts
+    a fresh optimiser (its own trainable set, learning rates and schedule) and data iterator
+    from the parameters at that step. Returns the final eval record (eval.json). Raises
+    ``ConfigError`` (bad config) or ``RunStopped`` (divergence, no readable checkpoint, a
+    failed save).
     """
-    exp = setup(config)
+    config = config_lib.resolve(config)
+    exps = setup_stages(config)
     stored = config_lib.load_run_config(workdir)
     if stored is not None:
         config_lib.check_resume(stored, config, os.path.join(workdir, config_lib.RUN_CONFIG))
-    train_cfg = exp.train
+    first = exps[0]
+    train_cfg = config_lib.train_config(config)
     is_main = jax.process_index() == 0
     checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.keep_checkpoints,
                                 save_every=train_cfg.checkpoint_every)
+    latest = checkpointer.latest_step()
+    index = 0 if latest is None else _stage_of_step(exps, latest)
+    exp = exps[index]
     data = train_iterator(exp.task, batch_size=train_cfg.batch_size, seed=train_cfg.seed)
     abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, exp.mesh)
-    if checkpointer.latest_step() is not None:
+    if latest is not None:
         restored_step, state = checkpointer.restore_newest_readable(
             abstract_with_shardings(abstract, shardings), data, set_aside_unreadable=True)
-        logging.info("resuming from %s", checkpointer.path(restored_step))
+        logging.info("resuming from %s (stage %d)", checkpointer.path(restored_step), index)
+    elif first.initial_params is not None:
+        state, _ = train_state_from_params(first.initial_params(), first.optimizer, first.mesh)
     else:
-        state, _ = init_train_state(exp.create_params, exp.optimizer, exp.mesh)
+        state, _ = init_train_state(first.create_params, first.optimizer, first.mesh)
     if is_main:
         config_lib.write_run_config(workdir, config)
-    train_step = make_train_step(model_loss_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
-                                 exp.optimizer, exp.mesh, shardings)
-    predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
-                                exp.mesh, shardings["params"])
     writer = MetricsWriter(workdir, enabled=is_main)
     progress = Progress(train_cfg.steps)
-    inputs = batch_sharding(exp.mesh)
-    tokens_per_step = train_cfg.batch_size * exp.task.layout.seq_len
-
-    step = first_step = int(jax.device_get(state["step"]))
+    step = int(jax.device_get(state["step"]))
     timer = StepTimer(step)
-    metrics = None
     try:
-        while step < train_cfg.steps:
-            state, metrics = train_step(state, to_global(next(data), inputs))
-            step += 1
-            log_now = train_cfg.log_every and (step % train_cfg.log_every == 0
-                                               or step == train_cfg.steps)
-            if log_now or step == first_step + 1:  # the first lap is the compile step alone
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                step_time = timer.lap(step)
-            if log_now:
-                metrics.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time)
-                writer.write(step, metrics)
-                if is_main:
-                    progress.log(step, metrics)
-                _check_finite(state, checkpointer, metrics)
-            checkpointer.check_saved()
-            final = step == train_cfg.steps
-            preempted = checkpointer.reached_preemption(step)
-            if final or preempted or checkpointer.should_save(step):
-                _check_finite(state, checkpointer)
-                checkpointer.save(step, state, data, force=final or preempted)
-            if preempted:  # every process saved at this step; the handler below waits for it
-                raise SystemExit(f"preempted: saved step {step} to {checkpointer.directory}; "
-                                 "rerun the same command to resume")
-            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and not final:
-                _check_finite(state, checkpointer)
-                result = _run_eval(exp, predict, state["params"])
-                writer.write(step, _eval_metrics(result), split="eval")
-                logging.info("eval at step %d: accuracy %.4f %s", step, result["accuracy"],
-                             json.dumps(result["by_difficulty"]))
-                timer.restart()  # eval time is not step time
+        for index in range(index, len(exps)):
+            if exps[index] is not exp:  # a new stage: fresh optimiser and data from here
+                exp = exps[index]
+                logging.info("stage %d from step %d: %d steps, trainable %s, %s eviction, L=%d",
+                             index, step, exp.stage.steps, ",".join(exp.stage.trainable),
+                             exp.sleep.eviction, exp.sleep.window)
+                state, shardings = train_state_from_params(state["params"], exp.optimizer,
+                                                           exp.mesh, step)
+                data = train_iterator(exp.task, batch_size=train_cfg.batch_size,
+                                      seed=train_cfg.seed)
+            state, predict = _train_stage(exp, state, shardings, data, checkpointer, writer,
+                                          progress, timer, step)
+            step = exp.stage.last_step
         _check_finite(state, checkpointer)
     except BaseException as error:
         writer.flush()
@@ -191,6 +236,53 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.write(step, _eval_metrics(result), split="eval")
     writer.close()
     return _finish(exp, workdir, result, step, name="eval")
+
+
+def _train_stage(exp: Experiment, state: dict, shardings: Any, data: Any,
+                 checkpointer: Checkpointer, writer: MetricsWriter, progress: Progress,
+                 timer: StepTimer, step: int) -> tuple[dict, Callable]:
+    """Steps from ``step`` to the stage's last step (saved, forced); returns the state and the
+    stage's predict function."""
+    train_cfg, last_step = exp.train, exp.stage.last_step
+    is_main = jax.process_index() == 0
+    train_step = make_train_step(model_loss_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
+                                 exp.optimizer, exp.mesh, shardings, trainable=exp.trainable)
+    predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
+                                exp.mesh, shardings["params"])
+    inputs = batch_sharding(exp.mesh)
+    tokens_per_step = train_cfg.batch_size * exp.task.layout.seq_len
+    first_step = step
+    while step < last_step:
+        state, metrics = train_step(state, to_global(next(data), inputs))
+        step += 1
+        log_now = train_cfg.log_every and (step % train_cfg.log_every == 0 or step == last_step)
+        if log_now or step == first_step + 1:  # the first lap is the compile step alone
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            step_time = timer.lap(step)
+        if log_now:
+            metrics.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time,
+                           stage=exp.stage.index)
+            writer.write(step, metrics)
+            if is_main:
+                progress.log(step, metrics)
+            _check_finite(state, checkpointer, metrics)
+        checkpointer.check_saved()
+        final = step == last_step
+        preempted = checkpointer.reached_preemption(step)
+        if final or preempted or checkpointer.should_save(step):
+            _check_finite(state, checkpointer)
+            checkpointer.save(step, state, data, force=final or preempted)
+        if preempted:  # every process saved at this step; the caller waits for it
+            raise SystemExit(f"preempted: saved step {step} to {checkpointer.directory}; "
+                             "rerun the same command to resume")
+        if train_cfg.eval_every and step % train_cfg.eval_every == 0 and not final:
+            _check_finite(state, checkpointer)
+            result = _run_eval(exp, predict, state["params"])
+            writer.write(step, _eval_metrics(result), split="eval")
+            logging.info("eval at step %d: accuracy %.4f %s", step, result["accuracy"],
+                         json.dumps(result["by_difficulty"]))
+            timer.restart()  # eval time is not step time
+    return state, predict
 
 
 def _finish(exp: Experiment, workdir: str, result: dict, step: int, name: str) -> dict:
@@ -215,7 +307,7 @@ def eval_config(workdir: str, given: ml_collections.ConfigDict | None,
     if given is None:
         raise ConfigError(f"--config: {os.path.join(workdir, config_lib.RUN_CONFIG)} does not "
                           f"exist, so --mode=eval needs the run's --config")
-    return given
+    return config_lib.resolve(given)
 
 
 def restore_newest(exp: Experiment, workdir: str) -> tuple[int, dict, dict]:

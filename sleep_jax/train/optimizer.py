@@ -12,6 +12,10 @@ Which parameters get Muon is decided from their ``logical_axes`` metadata:
   for lookup tables or the output classifier, following Jordan et al.'s recipe), depthwise
   convolution kernels (``conv`` axis), and vectors (norm scales, biases, ``A_log``, ``dt_bias``).
 
+A stage may freeze parameters (``trainable``: path patterns, see ``parameter_path``): those are
+labelled ``frozen`` and get ``optax.set_to_zero`` (no optimiser state at all); the train step
+also zeroes their gradients before clipping and keeps their values exactly.
+
 Both learning rates follow one schedule shape (linear warmup, then constant / cosine / linear
 decay) scaled to their own peak, and gradients are clipped by global norm first. Each optimiser
 is wrapped in ``optax.inject_hyperparams``, so the learning rate of the last update sits in the
@@ -20,7 +24,8 @@ schedule.
 """
 from __future__ import annotations
 
-from typing import Any
+import fnmatch
+from typing import Any, Sequence
 
 import jax
 import optax
@@ -31,6 +36,7 @@ from sleep_jax.layers.common import logical_axes as variable_axes
 from sleep_jax.train.config import TrainConfig
 
 LABELS = ("muon", "adamw")
+FROZEN = "frozen"
 
 
 def _is_variable(x: Any) -> bool:
@@ -67,13 +73,33 @@ def _dimension_numbers_tree(params: Any) -> Any:
     return jax.tree.map(_variable_dimension_numbers, params, is_leaf=_is_variable)
 
 
-def optimizer_labels(params: Any) -> Any:
-    """``"muon"`` or ``"adamw"`` for every parameter (same structure as ``params``)."""
-    def label(x):
+def parameter_path(key_path: tuple) -> str:
+    """A parameter's path as the stage filters see it, e.g. ``blocks/3/mixer/w_q`` (the dict keys
+    of the params tree joined by ``/``; the variable's own ``value`` attribute left out)."""
+    return "/".join(str(k.key) for k in key_path if isinstance(k, jax.tree_util.DictKey))
+
+
+def is_trainable(path: str, patterns: Sequence[str]) -> bool:
+    """Whether a parameter path matches any ``fnmatch`` pattern (``*`` matches across ``/``)."""
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
+
+
+def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
+    """``True`` / ``False`` per array of ``params`` (same structure): trainable under ``patterns``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: is_trainable(parameter_path(path), patterns), params)
+
+
+def optimizer_labels(params: Any, trainable: Sequence[str] = ("*",)) -> Any:
+    """``"muon"``, ``"adamw"`` or ``"frozen"`` (no pattern of ``trainable`` matches its path) for
+    every parameter (same structure as ``params``)."""
+    def label(path, x):
+        if not is_trainable(parameter_path(path), trainable):
+            return FROZEN
         if _is_variable(x):
             return "adamw" if _variable_dimension_numbers(x).get_value() is None else "muon"
         return "muon" if muon_dimension_numbers(tuple(x.shape), None) is not None else "adamw"
-    return jax.tree.map(label, params, is_leaf=_is_variable)
+    return jax.tree_util.tree_map_with_path(label, params, is_leaf=_is_variable)
 
 
 def learning_rate_schedule(peak: float, train: TrainConfig) -> optax.Schedule:
@@ -93,9 +119,10 @@ def learning_rate_schedule(peak: float, train: TrainConfig) -> optax.Schedule:
                                 [train.warmup_steps])
 
 
-def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(train: TrainConfig, trainable: Sequence[str] = ("*",)) -> optax.GradientTransformation:
     """Clip by global norm (``train.grad_clip``; 0: no clipping), then Muon (``train.muon_lr``) /
-    AdamW (``train.adamw_lr``) by label, each with its schedule injected into its state."""
+    AdamW (``train.adamw_lr``) by label, each with its schedule injected into its state; the
+    parameters no pattern of ``trainable`` matches get zero updates and no state."""
     muon = optax.inject_hyperparams(optax.contrib.muon,
                                     static_args=("muon_weight_dimension_numbers",))(
         learning_rate=learning_rate_schedule(train.muon_lr, train), beta=train.muon_beta,
@@ -106,7 +133,8 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     parts = []
     if train.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(train.grad_clip))
-    parts.append(optax.multi_transform({"muon": muon, "adamw": adamw}, optimizer_labels))
+    parts.append(optax.multi_transform({"muon": muon, "adamw": adamw, FROZEN: optax.set_to_zero()},
+                                       lambda params: optimizer_labels(params, trainable)))
     return optax.chain(*parts)
 
 

@@ -49,6 +49,19 @@ def init_train_state(create_params: Callable[[], Any], optimizer: optax.Gradient
     return jax.jit(create, out_shardings=shardings)(), shardings
 
 
+def train_state_from_params(params: Any, optimizer: optax.GradientTransformation,
+                            mesh: jax.sharding.Mesh, step: int = 0) -> tuple[dict, Any]:
+    """A train state at ``step`` from given parameters (pretrained, or the last stage's) with a
+    fresh optimiser state; ``(state, shardings)`` as ``init_train_state``."""
+    create = _state_builder(lambda: params, optimizer)
+    shardings = tree_shardings(jax.eval_shape(create), mesh)
+    params = jax.device_put(params, shardings["params"])
+
+    def start(params):
+        return dict(_state_builder(lambda: params, optimizer)(), step=jnp.asarray(step, jnp.int32))
+    return jax.jit(start, out_shardings=shardings)(params), shardings
+
+
 def abstract_train_state(create_params: Callable[[], Any], optimizer: optax.GradientTransformation,
                          mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
     """``(abstract state of ShapeDtypeStructs, shardings)`` without allocating anything."""
@@ -57,10 +70,13 @@ def abstract_train_state(create_params: Callable[[], Any], optimizer: optax.Grad
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
+                    mesh: jax.sharding.Mesh, state_shardings: Any, trainable: Any = None) -> Callable:
     """``step(state, batch) -> (state, metrics)``, jitted with shardings and a donated state.
 
     Args:
+      trainable: None (all trainable) or a tree of Python bools like ``params``
+        (``optimizer.trainable_mask``): a False parameter's gradient is zeroed before clipping
+        and its value is carried over unchanged (bit-identical).
       loss_fn: ``(params, batch) -> (loss, metrics)``; ``batch`` holds ``tokens`` and
         ``loss_mask`` int32 ``[B, T]``. Its metrics dict is returned with ``grad_norm`` and the
         learning rates of this update (``lr_muon``, ``lr_adamw``) added.
@@ -71,8 +87,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     def step(state, batch_arrays):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], batch_arrays)
+        if trainable is not None:
+            grads = jax.tree.map(lambda g, keep: g if keep else jnp.zeros_like(g), grads, trainable)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        if trainable is not None:
+            params = jax.tree.map(lambda new, old, keep: new if keep else old, params,
+                                  state["params"], trainable)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         healthy = finite & (state["diverged_at_step"] == 0)
@@ -99,10 +120,16 @@ def make_predict_step(predict_fn: Callable[[Any, dict[str, jax.Array]], jax.Arra
 def _on_mesh(mesh: jax.sharding.Mesh, jitted: Callable) -> Callable:
     """``jitted`` called with ``mesh`` as the ambient mesh (``jax.set_mesh``), so that ops which
     need the mesh while tracing find it: the Pallas delta rule wraps its kernels in a
-    ``shard_map`` over batch and heads."""
+    ``shard_map`` over batch and heads. ``call.compile(*abstract_args)`` compiles it without
+    running (``sleep_jax.bench.memory``)."""
     def call(*args):
         with jax.set_mesh(mesh):
             return jitted(*args)
+
+    def compile_only(*args):
+        with jax.set_mesh(mesh):
+            return jitted.trace(*args).lower().compile()
+    call.compile = compile_only
     return call
 
 

@@ -9,7 +9,7 @@ import pytest
 from sleep_jax import tasks
 from sleep_jax.tasks import gsm_infinite
 
-from .util import eval_batch, oracle_predictions
+from .util import eval_batch, oracle_predictions, write_tiny_tokenizer
 
 # The static word lists (which items are fruits, ...) are the problem's vocabulary, not bookkeeping.
 CATEGORY_OF = {item: category for category, items in gsm_infinite.CATEGORIES.items() for item in items}
@@ -175,3 +175,93 @@ def test_evaluator_oracle_and_random():
     evaluator = task.evaluator()
     evaluator.add(batch, random)
     assert evaluator.result()["accuracy"] < 0.05
+
+
+def test_paper_layouts_hard_2000_and_sliding_512():
+    """Left padding puts the answer in the last window at any window size."""
+    hard = tasks.make(tasks.default_config("gsm_infinite"))
+    assert (hard.layout.seq_len, hard.layout.kinds) == (4000, "CP")
+    sliding = tasks.make(dict(tasks.default_config("gsm_infinite"), window=512))
+    assert (sliding.layout.seq_len, sliding.layout.kinds) == (3584, "CCCCCCP")
+    problem, example = check(sliding, "eval", 0, 5)
+    assert np.flatnonzero(example["loss_mask"])[0] >= 3584 - 512
+    assert example["tokens"][0] == sliding.vocab.pad_id and example["tokens"][-1] == sliding.vocab.eos_id
+
+
+def test_token_level_lengths_left_padding_and_fixed_train_set(tmp_path):
+    tokenizer = write_tiny_tokenizer(tmp_path / "tok")
+    config = dict(tasks.default_config("gsm_infinite", "tiny"), tokenizer=tokenizer, window=64,
+                  target_tokens=(200, 300), train_examples=5)
+    task = tasks.make(config)
+    assert task.vocab.size > 200 and task.vocab.decode([task.vocab.eos_id]) == "<eos>"
+    assert task.layout.kinds == "C" * (len(task.layout.kinds) - 1) + "P"
+    for index in range(6):
+        problem = task.problem("eval", 0, index)
+        example = task.features(problem)
+        assert 200 <= len(task.vocab.encode(problem.text)) <= 300   # tokens, not characters
+        answer = task.vocab.encode(str(problem.answer)) + [task.vocab.eos_id]
+        np.testing.assert_array_equal(example["tokens"][-len(answer):], answer)
+        scored = np.flatnonzero(example["loss_mask"])
+        assert scored.tolist() == list(range(task.layout.seq_len - len(answer) - 1, task.layout.seq_len - 1))
+        text = task.vocab.decode(example["tokens"][example["tokens"] != task.vocab.pad_id])
+        assert text.startswith("How many") and text.endswith(f"Answer : {problem.answer} <eos>")
+    assert task.train_size == 5
+    assert task.problem("train", 0, 7) == task.problem("train", 0, 2)   # epoch 2 repeats epoch 1
+
+
+def published_rows(ops_values, per_ops):
+    """Rows in the published layout, each an arithmetic chain of `op` steps."""
+    rows = []
+    for op in ops_values:
+        for i in range(per_ops):
+            value, lines = i + 1, [f"Ann has {i + 1} apples."]
+            for step in range(op):
+                value += 2
+                lines.append(f"Ben {step} has 2 more pears than before.")
+            rows.append({"problem": " ".join(lines), "question": "How many pears does Ben have?",
+                         "solution": f"Steps ... Answer: {value}.", "op": op, "id": i,
+                         "template": "crazy_zootopia", "mode": "normalforward", "length": 0, "d": 2})
+    return rows
+
+
+def test_published_parquet_and_jsonl(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    data = tmp_path / "gsm_infinite_medium_0" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(published_rows([2], 6)), data / "ops_2-00000-of-00001.parquet")
+    with open(data / "ops_3.jsonl", "w") as f:
+        f.write("\n".join(json.dumps(row) for row in published_rows([3], 6)) + "\n")
+    config = dict(tasks.default_config("gsm_infinite", "tiny"), data=str(tmp_path), ops=(2, 3),
+                  eval_ops=(2, 3), eval_examples=4, window=64, target_tokens=(5, 300))
+    task = tasks.make(config)
+    assert [p.ops for p in task.eval_problems] == [2, 3, 2, 3] and task.train_size == 8
+    assert task.problem("eval", 0, 1).answer == 1 + 2 * 3
+    batch = eval_batch(task, 4)
+    evaluator = task.evaluator()
+    evaluator.add(batch, oracle_predictions(batch["tokens"]))
+    assert evaluator.result()["by_difficulty"] == {"ops=2": 1.0, "ops=3": 1.0}
+    with pytest.raises(ValueError, match="task.eval_examples=40: .* 6 problems of op count 2"):
+        tasks.make(dict(config, eval_examples=40))
+    (data / "bad.jsonl").write_text(json.dumps({"problem": "x", "question": "y", "op": 1}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:0 has no field 'solution'"):
+        tasks.make(config)
+
+
+def test_distractors_share_people_and_read_core_quantities():
+    """As GSM-Infinite's noise: distractors about the core's own people, and distractors computed
+    from core quantities (the answer staying unchanged is checked by `check`)."""
+    task = tasks.make(tasks.default_config("gsm_infinite", "tiny"))
+    about_core_people = reads_core = 0
+    for index in range(20):
+        problem = task.problem("train", 5, index)
+        parsed = [parse_statement(s) for s in problem.statements]
+        core = {e for (e, _, _, _), d in zip(parsed, problem.is_distractor) if not d}
+        core_people = {owner for owner, _ in core}
+        for (entity, _, _, refs), is_distractor in zip(parsed, problem.is_distractor):
+            if is_distractor:
+                about_core_people += entity[0] in core_people
+                reads_core += any(r[0] == "item" and (r[1], r[2]) in core for r in refs)
+    assert about_core_people > 0 and reads_core > 10

@@ -85,3 +85,22 @@ def test_update_moves_muon_params_at_muon_lr_and_adamw_params_at_adamw_lr():
     singular = np.linalg.svd(u["up"] / (-2e-3 * np.sqrt(16 / 8)), compute_uv=False)
     assert 0.5 < singular.min() and singular.max() < 1.5
     assert np.sum(u["up"] * g["up"]) < 0  # a descent direction
+
+
+def test_frozen_parameters_get_no_optimiser_state():
+    """A trainable filter labels the rest "frozen" (set_to_zero: no moments). That frozen values
+    stay bit-identical through real steps is checked end to end in tests/test_finetune.py."""
+    from sleep_jax.train.optimizer import trainable_mask
+    p = params()
+    labels = optimizer_labels(p, ("q", "no*"))
+    assert {name: labels[name] for name in labels} == {
+        "embed": "frozen", "q": "muon", "o": "frozen", "up": "frozen", "conv": "frozen", "norm": "adamw"}
+    mask = trainable_mask(p, ("q", "no*"))
+    assert {name: jax.tree.leaves(mask[name]) for name in mask} == {
+        "embed": [False], "q": [True], "o": [False], "up": [False], "conv": [False], "norm": [True]}
+    optimizer = make_optimizer(TRAIN, ("q", "no*"))
+    state = optimizer.init(p)
+    moments = [x.shape for x in jax.tree.leaves(state) if getattr(x, "ndim", 0) >= 1]
+    # AdamW's two moments of norm, Muon's momentum of q (and its (3,) Newton-Schulz coefficients);
+    # nothing shaped like a frozen parameter.
+    assert sorted(moments) == sorted([(3,), (8,), (8,), (8, 2, 4)])

@@ -1,0 +1,118 @@
+r"""How much memory a recipe's training step needs per device: compiled abstractly, no weights and
+no accelerator.
+
+    python -m sleep_jax.bench.memory --config=configs/gsm_finetune.py:paper \
+        --config.init.hf_dir=DIR --tpu=v5p:2x2x2 --passes=1,6 --remat=pass [--gpus=8]
+
+``DIR`` needs only the checkpoint's ``config.json`` (the architecture); no weight is read, and
+without its tokenizer files the task's layout is computed with the character vocabulary (the
+same T and windows: lengths are counted in whatever tokens the task has). For each N (``--passes``) and remat choice, the run's
+training step (loss over the sleep windows, gradient, optimiser update, state donated) of its
+last stage is built on abstract arrays sharded over a mesh (``config.mesh`` resolved over the
+target's devices) and compiled:
+
+- ``--tpu=TOPOLOGY``: for that TPU slice by the real XLA:TPU compiler through libtpu's
+  compile-only client (as ``bench.tpu_compile``); nothing runs.
+- ``--gpus=G``: for a G-GPU mesh there is no GPU compiler here, so the same step is compiled by
+  the CPU compiler over G CPU devices with the same shardings: its numbers are labelled
+  ``"estimate": true`` (XLA:GPU fuses and schedules differently; parameter and optimiser bytes
+  are exact, activation and peak bytes are the CPU compiler's).
+
+One JSON line per (target, N, remat): ``param_bytes`` and ``optimizer_bytes`` per device (from the
+shardings: the shard shape of every array), ``activation_bytes`` (XLA's temp bytes: what the step
+holds besides its arguments and outputs), ``peak_bytes`` (argument + output - alias + temp), the
+mesh shape, compile seconds; or ``error``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from jax.sharding import Mesh
+from ml_collections import config_flags
+
+from sleep_jax.bench.programs import failure, peak_bytes
+from sleep_jax.parallel.mesh import MESH_AXES, mesh_shape
+from sleep_jax.parallel.rules import batch_sharding
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe, e.g. configs/gsm_finetune.py:paper.",
+                                          lock_config=False)
+_TPU = flags.DEFINE_string("tpu", None, "Compile-only TPU topology, e.g. v5p:2x2x2 or v5e:2x4.")
+_GPUS = flags.DEFINE_integer("gpus", 0, "Also estimate for a mesh of this many GPUs (CPU compiler).")
+_PASSES = flags.DEFINE_list("passes", ["1"], "Values of N (sleep.passes).")
+_REMAT = flags.DEFINE_list("remat", ["pass"], "Values of sleep.remat.")
+
+
+def shard_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
+    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+               for leaf in jax.tree.leaves(tree))
+
+
+def step_memory(config, devices, *, estimate: bool) -> dict:
+    """Compiles the training step of ``config`` (resolved) over a mesh of ``devices``; one row."""
+    from sleep_jax.train.checkpoint import abstract_with_shardings
+    from sleep_jax.train.loop import setup
+    from sleep_jax.train.step import abstract_train_state, make_train_step, model_loss_fn
+
+    exp = setup(config)
+    shape = mesh_shape(dict(config.mesh), len(devices))
+    mesh = Mesh(np.array(devices).reshape(shape), MESH_AXES)
+    abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, mesh)
+    state = abstract_with_shardings(abstract, shardings)
+    rows = (exp.train.batch_size, exp.task.layout.seq_len)
+    tokens = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=batch_sharding(mesh, ndim=2))
+    step = make_train_step(model_loss_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
+                           exp.optimizer, mesh, shardings, trainable=exp.trainable)
+    row = dict(passes=exp.sleep.passes, remat=exp.sleep.remat, mesh=dict(zip(MESH_AXES, shape)),
+               batch=rows[0], seq_len=rows[1], window=exp.sleep.window, estimate=estimate,
+               param_bytes=shard_bytes(state["params"]), optimizer_bytes=shard_bytes(state["opt_state"]))
+    start = time.perf_counter()
+    try:
+        compiled = step.compile(state, {"tokens": tokens, "loss_mask": tokens})
+    except Exception as exc:  # noqa: BLE001 -- reported in the row
+        return dict(row, error=failure(exc))
+    memory = compiled.memory_analysis()
+    return dict(row, activation_bytes=int(memory.temp_size_in_bytes), peak_bytes=peak_bytes(compiled),
+                compile_s=round(time.perf_counter() - start, 1))
+
+
+def table(config, targets: dict, passes, remats) -> list[dict]:
+    """Rows for every target (name -> (devices, estimate)), N and remat."""
+    from sleep_jax.train import config as config_lib
+
+    out = []
+    for name, (devices, estimate) in targets.items():
+        for n in passes:
+            for remat in remats:
+                variant = config_lib.with_overrides(config, {"sleep.passes": int(n), "sleep.remat": remat})
+                out.append(dict(target=name, **step_memory(config_lib.resolve(variant, need_tokenizer=False), devices,
+                                                           estimate=estimate)))
+    return out
+
+
+def main(argv):
+    del argv
+    if _GPUS.value:
+        jax.config.update("jax_num_cpu_devices", _GPUS.value)
+    from sleep_jax.bench.tpu_compile import tpu_device  # noqa: F401 -- libtpu check below
+    targets = {}
+    if _TPU.value:
+        from jax.experimental import topologies
+        targets[f"tpu:{_TPU.value}"] = (topologies.get_topology_desc(
+            topology_name=_TPU.value, platform="tpu").devices, False)
+    if _GPUS.value:
+        targets[f"gpu:{_GPUS.value} (estimate: CPU compiler)"] = (jax.devices("cpu")[:_GPUS.value], True)
+    if not targets:
+        raise app.UsageError("give --tpu=TOPOLOGY and/or --gpus=G")
+    for row in table(_CONFIG.value, targets, _PASSES.value, _REMAT.value):
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,34 @@
+"""bench.memory: a fine-tuning recipe's training step compiled for a TPU slice through libtpu's
+compile-only client, with no weights read (the checkpoint directory holds config.json and the
+tokenizer, no safetensors)."""
+import json
+import os
+import runpy
+
+from sleep_jax.bench.memory import table
+
+from ..tasks.util import write_tiny_tokenizer
+from ..test_main import REPO
+
+
+def test_tiny_recipe_step_compiles_for_tpu_v5e_without_weights(tmp_path):
+    from jax.experimental import topologies
+    write_tiny_tokenizer(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "qwen3_5_text", "vocab_size": 320, "hidden_size": 16, "intermediate_size": 24,
+        "num_hidden_layers": 2, "layer_types": ["linear_attention", "full_attention"],
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "linear_num_key_heads": 1,
+        "linear_num_value_heads": 2, "linear_key_head_dim": 8, "linear_value_head_dim": 4,
+        "linear_conv_kernel_dim": 4, "hidden_act": "silu",
+        "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5}}))
+    config = runpy.run_path(os.path.join(REPO, "configs", "gsm_finetune.py"))["get_config"]("tiny")
+    config.init.hf_dir = str(tmp_path)
+    devices = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices
+    (row,) = table(config, {"tpu:v5e:2x2": (devices, False)}, ["1"], ["pass"])
+    assert "error" not in row, row
+    assert row["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and not row["estimate"]
+    assert (row["batch"], row["seq_len"], row["window"]) == (8, 320, 64)
+    # Replicated over data: every device holds all parameters (float32) and the optimiser state
+    # of the trainable ones (the last stage trains everything).
+    assert row["param_bytes"] > 0 and row["optimizer_bytes"] > row["param_bytes"]
+    assert row["peak_bytes"] >= row["activation_bytes"] > 0

@@ -1,0 +1,135 @@
+"""Sleep fine-tuning end to end (subprocesses): a tiny random "pretrained" Qwen3.5 hub checkpoint
+with its own tokenizer -> sleep_jax.convert -> configs/gsm_finetune.py:tiny through both stages
+(stage 1 only the inserted block, hard eviction: every other parameter bit-identical; stage 2 the
+whole model, sliding eviction) -> eval.json by op count; then a run killed in stage 2 resumes and
+reproduces the uninterrupted losses. Bad fine-tuning configs stop with one line naming the key."""
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from sleep_jax import convert, hf
+from sleep_jax.hf.insert import insert_blocks
+from sleep_jax.tasks.vocab import TokenizerVocab
+from sleep_jax.train import config as config_lib
+from sleep_jax.train.errors import ConfigError
+from sleep_jax.train.loop import setup
+from sleep_jax.train.metrics import read_metrics
+
+from .tasks.util import write_tiny_tokenizer
+from .test_main import REPO, _finished_checkpoints, _start, _wait
+
+# Stage 1: 1 epoch of 32 problems at batch 8 = steps 1-4; stage 2: 2 epochs = steps 5-12.
+STAGE_1_END, LAST = 4, 12
+TINY = ["--config=configs/gsm_finetune.py:tiny", "--config.train.keep_checkpoints=10",
+        "--config.task.eval_examples=8"]
+
+
+def tiny_pretrained(path):
+    """A tiny qwen3_5_text hub checkpoint (random weights, written by our exporter) with a
+    word-level tokenizer.json; returns its directory."""
+    write_tiny_tokenizer(path)
+    config = hf.model_config({
+        "model_type": "qwen3_5_text", "vocab_size": TokenizerVocab(str(path)).size,
+        "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+        "layer_types": ["linear_attention", "full_attention"], "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 8, "linear_num_key_heads": 1,
+        "linear_num_value_heads": 2, "linear_key_head_dim": 8, "linear_value_head_dim": 4,
+        "linear_conv_kernel_dim": 4, "hidden_act": "silu",
+        "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5}})
+    model, rng = hf.abstract_model(config), np.random.default_rng(0)
+    for _, param in nnx.iter_graph(model):
+        if isinstance(param, nnx.Param):
+            param.set_value(0.1 * rng.standard_normal(param.get_value().shape).astype(np.float32))
+    hf.save_pretrained(model, str(path), base_config={"eos_token_id": 1})
+    return str(path)
+
+
+def _saved_params(workdir, step):
+    """{"blocks/0/mixer/w_q": array} of the checkpoint at ``step``."""
+    with ocp.StandardCheckpointer() as reader:
+        saved = reader.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    return {"/".join(str(k.key) for k in path if k.key != "value"): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(saved["params"])}
+
+
+def test_two_stage_finetune_frozen_eval_and_resume(tmp_path):
+    run_dir = str(tmp_path / "run")
+    convert.import_checkpoint(tiny_pretrained(tmp_path / "hub"), run_dir)
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    _wait(_start(straight, f"--config.init.hf_dir={run_dir}", config=TINY), timeout=600)
+
+    record = json.loads(open(os.path.join(straight, "config.json")).read())
+    assert record["model"]["pattern"] == "GGA" and record["model"]["no_mlp_layers"] == [1]
+    assert record["train"]["steps"] == LAST and record["task"]["tokenizer"] == os.path.join(run_dir, "hub")
+    metrics = read_metrics(straight)
+    assert sorted(metrics) == list(range(1, LAST + 1))
+    assert [metrics[s]["stage"] for s in (1, STAGE_1_END, STAGE_1_END + 1, LAST)] == [0, 0, 1, 1]
+
+    # Stage 1 trained the inserted block (layer 1) alone: everything else is the pretrained
+    # model, bit for bit; stage 2 trained the rest too.
+    pretrained = nnx.state(insert_blocks(convert.load_run(run_dir), (1,), "G"), nnx.Param).to_pure_dict()
+    expected = {"/".join(str(k.key) for k in path): np.asarray(leaf)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(pretrained)}
+    after_stage_1, after_stage_2 = _saved_params(straight, STAGE_1_END), _saved_params(straight, LAST)
+    assert sorted(after_stage_1) == sorted(expected)
+    for path, value in expected.items():
+        if path.startswith("blocks/1/"):
+            continue
+        np.testing.assert_array_equal(after_stage_1[path], value, err_msg=path)
+    assert not np.array_equal(after_stage_1["blocks/1/mixer/w_o"], expected["blocks/1/mixer/w_o"])
+    assert not np.array_equal(after_stage_2["blocks/0/mixer/w_q"], expected["blocks/0/mixer/w_q"])
+
+    result = json.loads(open(os.path.join(straight, "eval.json")).read())
+    assert set(result["by_difficulty"]) == {"ops=1", "ops=2"} and result["step"] == LAST
+
+    # Killed in stage 2, the rerun resumes there and reproduces every loss.
+    process = _start(killed, f"--config.init.hf_dir={run_dir}", config=TINY)
+    deadline = time.time() + 600
+    while max(_finished_checkpoints(killed), default=0) <= STAGE_1_END and process.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    resume_step = max(_finished_checkpoints(killed))
+    assert STAGE_1_END < resume_step < LAST, resume_step
+    out = _wait(_start(killed, f"--config.init.hf_dir={run_dir}", config=TINY), timeout=600)
+    assert f"resuming from {os.path.join(killed, 'checkpoints')}/{resume_step} (stage 1)" in out
+    assert {s: m["loss"] for s, m in read_metrics(killed).items()} == \
+        {s: m["loss"] for s, m in metrics.items()}
+
+
+def _tiny(*overrides):
+    """configs/gsm_finetune.py:tiny with ``{"block.key": value}`` overrides, resolved."""
+    import runpy
+    config = runpy.run_path(os.path.join(REPO, "configs", "gsm_finetune.py"))["get_config"]("tiny")
+    for path, value in overrides:
+        block, key = path.split(".")
+        config[block][key] = value
+    return config_lib.resolve(config)
+
+
+def test_bad_finetune_configs_name_the_key(tmp_path):
+    hub = tiny_pretrained(tmp_path / "hub")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"^init\.hf_dir='.*empty': no config\.json"):
+        _tiny(("init.hf_dir", str(empty)))
+    with pytest.raises(ConfigError, match=r"^stages\.window=\(64, 32\): the last stage's window "
+                                          r"must be sleep\.window=64"):
+        _tiny(("init.hf_dir", hub), ("stages.window", (64, 32)))
+    with pytest.raises(ConfigError, match=r"^stages\.eviction=\('hard',\): has 1 entries, the "
+                                          r"stage list has 2"):
+        _tiny(("init.hf_dir", hub), ("stages.eviction", ("hard",)))
+    with pytest.raises(ConfigError, match=r"^model\.d_model=64: init\.hf_dir=.* fixes the architecture"):
+        _tiny(("init.hf_dir", hub), ("model.d_model", 64))
+    config = _tiny(("init.hf_dir", hub), ("stages.trainable", ("blocks/9/*", "*")))
+    with pytest.raises(ConfigError, match=r"^stages\.trainable=\('blocks/9/\*', '\*'\): stage 0's "
+                                          r"filter 'blocks/9/\*' matches no parameter"):
+        setup(config, 0)
