@@ -40,12 +40,16 @@ from sleep_jax.bench.programs import failure, peak_bytes
 from sleep_jax.parallel.mesh import MESH_AXES, mesh_shape
 from sleep_jax.parallel.rules import batch_sharding
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe, e.g. configs/gsm_finetune.py:paper.",
-                                          lock_config=False)
-_TPU = flags.DEFINE_string("tpu", None, "Compile-only TPU topology, e.g. v5p:2x2x2 or v5e:2x4.")
-_GPUS = flags.DEFINE_integer("gpus", 0, "Also estimate for a mesh of this many GPUs (CPU compiler).")
-_PASSES = flags.DEFINE_list("passes", ["1"], "Values of N (sleep.passes).")
-_REMAT = flags.DEFINE_list("remat", ["pass"], "Values of sleep.remat.")
+
+def define_flags() -> None:
+    """The command's flags (defined only when run as a command: `bench.sleep` and `bench.engine`
+    have flags of the same names, and tests import these modules together)."""
+    config_flags.DEFINE_config_file("config", None, "Recipe, e.g. configs/gsm_finetune.py:paper.",
+                                    lock_config=False)
+    flags.DEFINE_string("tpu", None, "Compile-only TPU topology, e.g. v5p:2x2x2 or v5e:2x4.")
+    flags.DEFINE_integer("gpus", 0, "Also estimate for a mesh of this many GPUs (CPU compiler).")
+    flags.DEFINE_list("passes", ["1"], "Values of N (sleep.passes).")
+    flags.DEFINE_list("remat", ["pass"], "Values of sleep.remat.")
 
 
 def shard_bytes(tree) -> int:
@@ -98,21 +102,23 @@ def table(config, targets: dict, passes, remats) -> list[dict]:
 
 def main(argv):
     del argv
-    if _GPUS.value:
-        jax.config.update("jax_num_cpu_devices", _GPUS.value)
+    FLAGS = flags.FLAGS
+    if FLAGS.gpus:
+        jax.config.update("jax_num_cpu_devices", FLAGS.gpus)
     from sleep_jax.bench.tpu_compile import tpu_device  # noqa: F401 -- libtpu check below
     targets = {}
-    if _TPU.value:
+    if FLAGS.tpu:
         from jax.experimental import topologies
-        targets[f"tpu:{_TPU.value}"] = (topologies.get_topology_desc(
-            topology_name=_TPU.value, platform="tpu").devices, False)
-    if _GPUS.value:
-        targets[f"gpu:{_GPUS.value} (estimate: CPU compiler)"] = (jax.devices("cpu")[:_GPUS.value], True)
+        targets[f"tpu:{FLAGS.tpu}"] = (topologies.get_topology_desc(
+            topology_name=FLAGS.tpu, platform="tpu").devices, False)
+    if FLAGS.gpus:
+        targets[f"gpu:{FLAGS.gpus} (estimate: CPU compiler)"] = (jax.devices("cpu")[:FLAGS.gpus], True)
     if not targets:
         raise app.UsageError("give --tpu=TOPOLOGY and/or --gpus=G")
-    for row in table(_CONFIG.value, targets, _PASSES.value, _REMAT.value):
+    for row in table(FLAGS.config, targets, FLAGS.passes, FLAGS.remat):
         print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
