@@ -340,9 +340,21 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict | None:
             return tuple(typed(v) for v in value)
         return value
 
-    return ml_collections.ConfigDict(
-        {block: {key: typed(value) for key, value in keys.items()}
-         for block, keys in tree.items()})
+    record = {block: {key: typed(value) for key, value in keys.items()} for block, keys in tree.items()}
+    # A record written before a key existed: the run ran with that key's default.
+    for block, defaults in _record_defaults().items():
+        record[block] = {**defaults, **record.get(block, {})}
+    return ml_collections.ConfigDict(record)
+
+
+def _record_defaults() -> dict[str, dict[str, Any]]:
+    """{block: {key: default}} of the blocks whose keys have defaults (not ``task``: its defaults
+    depend on the task and size)."""
+    from sleep_jax.model import ModelConfig
+    from sleep_jax.sleep import SleepConfig
+
+    return {"model": _defaults(ModelConfig), "sleep": _defaults(SleepConfig), "train": dict(TRAIN_DEFAULTS),
+            "init": dict(INIT_DEFAULTS), "stages": {key: () for key in STAGE_KEYS}}
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:

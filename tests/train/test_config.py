@@ -1,5 +1,6 @@
 """Bad configs fail at start with one line starting with the key; the run's record
 (config.json) decides what a resume may change and how an eval with other settings is named."""
+import json
 import os
 
 import pytest
@@ -151,6 +152,18 @@ def test_run_record_round_trips_and_a_resume_may_change_only_the_listed_keys(tmp
         old = config_lib.flatten(config)[key]
         assert str(info.value).startswith(f"{key}={value if key != 'task.steps' else [1]!r}: "
                                           f"the run in run was trained with {key}={old!r}")
+
+
+def test_a_record_written_before_a_key_existed_reads_its_default(tmp_path):
+    config = rule110_tiny()
+    config_lib.write_run_config(str(tmp_path), config)
+    path = tmp_path / config_lib.RUN_CONFIG
+    tree = json.loads(path.read_text())
+    del tree["init"], tree["stages"], tree["model"]["ut_steps"], tree["sleep"]["truncate_passes"]
+    path.write_text(json.dumps(tree))
+    stored = config_lib.load_run_config(str(tmp_path))
+    assert config_lib.differences(stored, config) == {}
+    config_lib.check_resume(stored, config, str(path))
 
 
 def test_eval_tag_names_the_settings_that_change_the_eval(tmp_path):
