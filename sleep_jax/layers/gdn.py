@@ -47,8 +47,10 @@ def decay_params(rngs: nnx.Rngs, v_heads: int, param_dtype) -> tuple[nnx.Param, 
 
 class DeltaRuleMixer(nnx.Module):
     """What the GDN and JetBlock mixers share: the recurrent-state layout, the gates (beta, g) and
-    the gated output norm with W_o. A subclass sets the parameters (w_beta, w_a, A_log, dt_bias,
-    w_z, o_norm, w_o), the sizes, `dtype`, `beta_scale` and `conv_channels`."""
+    the gated output norm with W_o, and the window / one-token forms around the delta rule. A
+    subclass sets the parameters (w_beta, w_a, A_log, dt_bias, w_z, o_norm, w_o), the sizes,
+    `dtype`, `beta_scale` and `conv_channels`, and makes q, k, v in `_qkv(x [B, T, D], conv tail)
+    -> (q, k [B, T, H, K] L2-normalised, v [B, T, HV, V], new tail)`."""
 
     def init_state(self, batch: int) -> dict:
         """Zero recurrent state: {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C] compute dtype}."""
@@ -71,6 +73,24 @@ class DeltaRuleMixer(nnx.Module):
         z = jnp.einsum("...d,dhk->...hk", x, self._w(self.w_z))
         o = self.o_norm(o) * jax.nn.silu(z)
         return jnp.einsum("...hk,hkd->...d", o, self._w(self.w_o))
+
+    def __call__(self, x: jax.Array, state: dict):
+        """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state)."""
+        x = x.astype(self.dtype)
+        q, k, v, tail = self._qkv(x, state["conv"])
+        g, beta = self._gates(x)
+        o, fast_weights = ops.gated_delta_rule(q, k, v, g, beta, initial_state=state["S"], output_final_state=True,
+                                               impl=self.impl, chunk_size=self.chunk_size)
+        return self._output(x, o), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)}
+
+    def step(self, x: jax.Array, state: dict):
+        """One token: x [B, D], state {"S", "conv"} -> (y [B, D], new state)."""
+        x = x.astype(self.dtype)
+        q, k, v, tail = self._qkv(x[:, None], state["conv"])
+        g, beta = self._gates(x)
+        o, fast_weights = ops.gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g, beta, state["S"],
+                                                    scale=self.head_dim ** -0.5)
+        return self._output(x, o.astype(self.dtype)), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)}
 
 
 class GDNMixer(DeltaRuleMixer):
@@ -130,21 +150,7 @@ class GDNMixer(DeltaRuleMixer):
         parts = [jnp.einsum("...d,dhk->...hk", x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v)]
         return jnp.concatenate([p.reshape(*x.shape[:-1], -1) for p in parts], axis=-1)
 
-    def __call__(self, x: jax.Array, state: dict):
-        """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state)."""
-        x = x.astype(self.dtype)
-        qkv, conv_tail = causal_depthwise_conv(self._project_qkv(x), self._conv_weight(), state["conv"])
-        q, k, v = self._split_qkv(jax.nn.silu(qkv))
-        g, beta = self._gates(x)
-        o, fast_weights = ops.gated_delta_rule(q, k, v, g, beta, initial_state=state["S"], output_final_state=True,
-                                               impl=self.impl, chunk_size=self.chunk_size)
-        return self._output(x, o), {"S": fast_weights, "conv": conv_tail.astype(state["conv"].dtype)}
-
-    def step(self, x: jax.Array, state: dict):
-        """One token: x [B, D], state {"S", "conv"} -> (y [B, D], new state)."""
-        x = x.astype(self.dtype)
-        qkv, conv_tail = causal_depthwise_conv(self._project_qkv(x)[:, None], self._conv_weight(), state["conv"])
-        q, k, v = self._split_qkv(jax.nn.silu(qkv[:, 0]))
-        g, beta = self._gates(x)
-        o, fast_weights = ops.gated_delta_rule_step(q, k, v, g, beta, state["S"], scale=self.head_dim ** -0.5)
-        return self._output(x, o.astype(self.dtype)), {"S": fast_weights, "conv": conv_tail.astype(state["conv"].dtype)}
+    def _qkv(self, x, tail):
+        """x [B, T, D], conv tail -> q, k [B, T, H, K] (L2-normalised), v [B, T, HV, V], new tail."""
+        qkv, tail = causal_depthwise_conv(self._project_qkv(x), self._conv_weight(), tail)
+        return (*self._split_qkv(jax.nn.silu(qkv)), tail)

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleep_jax import ops
 from sleep_jax.layers.common import dense_param, make_param
 from sleep_jax.layers.gdn import DeltaRuleMixer, decay_params
 from sleep_jax.layers.norms import RMSNorm, l2_normalize
@@ -94,21 +93,3 @@ class JetMixer(DeltaRuleMixer):
         v_in = jnp.einsum("btd,dhv->bthv", x, self._w(self.w_v)).reshape(*x.shape[:2], self.conv_channels)
         v, tail = dynamic_causal_conv(v_in, self._kernels(x), tail)
         return q, k, jax.nn.silu(v).reshape(*x.shape[:2], self.v_heads, self.v_head_dim), tail
-
-    def __call__(self, x: jax.Array, state: dict):
-        """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state)."""
-        x = x.astype(self.dtype)
-        q, k, v, tail = self._qkv(x, state["conv"])
-        g, beta = self._gates(x)
-        o, fast_weights = ops.gated_delta_rule(q, k, v, g, beta, initial_state=state["S"], output_final_state=True,
-                                               impl=self.impl, chunk_size=self.chunk_size)
-        return self._output(x, o), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)}
-
-    def step(self, x: jax.Array, state: dict):
-        """One token: x [B, D], state {"S", "conv"} -> (y [B, D], new state)."""
-        x = x.astype(self.dtype)
-        q, k, v, tail = self._qkv(x[:, None], state["conv"])
-        g, beta = self._gates(x)
-        o, fast_weights = ops.gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g, beta, state["S"],
-                                                    scale=self.head_dim ** -0.5)
-        return self._output(x, o.astype(self.dtype)), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)}
