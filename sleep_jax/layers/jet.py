@@ -41,7 +41,8 @@ def dynamic_causal_conv(x: jax.Array, kernels: jax.Array, tail: jax.Array):
 
 
 class JetMixer(DeltaRuleMixer):
-    """JetBlock mixer; shares GDN's state layout, gates (`_gates`) and gated output norm (`_output`).
+    """JetBlock mixer; shares GDN's state layout, gates, gated output norm and the window / one-token
+    forms (`DeltaRuleMixer`); its own part is `_qkv`.
 
     `heads` key and value heads (as published: HV = H), `head_dim` K, `v_head_dim` V,
     `conv_kernel` W taps, generator hidden width R = H*V // generator_reduction.
