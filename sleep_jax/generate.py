@@ -30,13 +30,14 @@ def load_run(workdir: str, passes: int | None = None):
     from flax import nnx
 
     from sleep_jax.train import config as config_lib
-    from sleep_jax.train.loop import restore_newest, setup
+    from sleep_jax.train.loop import restore_newest, setup_stages
 
     config = config_lib.load_run_config(workdir)
     if config is None:
         raise ValueError(f"--workdir={workdir}: no config.json (not a sleep_jax.main run directory)")
-    experiment = setup(config)
-    _, state, _ = restore_newest(experiment, workdir)
+    experiments = setup_stages(config)
+    experiment = experiments[-1]
+    _, state, _ = restore_newest(experiments, workdir)
     sleep = experiment.sleep if passes is None else dataclasses.replace(experiment.sleep, passes=passes)
     return nnx.merge(experiment.graphdef, state["params"]), sleep, experiment.task, experiment.config
 

@@ -5,6 +5,7 @@ whole model, sliding eviction) -> eval.json by op count; then a run killed in st
 reproduces the uninterrupted losses. Bad fine-tuning configs stop with one line naming the key."""
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -19,7 +20,7 @@ from sleep_jax.hf.insert import insert_blocks
 from sleep_jax.tasks.vocab import TokenizerVocab
 from sleep_jax.train import config as config_lib
 from sleep_jax.train.errors import ConfigError
-from sleep_jax.train.loop import setup
+from sleep_jax.train.loop import eval_config, evaluate_checkpoint, setup_stages
 from sleep_jax.train.metrics import read_metrics
 
 from .tasks.util import write_tiny_tokenizer
@@ -89,6 +90,14 @@ def test_two_stage_finetune_frozen_eval_and_resume(tmp_path):
     result = json.loads(open(os.path.join(straight, "eval.json")).read())
     assert set(result["by_difficulty"]) == {"ops=1", "ops=2"} and result["step"] == LAST
 
+    # Evaluated mid-way, a stage-1 checkpoint is read with stage 1's optimiser state.
+    early = str(tmp_path / "early")
+    shutil.copytree(straight, early)
+    for step in _finished_checkpoints(early):
+        if step > STAGE_1_END:
+            shutil.rmtree(os.path.join(early, "checkpoints", str(step)))
+    assert evaluate_checkpoint(eval_config(early, None, {}), early)["step"] == STAGE_1_END
+
     # Killed in stage 2, the rerun resumes there and reproduces every loss.
     process = _start(killed, f"--config.init.hf_dir={run_dir}", config=TINY)
     deadline = time.time() + 600
@@ -132,4 +141,4 @@ def test_bad_finetune_configs_name_the_key(tmp_path):
     config = _tiny(("init.hf_dir", hub), ("stages.trainable", ("blocks/9/*", "*")))
     with pytest.raises(ConfigError, match=r"^stages\.trainable=\('blocks/9/\*', '\*'\): stage 0's "
                                           r"filter 'blocks/9/\*' matches no parameter"):
-        setup(config, 0)
+        setup_stages(config)

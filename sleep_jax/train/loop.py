@@ -62,18 +62,33 @@ class Experiment:
         return self.task.layout.kinds
 
 
-def setup(config: ml_collections.ConfigDict, stage_index: int = -1) -> Experiment:
-    """Validates a resolved ``config`` (``config_lib.resolve``; raising ``ConfigError`` naming
-    the bad key) and builds the pieces of stage ``stage_index`` (default: the last, whose window
-    and eviction are the run's evaluation setting)."""
-    from sleep_jax.model import HybridModel
+def setup(config: ml_collections.ConfigDict) -> Experiment:
+    """``setup_stages(config)[-1]``: the last stage, whose window and eviction are the run's
+    evaluation setting."""
+    return setup_stages(config)[-1]
 
+
+def setup_stages(config: ml_collections.ConfigDict) -> list[Experiment]:
+    """Validates a resolved ``config`` (``config_lib.resolve``; raising ``ConfigError`` naming
+    the bad key) and builds the pieces of every stage, in order (every stage's config checked
+    before any runs). The task is built once (and once more per other window a stage uses)."""
     config_lib.check_structure(config)
     task = config_lib.make_task(config)
     config_lib.validate(config, task, jax.device_count())
-    stage = config_lib.stage_plan(config, task)[stage_index]
-    if stage.window != task.layout.window:
-        task = config_lib.stage_task(config, stage)
+    tasks = {task.layout.window: task}
+    exps = []
+    for stage in config_lib.stage_plan(config, task):
+        if stage.window not in tasks:
+            tasks[stage.window] = config_lib.stage_task(config, stage)
+        exps.append(_setup_stage(config, tasks[stage.window], stage))
+    return exps
+
+
+def _setup_stage(config: ml_collections.ConfigDict, task: Any,
+                 stage: config_lib.Stage) -> Experiment:
+    """The pieces of one ``stage`` of a validated ``config``, ``task`` at the stage's window."""
+    from sleep_jax.model import HybridModel
+
     train = config_lib.stage_train_config(config_lib.train_config(config), stage)
     mesh = make_mesh(config.mesh)
     model_config = config_lib.model_config(config, task)
@@ -97,13 +112,6 @@ def setup(config: ml_collections.ConfigDict, stage_index: int = -1) -> Experimen
                       initial_params=initial_params,
                       optimizer=make_optimizer(train, stage.trainable), stage=stage,
                       trainable=trainable)
-
-
-def setup_stages(config: ml_collections.ConfigDict) -> list[Experiment]:
-    """``setup`` of every stage, in order (every stage's config checked before any runs)."""
-    task = config_lib.make_task(config)
-    config_lib.validate(config, task, jax.device_count())
-    return [setup(config, index) for index in range(len(config_lib.stage_plan(config, task)))]
 
 
 def pretrained_params(config: ml_collections.ConfigDict, abstract: Any) -> nnx.State:
@@ -310,13 +318,16 @@ def eval_config(workdir: str, given: ml_collections.ConfigDict | None,
     return config_lib.resolve(given)
 
 
-def restore_newest(exp: Experiment, workdir: str) -> tuple[int, dict, dict]:
+def restore_newest(exps: list[Experiment], workdir: str) -> tuple[int, dict, dict]:
     """``(step, state, shardings)`` of the newest readable checkpoint in ``workdir``, for
-    evaluation or serving (no data iterator, nothing set aside); ``RunStopped`` if there is none."""
-    checkpointer = Checkpointer(workdir, max_to_keep=exp.train.keep_checkpoints)
+    evaluation or serving (no data iterator, nothing set aside), read with the optimiser of the
+    stage it was written in (a run may be evaluated mid-way); ``RunStopped`` if there is none."""
+    checkpointer = Checkpointer(workdir, max_to_keep=exps[-1].train.keep_checkpoints)
     try:
-        if checkpointer.latest_step() is None:
+        latest = checkpointer.latest_step()
+        if latest is None:
             raise RunStopped(f"{workdir}: no checkpoint under {checkpointer.directory}")
+        exp = exps[_stage_of_step(exps, latest)]
         abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, exp.mesh)
         step, state = checkpointer.restore_newest_readable(
             abstract_with_shardings(abstract, shardings), None, set_aside_unreadable=False)
@@ -330,9 +341,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     ``eval_config``). Writes ``eval.json`` / ``eval.png`` when ``config`` is the run's own, or
     ``eval-<tag>.json`` / ``.png`` naming the settings that differ (e.g.
     ``eval-sleep.passes=2.json``), never over the run's own."""
-    exp = setup(config)
+    exps = setup_stages(config)
+    exp = exps[-1]
     tag = config_lib.eval_tag(config_lib.load_run_config(workdir), config)
-    step, state, shardings = restore_newest(exp, workdir)
+    step, state, shardings = restore_newest(exps, workdir)
     predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
                                 exp.mesh, shardings["params"])
     result = _run_eval(exp, predict, state["params"])
