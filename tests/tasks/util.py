@@ -27,7 +27,7 @@ def write_tiny_tokenizer(path, texts=()) -> str:
 
     rng = np.random.default_rng(0)
     corpus = [gsm_infinite.generate(rng, ops, 400).text for ops in (1, 2, 3, 4) for _ in range(3)]
-    words = gsm_infinite.ITEMS + gsm_infinite.OWNERS + gsm_infinite.CATEGORY_NAMES
+    words = gsm_infinite.WORDS
     corpus += [gsm_infinite.ANSWER_PREFIX, " ".join(words + tuple(map(str, range(200)))), *texts]
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
