@@ -5,8 +5,9 @@ in its `gsm-infinite/data/realistic/forward_generator.py`, `StructureGraphThree.
 `DependencyGraph.py`, no code taken), itself a replication of iGSM (Ye et al. 2024).
 
 What we follow:
-- Templates with a level hierarchy (`TEMPLATES`): places (level 0) hold kinds (level 1: "adult fox",
-  "art school"), each member of a kind has offspring (level 2: "newborns", "teachers"). Each
+- Templates with a level hierarchy (`TEMPLATES`, their three: zoos, schools, film festivals):
+  places (level 0) hold kinds (level 1: "adult fox", "art school", "comedy film"), each member
+  of a kind has offspring (level 2: "newborns", "teachers", "awards"). Each
   problem draws one template, a depth d (2: places and kinds; 3: also offspring) and a structure
   graph, as their `drawStructure`: 2 to 4 places, 2 to 4 kinds, every kind at some place, every
   place with some kind, then random extra edges.
@@ -39,8 +40,7 @@ What we leave out, and why: their sampling of the graph by (s, n, m) with retrie
 (`drawNecessary1..3`; we build the answer's graph top-down with an exact op budget, so every op
 count comes out exactly and quickly, from the same family of statements); reverse problems;
 answers mod a prime; the solution text (we train on the answer alone, question first); the prompt's
-explanation of the totals (a fixed rule the model learns from the data); their third template
-(movie festivals: same structure, more words); values up to 1000 (ours stay in [0, 99], so every
+explanation of the totals (a fixed rule the model learns from the data); values up to 1000 (ours stay in [0, 99], so every
 answer is at most two digits and literals, factors, sums are drawn to keep them there). Padding
 statements read at most two quantities (theirs up to three) so that one fits between
 `target_tokens` bounds.
@@ -145,6 +145,16 @@ TEMPLATES = (
                     "drama school", "chess school", "swim school", "ski school", "film school",
                     "yoga school", "math school", "sport school", "cook school"),
              kinds_total="schools", offspring="teachers"),
+    Template("festival",
+             places=("Lumen Fest", "Verdi Fest", "Taylor Fest", "North Fest", "Sahara Fest",
+                     "Banana Fest", "Valmont Fest", "Rivage Fest", "Aurora Fest", "Coral Fest",
+                     "Delta Fest", "Ember Fest", "Falcon Fest", "Harbor Fest", "Indigo Fest",
+                     "Jasper Fest", "Kestrel Fest", "Meadow Fest", "Nimbus Fest", "Orchid Fest",
+                     "Prism Fest", "Quartz Fest", "Sierra Fest", "Willow Fest"),
+             kinds=("comedy film", "drama film", "horror film", "action film", "crime film",
+                    "war film", "road movie", "space film", "spy film", "dance film", "heist film",
+                    "music film", "sports film", "period film"),
+             kinds_total="films", offspring="awards"),
 )
 # Every word a generated problem can use besides numbers (for word-level tokenizers).
 WORDS = tuple(sorted({word for t in TEMPLATES for name in t.places + t.kinds + (t.kinds_total, t.offspring)
@@ -579,16 +589,16 @@ def generate(rng: np.random.Generator, ops: int, target_length: int,
         size += length(" " + padding[-1][1])
     statements = builder.core + noise + [sentence for _, sentence in padding]
     # Padding counts of a closed place are summed by a referenced total; the rest is read by nothing.
-    kept = [False] * (len(builder.core) + len(noise)) + [
+    removable = [False] * (len(builder.core) + len(noise)) + [
         not (ref[0] == "count" and ref[1] in builder.closed) for ref, _ in padding]
     order = rng.permutation(len(statements)).tolist()
     core = len(builder.core)
     return GsmProblem(ops=ops, question=question, statements=tuple(statements[i] for i in order),
-                      is_distractor=tuple(i >= core for i in order), removable=tuple(kept[i] for i in order),
+                      is_distractor=tuple(i >= core for i in order), removable=tuple(removable[i] for i in order),
                       answer=builder.values[root])
 
 
-def without_last_distractor(problem: GsmProblem) -> GsmProblem:
+def without_last_removable(problem: GsmProblem) -> GsmProblem:
     """`problem` without its last removable statement (in text order)."""
     removable = [i for i, r in enumerate(problem.removable) if r]
     if not removable:
@@ -693,10 +703,10 @@ class GsmInfiniteTask(Task):
     def _check_generator_lengths(self, low: int, high: int) -> None:
         if high > MAX_PROBLEM_TOKENS:
             raise ValueError(f"task.target_tokens must be <= {MAX_PROBLEM_TOKENS}, got {(low, high)}")
-        self.max_sentence = self.length(LONGEST_PADDING)
-        if high - low <= self.max_sentence:
+        self.max_padding = self.length(LONGEST_PADDING)
+        if high - low <= self.max_padding:
             raise ValueError(f"task.target_tokens must span more than one padding statement "
-                             f"({self.max_sentence} tokens), got {(low, high)}")
+                             f"({self.max_padding} tokens), got {(low, high)}")
         longest = longest_core(max(self.ops + self.eval_ops), self.length)
         if high < longest:
             raise ValueError(f"task.target_tokens[1] must be >= {longest}, the longest problem with "
@@ -745,9 +755,9 @@ class GsmInfiniteTask(Task):
         ops = self.ops[rng.integers(len(self.ops))] if split == "train" else eval_value(self.eval_ops, index)
         low, high = self.target_tokens
         # Filling stops at the first statement reaching the target, so leave room for one.
-        problem = generate(rng, ops, int(rng.integers(low, high - self.max_sentence)), self.length)
+        problem = generate(rng, ops, int(rng.integers(low, high - self.max_padding)), self.length)
         while self.length(problem.text) > high:   # a tokenizer can count the joined text longer
-            problem = without_last_distractor(problem)
+            problem = without_last_removable(problem)
         return problem
 
     def features(self, problem: GsmProblem | PublishedProblem) -> dict[str, np.ndarray]:
