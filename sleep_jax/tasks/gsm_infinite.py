@@ -7,10 +7,10 @@ in its `gsm-infinite/data/realistic/forward_generator.py`, `StructureGraphThree.
 What we follow:
 - Templates with a level hierarchy (`TEMPLATES`, their three: zoos, schools, film festivals):
   places (level 0) hold kinds (level 1: "adult fox", "art school", "comedy film"), each member
-  of a kind has offspring (level 2: "newborns", "teachers", "awards"). Each
-  problem draws one template, a depth d (2: places and kinds; 3: also offspring) and a structure
-  graph, as their `drawStructure`: 2 to 4 places, 2 to 4 kinds, every kind at some place, every
-  place with some kind, then random extra edges.
+  of a kind has offspring (level 2: "newborns", "teachers", "awards"). Each problem draws one
+  template, a depth d (2: places and kinds; 3: also offspring) and a structure graph, as their
+  `drawStructure`: 2 to 4 places, 2 to 4 kinds, every kind at some place, every place with
+  some kind, then random extra edges.
 - Instance parameters live on the structure's edges: "the number of adult fox in Elm Park" and,
   for d = 3, "the average number of newborns per adult fox in Elm Park". Each is defined by one
   statement from a constant (their RNG node) and/or up to 4 other quantities: "... equals 7.",
@@ -27,8 +27,8 @@ What we follow:
   plus Y." is 2, a total over k kinds is k, a total of offspring over k kinds is 2k (one product
   and one addition per kind); ops 1..8. As in their graph, a parameter may read any earlier one
   (a DAG, not a chain) and a statement reads at most 4 inputs.
-- Noise as their `drawUnnecessary`: every structure parameter the answer does not need is
-  stated, in random order, half of them independent of the answer's graph (from earlier
+- Noise as their `drawUnnecessary`: the structure parameters the answer does not need are
+  stated in random order while they fit under the target length, half of them independent of the answer's graph (from earlier
   independent ones and a constant), half from anything already computable (the answer's
   parameters, earlier noise, totals whose members are all stated), with 1 to 4 inputs drawn as
   they draw them. They never join a total the answer needs (all its members are core).
@@ -39,11 +39,11 @@ What we follow:
 What we leave out, and why: their sampling of the graph by (s, n, m) with retries on failure
 (`drawNecessary1..3`; we build the answer's graph top-down with an exact op budget, so every op
 count comes out exactly and quickly, from the same family of statements); reverse problems;
-answers mod a prime; the solution text (we train on the answer alone, question first); the prompt's
-explanation of the totals (a fixed rule the model learns from the data); values up to 1000 (ours stay in [0, 99], so every
-answer is at most two digits and literals, factors, sums are drawn to keep them there). Padding
-statements read at most two quantities (theirs up to three) so that one fits between
-`target_tokens` bounds.
+answers mod a prime; the solution text (we train on the answer alone, question first); the
+prompt's explanation of the totals (a fixed rule the model learns from the data); values up to
+1000 (ours stay in [0, 99], so every answer is at most two digits; literals, factors and sums
+are drawn to keep them there). Padding statements read at most two quantities (theirs up to
+three) so that one fits between `target_tokens` bounds.
 
 Text (`<eos>` ends the answer; `<pad>` fills the front):
 
@@ -216,10 +216,11 @@ def _longest_by_inputs() -> dict[int, str]:
     """Per input count j, a statement at least as long as any with j inputs: every name the
     longest phrase, every constant MAX_VALUE."""
     longest = max((phrase(t, r) for t in TEMPLATES for r in _all_refs(t)), key=len)
-    forms = {1: [_statement(longest, MAX_VALUE, "", [], "sum"), _statement(longest, None, "", [longest], "sum")]}
+    forms = {1: [_statement(longest, MAX_VALUE, "", [], "sum"),
+                 _statement(longest, None, "", [longest], "sum")]}
     for inputs in range(2, MAX_INPUTS + 1):
-        forms[inputs] = [_statement(longest, MAX_VALUE, "times" if constant else "", [longest] * (inputs - constant),
-                                    combine)
+        forms[inputs] = [_statement(longest, MAX_VALUE, "times" if constant else "",
+                                    [longest] * (inputs - constant), combine)
                          for constant in (0, 1) for combine in ("sum", "difference")]
     return {inputs: max(texts, key=len) for inputs, texts in forms.items()}
 
@@ -232,8 +233,8 @@ MIN_PADDING = min(len(_statement(phrase(t, r), None, "", [phrase(t, r)], "sum"))
                   for r in _all_refs(t) if r[0] == "count")
 # Longest problem: padding uses at most half of the padding places' counts, so drawing a new one
 # stays quick.
-MAX_PROBLEM_TOKENS = ((min(len(t.places) for t in TEMPLATES) - MAX_PLACES) * min(len(t.kinds) for t in TEMPLATES)
-                      // 2 * (MIN_PADDING + 1))
+MAX_PROBLEM_TOKENS = ((min(len(t.places) for t in TEMPLATES) - MAX_PLACES)
+                      * min(len(t.kinds) for t in TEMPLATES) // 2 * (MIN_PADDING + 1))
 LONGEST_QUESTION = max((_question(t, r) for t in TEMPLATES for r in _all_refs(t)), key=len)
 
 
@@ -393,7 +394,7 @@ class _Builder:
         if parts == 0:
             assert total == 0
             return []
-        cuts = sorted(self.rng.choice(np.arange(1, total), parts - 1, replace=False).tolist()) if parts > 1 else []
+        cuts = sorted(self.rng.choice(np.arange(1, total), parts - 1, replace=False).tolist())
         return [b - a for a, b in zip([0] + cuts, cuts + [total])]
 
     # Instance parameters of the answer's graph.
@@ -534,11 +535,12 @@ class _Builder:
         parameters, or from one and the total of another padding place (which closes it)."""
         ref = self._padding_ref()
         count = 1 + int(self.rng.random() < 0.5)
-        operands = [self.core_refs[i] for i in self.rng.choice(len(self.core_refs), min(count, len(self.core_refs)),
-                                                                 replace=False)]
+        picks = self.rng.choice(len(self.core_refs), min(count, len(self.core_refs)), replace=False)
+        operands = [self.core_refs[i] for i in picks]
         if self.rng.random() < 0.2:
-            counts = {p: [self.values[c] for c in (("count", p, k) for k in range(len(self.template.kinds)))
-                          if c in self.values] for p in self.padding_places if p != ref[1] and p not in self.closed}
+            kinds = range(len(self.template.kinds))
+            counts = {p: [self.values[("count", p, k)] for k in kinds if ("count", p, k) in self.values]
+                      for p in self.padding_places if p != ref[1] and p not in self.closed}
             places = [p for p, values in counts.items() if len(values) >= 2 and sum(values) <= MAX_VALUE]
             if places:
                 place = places[self.rng.integers(len(places))]
@@ -550,8 +552,9 @@ class _Builder:
     def _padding_ref(self) -> Ref:
         kinds = INSTANCE[:self.depth - 1]
         for _ in range(10_000):
-            ref = (kinds[self.rng.integers(len(kinds))], self.padding_places[self.rng.integers(len(self.padding_places))],
-                   int(self.rng.integers(len(self.template.kinds))))
+            place = self.padding_places[self.rng.integers(len(self.padding_places))]
+            kind = int(self.rng.integers(len(self.template.kinds)))
+            ref = (kinds[self.rng.integers(len(kinds))], place, kind)
             if ref not in self.values and not (ref[0] == "count" and ref[1] in self.closed):
                 return ref
         raise RuntimeError("gsm_infinite: no padding parameter left; lower task.target_tokens")
@@ -594,8 +597,8 @@ def generate(rng: np.random.Generator, ops: int, target_length: int,
     order = rng.permutation(len(statements)).tolist()
     core = len(builder.core)
     return GsmProblem(ops=ops, question=question, statements=tuple(statements[i] for i in order),
-                      is_distractor=tuple(i >= core for i in order), removable=tuple(removable[i] for i in order),
-                      answer=builder.values[root])
+                      is_distractor=tuple(i >= core for i in order),
+                      removable=tuple(removable[i] for i in order), answer=builder.values[root])
 
 
 def without_last_removable(problem: GsmProblem) -> GsmProblem:
