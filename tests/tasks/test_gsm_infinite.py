@@ -182,6 +182,29 @@ def check(task, split, seed, index):
     return problem, example
 
 
+def test_solver_counts_ops_as_gsm_infinite_num_op():
+    """The solver's op count on a hand-worked text: one per edge into each needed parameter, the
+    stated constant included; a total one per kind, an offspring total two per kind."""
+    parsed = Problem([
+        "The number of adult owl in Elm Park equals 5.",                                      # 1
+        "The number of adult fox in Elm Park equals 3 plus the number of adult owl in Elm Park.",  # 2
+        "The average number of newborns per adult owl in Elm Park equals 2.",                 # 1
+        "The average number of newborns per adult fox in Elm Park equals the difference between "
+        "the number of adult fox in Elm Park and the number of adult owl in Elm Park.",       # 2
+        "The number of adult bear in Oak Zoo equals 2 times the sum of the number of adult owl in "
+        "Elm Park, the number of adult fox in Elm Park, and the total number of adult animals in Elm Park.",
+    ])
+    elm, oak = "Elm Park", "Oak Zoo"
+    assert parsed.ancestors(("count", elm, "adult fox"))[1] == 3
+    assert parsed.ancestors(("total", elm, None))[1] == 2 + 1 + 2
+    # 2 x 2 for the products and sums, then the four statements below them: 1 + 2 + 1 + 2.
+    assert parsed.ancestors(("offspring", elm, None))[1] == 4 + 6
+    assert parsed.value(("offspring", elm, None)) == 5 * 2 + 8 * 3
+    # 4 inputs (constant and three quantities), the total's 5 ops; the owl and fox counted once.
+    assert parsed.ancestors(("count", oak, "adult bear"))[1] == 4 + 5
+    assert parsed.value(("count", oak, "adult bear")) == 2 * (5 + 8 + 13)
+
+
 @pytest.mark.parametrize("ops", range(1, gsm_infinite.MAX_OPS + 1))
 def test_solver_reads_answer_and_op_count_for_every_op_count(ops):
     """For each op count, problems of either depth and template, solved from the text alone."""
