@@ -1,28 +1,53 @@
-"""GSM-Infinite style word problems: a computational graph padded with distractors to a target length.
+"""GSM-Infinite word problems: a hierarchy of quantities, an exact op count, distractors to a target length.
 
-Our own generator in the spirit of Zhou et al. 2025 (no code taken from theirs). A problem is about
-people owning items (apples, cats, kites, pencils, ...) from four categories. Each statement
-defines one quantity, "Ann has 5 apples." or from others: "Ben has 3 more pears than Ann has
-apples.", "... 2 fewer ...", "... 3 times as many ... as ...", "Cal has as many plums as Ann has
-apples and Ben has pears combined.", "... as Ann has apples more than Ben has pears." (difference).
-A reference can be implicit: "Ben has fruits in total" is the sum of every fruit Ben is said to
-have, a dependency the text never spells out.
+Our own generator after the "realistic" forward generator of GSM-Infinite (Zhou et al. 2025; read
+in its `gsm-infinite/data/realistic/forward_generator.py`, `StructureGraphThree.py` and
+`DependencyGraph.py`, no code taken), itself a replication of iGSM (Ye et al. 2024).
 
-Op count (difficulty, 1..8): the number of +, -, * the answer needs: one per derived statement it
-depends on, plus m - 1 additions for each implicit total over m items (2 <= m <= 4). The core
-graph is a chain (each operation uses the previous result, possibly through a total), so every core
-statement is needed. Values stay in [0, 99].
+What we follow:
+- Templates with a level hierarchy (`TEMPLATES`, their three: zoos, schools, film festivals):
+  places (level 0) hold kinds (level 1: "adult fox", "art school", "comedy film"), each member
+  of a kind has offspring (level 2: "newborns", "teachers", "awards"). Each problem draws one
+  template, a depth d (2: places and kinds; 3: also offspring) and a structure graph, as their
+  `drawStructure`: 2 to 4 places, 2 to 4 kinds, every kind at some place, every place with
+  some kind, then random extra edges.
+- Instance parameters live on the structure's edges: "the number of adult fox in Elm Park" and,
+  for d = 3, "the average number of newborns per adult fox in Elm Park". Each is defined by one
+  statement from a constant (their RNG node) and/or up to 4 other quantities: "... equals 7.",
+  "... equals X.", "... equals 3 plus|times X.", "... equals the sum of|difference between X and
+  Y.", "... equals the sum of X, Y, and Z.", "... equals 3 plus the sum of X and Y." (the
+  constant applies to the sum or difference).
+- Abstract parameters are never stated, only implied by the hierarchy: "the total number of adult
+  animals in Elm Park" sums every kind's count stated for that place (a kind never mentioned
+  there is absent), and for d = 3 "the total number of newborns in Elm Park" sums count times
+  average over those kinds. A total is over every structure edge at its place, so when the
+  answer needs it, all its members are part of the answer's graph.
+- Op count, their `num_op`: the number of edges into the parameters the answer depends on, the
+  stated constant counting as one (the edge from RNG). So "X equals 7." is 1 op, "X equals 3
+  plus Y." is 2, a total over k kinds is k, a total of offspring over k kinds is 2k (one product
+  and one addition per kind); ops 1..8. As in their graph, a parameter may read any earlier one
+  (a DAG, not a chain) and a statement reads at most 4 inputs.
+- Noise as their `drawUnnecessary`: the structure parameters the answer does not need are
+  stated in random order while they fit under the target length, half of them independent of the answer's graph (from earlier
+  independent ones and a constant), half from anything already computable (the answer's
+  parameters, earlier noise, totals whose members are all stated), with 1 to 4 inputs drawn as
+  they draw them. They never join a total the answer needs (all its members are core).
+- Padding to length as their `dummynetwokinginstanceparam`: parameters of places outside the
+  structure, each reading one or two of the answer's parameters, sometimes the total of another
+  padding place (whose kinds are then closed). Statements are shuffled.
 
-Distractors follow GSM-Infinite's unnecessary parameters (`drawUnnecessary` in its
-`gsm-infinite/data/realistic/forward_generator.py`): quantities of the same people, core people
-included, half of them independent of the core (from literals or earlier independent distractors)
-and half computed from any earlier quantity, core ones included. They never join a total the
-problem references, and the core never refers to them, so they cannot change the answer. They are added until the problem reaches a length drawn
-from `target_tokens`; then all statements are shuffled.
+What we leave out, and why: their sampling of the graph by (s, n, m) with retries on failure
+(`drawNecessary1..3`; we build the answer's graph top-down with an exact op budget, so every op
+count comes out exactly and quickly, from the same family of statements); reverse problems;
+answers mod a prime; the solution text (we train on the answer alone, question first); the
+prompt's explanation of the totals (a fixed rule the model learns from the data); values up to
+1000 (ours stay in [0, 99], so every answer is at most two digits; literals, factors and sums
+are drawn to keep them there). Padding statements read at most two quantities (theirs up to
+three) so that one fits between `target_tokens` bounds.
 
 Text (`<eos>` ends the answer; `<pad>` fills the front):
 
-    <pad>...<pad>How many fruits does Ann have in total?\\n<statements, space separated>\\nAnswer: 42<eos>
+    <pad>...<pad>What is the total number of adult animals in Elm Park?\\n<statements>\\nAnswer: 42<eos>
 
 The question comes first, no chain of thought. Lengths are counted in the task's tokens:
 characters with the built-in character vocabulary (`task.tokenizer=""`, for tiny from-scratch
@@ -45,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any, Callable, Mapping
@@ -58,30 +84,15 @@ from sleep_jax.tasks.vocab import PAD, TokenizerVocab, Vocab
 EOS = "<eos>"
 ANSWER_PREFIX = "\nAnswer: "
 MAX_VALUE = 99     # every quantity, hence every answer, is in [0, MAX_VALUE]
-MAX_LITERAL = 20   # stated quantities and +/- constants are in [1, MAX_LITERAL]
-MAX_FACTOR = 5     # "k times as many": k in [2, MAX_FACTOR]
-CORE_OWNERS = 3    # people in the core graph; every other person is a distractor's
-MAX_MEMBERS = 4    # items summed by one implicit total
+MAX_LITERAL = 20   # stated quantities and "plus" constants are in [1, MAX_LITERAL]
+MAX_FACTOR = 5     # "k times": k in [2, MAX_FACTOR]
+MAX_INPUTS = 4     # inputs of one statement: its constant and the quantities it reads
+MAX_PLACES = 4     # places (and kinds) of a structure graph; the template's other places pad
 MAX_OPS = 8
 MAX_PUBLISHED_OPS = 50   # the published sets go to 30 ops (medium, hard) and 50 (symbolic)
 # The answer line: prefix, at most two digits, <eos>.
 ANSWER_TOKENS = len(ANSWER_PREFIX) + len(str(MAX_VALUE)) + 1
 
-OWNERS = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jack", "Kim", "Leo",
-          "Mia", "Ned", "Olga", "Paul", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wes", "Xena",
-          "Yuri", "Zoe", "Abe", "Bea", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ida", "Jon", "Kay",
-          "Lou", "Max", "Nia")
-CATEGORIES = {
-    "fruits": ("apples", "bananas", "cherries", "grapes", "lemons", "mangoes", "oranges", "peaches",
-               "pears", "plums"),
-    "animals": ("cats", "cows", "dogs", "ducks", "goats", "hens", "horses", "pigs", "rabbits", "sheep"),
-    "toys": ("balls", "blocks", "dolls", "drums", "kites", "marbles", "puzzles", "robots", "trains", "yoyos"),
-    "supplies": ("clips", "crayons", "erasers", "folders", "markers", "pencils", "pens", "rulers",
-                 "stamps", "stickers"),
-}
-CATEGORY_NAMES = tuple(CATEGORIES)
-ITEMS = tuple(item for items in CATEGORIES.values() for item in items)
-ITEM_CATEGORY = tuple(c for c, items in enumerate(CATEGORIES.values()) for _ in items)
 
 DEFAULTS = {
     "ops": tuple(range(1, MAX_OPS + 1)),   # training op counts, drawn uniformly
@@ -96,69 +107,143 @@ DEFAULTS = {
 TINY = {"ops": (1, 2, 3), "eval_ops": (1, 2, 3), "window": 256, "target_tokens": (768, 1000),
         "eval_examples": 240}
 
-# A quantity is named by a reference: ("item", owner, item) or ("total", owner, category).
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A three-level hierarchy: places hold kinds; each member of a kind has offspring.
+
+    Attributes:
+      name: the template's name.
+      places: level 0 names.
+      kinds: level 1 names (singular after "per", as GSM-Infinite writes them).
+      kinds_total: what all kinds of a place add up to ("adult animals").
+      offspring: level 2, counted per member of a kind ("newborns").
+    """
+    name: str
+    places: tuple[str, ...]
+    kinds: tuple[str, ...]
+    kinds_total: str
+    offspring: str
+
+
+TEMPLATES = (
+    Template("zoo",
+             places=("Elm Park", "Oak Zoo", "Fern Vale", "Pine Farm", "Moss Bay", "Ash Grove",
+                     "Reed Marsh", "Rock Park", "Cove Zoo", "Glen Farm", "Dale Ranch", "Mist Wood",
+                     "Sun Valley", "Hill Ranch", "Lake Farm", "Bay Zoo", "Iris Fen", "Cliff Park",
+                     "Rose Vale", "Wind Moor", "Sand Dune", "Tide Pool", "Peak Zoo", "Brook Farm"),
+             kinds=("adult bear", "adult wolf", "adult deer", "adult fox", "adult lynx",
+                    "adult hare", "adult otter", "adult eagle", "adult owl", "adult crow",
+                    "adult heron", "adult swan", "adult goat", "adult boar"),
+             kinds_total="adult animals", offspring="newborns"),
+    Template("school",
+             places=("Riverton", "Brightford", "Glenfield", "Westhaven", "Evervale", "Oakbridge",
+                     "Stonebrook", "Fairmont", "Ashford", "Millbrook", "Redwood", "Silverton",
+                     "Kingsport", "Lakeview", "Hillcrest", "Bayside", "Marlow", "Northgate",
+                     "Sunford", "Elmstead", "Dunmore", "Harwich", "Pinecrest", "Easton"),
+             kinds=("art school", "law school", "high school", "music school", "dance school",
+                    "drama school", "chess school", "swim school", "ski school", "film school",
+                    "yoga school", "math school", "sport school", "cook school"),
+             kinds_total="schools", offspring="teachers"),
+    Template("festival",
+             places=("Lumen Fest", "Verdi Fest", "Taylor Fest", "North Fest", "Sahara Fest",
+                     "Banana Fest", "Valmont Fest", "Rivage Fest", "Aurora Fest", "Coral Fest",
+                     "Delta Fest", "Ember Fest", "Falcon Fest", "Harbor Fest", "Indigo Fest",
+                     "Jasper Fest", "Kestrel Fest", "Meadow Fest", "Nimbus Fest", "Orchid Fest",
+                     "Prism Fest", "Quartz Fest", "Sierra Fest", "Willow Fest"),
+             kinds=("comedy film", "drama film", "horror film", "action film", "crime film",
+                    "war film", "road movie", "space film", "spy film", "dance film", "heist film",
+                    "music film", "sports film", "period film"),
+             kinds_total="films", offspring="awards"),
+)
+# Every word a generated problem can use besides numbers (for word-level tokenizers).
+WORDS = tuple(sorted({word for t in TEMPLATES for name in t.places + t.kinds + (t.kinds_total, t.offspring)
+                      for word in name.split()}))
+
+# A parameter: (kind, place, what). Instance parameters ("count", p, k) and ("average", p, k)
+# name kind k at place p; abstract ones ("total", p, -1) and ("offspring", p, -1) sum over p.
 Ref = tuple[str, int, int]
+INSTANCE = ("count", "average")
 
 
-def _clause(ref: Ref) -> str:
-    kind, owner, what = ref
-    if kind == "item":
-        return f"{OWNERS[owner]} has {ITEMS[what]}"
-    return f"{OWNERS[owner]} has {CATEGORY_NAMES[what]} in total"
+def phrase(template: Template, ref: Ref) -> str:
+    """The noun phrase naming `ref`, e.g. "the number of adult fox in Elm Park"."""
+    kind, place, what = ref
+    where = template.places[place]
+    if kind == "count":
+        return f"the number of {template.kinds[what]} in {where}"
+    if kind == "average":
+        return f"the average number of {template.offspring} per {template.kinds[what]} in {where}"
+    if kind == "total":
+        return f"the total number of {template.kinds_total} in {where}"
+    if kind == "offspring":
+        return f"the total number of {template.offspring} in {where}"
+    raise ValueError(f"unknown parameter kind {kind!r}")
 
 
-def _sentence(kind: str, owner: int, item: int, refs: tuple[Ref, ...] = (), constant: int = 0) -> str:
-    """The statement defining (owner, item) by `kind` from `refs` and `constant`."""
-    subject, noun = OWNERS[owner], ITEMS[item]
-    if kind == "literal":
-        return f"{subject} has {constant} {noun}."
-    if kind == "add":
-        return f"{subject} has {constant} more {noun} than {_clause(refs[0])}."
-    if kind == "sub":
-        return f"{subject} has {constant} fewer {noun} than {_clause(refs[0])}."
-    if kind == "mul":
-        return f"{subject} has {constant} times as many {noun} as {_clause(refs[0])}."
-    if kind == "sum":
-        return f"{subject} has as many {noun} as {_clause(refs[0])} and {_clause(refs[1])} combined."
-    if kind == "diff":
-        return f"{subject} has as many {noun} as {_clause(refs[0])} more than {_clause(refs[1])}."
-    raise ValueError(f"unknown statement kind {kind!r}")
+def _statement(subject: str, constant: int | None, apply: str, names: list[str], combine: str) -> str:
+    """A statement from its noun phrases: `subject` equals `constant` alone, or `constant`
+    `apply` ("plus" | "times" | "" for none) the `combine` ("sum" | "difference") of `names`."""
+    if not names:
+        value = str(constant)
+    else:
+        if len(names) == 1:
+            value = names[0]
+        elif len(names) == 2:
+            value = (f"the sum of {names[0]} and {names[1]}" if combine == "sum"
+                     else f"the difference between {names[0]} and {names[1]}")
+        else:
+            value = f"the sum of {', '.join(names[:-1])}, and {names[-1]}"
+        if apply:
+            value = f"{constant} {apply} {value}"
+    return f"{subject[0].upper()}{subject[1:]} equals {value}."
 
 
-def _question(ref: Ref) -> str:
-    kind, owner, what = ref
-    if kind == "item":
-        return f"How many {ITEMS[what]} does {OWNERS[owner]} have?"
-    return f"How many {CATEGORY_NAMES[what]} does {OWNERS[owner]} have in total?"
+def _question(template: Template, ref: Ref) -> str:
+    kind, place, what = ref
+    if kind == "count":
+        return f"How many {template.kinds[what]} does {template.places[place]} have?"
+    return f"What is {phrase(template, ref)}?"
 
 
-def _longest_sentence() -> str:
-    """The longest statement any problem can hold (longest names, 2-digit numbers)."""
-    owner = max(range(len(OWNERS)), key=lambda o: len(OWNERS[o]))
-    item = max(range(len(ITEMS)), key=lambda i: len(ITEMS[i]))
-    total = ("total", owner, max(range(len(CATEGORY_NAMES)), key=lambda c: len(CATEGORY_NAMES[c])))
-    ref = max([("item", owner, item), total], key=lambda r: len(_clause(r)))
-    return max((_sentence(kind, owner, item, (ref, ref), MAX_VALUE)
-                for kind in ("literal", "add", "sub", "mul", "sum", "diff")), key=len)
+def _all_refs(template: Template) -> list[Ref]:
+    places, kinds = range(len(template.places)), range(len(template.kinds))
+    return ([(kind, p, k) for kind in INSTANCE for p in places for k in kinds]
+            + [(kind, p, -1) for kind in ("total", "offspring") for p in places])
 
 
-LONGEST_SENTENCE = _longest_sentence()
-MAX_SENTENCE = len(LONGEST_SENTENCE)
-MIN_SENTENCE = min(len(_sentence("literal", owner, item, constant=1))
-                   for owner in range(len(OWNERS)) for item in range(len(ITEMS)))
-# Longest problem: distractors use at most half of the distractor people's (owner, item) pairs,
-# so drawing a new pair stays quick.
-MAX_PROBLEM_TOKENS = (len(OWNERS) - CORE_OWNERS) * len(ITEMS) // 2 * (MIN_SENTENCE + 1)
-LONGEST_QUESTION = max((_question((kind, owner, what))
-                        for kind, names in (("item", ITEMS), ("total", CATEGORY_NAMES))
-                        for owner in range(len(OWNERS)) for what in range(len(names))), key=len)
+def _longest_by_inputs() -> dict[int, str]:
+    """Per input count j, a statement at least as long as any with j inputs: every name the
+    longest phrase, every constant MAX_VALUE."""
+    longest = max((phrase(t, r) for t in TEMPLATES for r in _all_refs(t)), key=len)
+    forms = {1: [_statement(longest, MAX_VALUE, "", [], "sum"),
+                 _statement(longest, None, "", [longest], "sum")]}
+    for inputs in range(2, MAX_INPUTS + 1):
+        forms[inputs] = [_statement(longest, MAX_VALUE, "times" if constant else "",
+                                    [longest] * (inputs - constant), combine)
+                         for constant in (0, 1) for combine in ("sum", "difference")]
+    return {inputs: max(texts, key=len) for inputs, texts in forms.items()}
+
+
+LONGEST_BY_INPUTS = _longest_by_inputs()
+# Padding statements read one or two quantities, no constant; the last one added may overshoot
+# the drawn target by at most this much.
+LONGEST_PADDING = LONGEST_BY_INPUTS[2]
+MIN_PADDING = min(len(_statement(phrase(t, r), None, "", [phrase(t, r)], "sum")) for t in TEMPLATES
+                  for r in _all_refs(t) if r[0] == "count")
+# Longest problem: padding uses at most half of the padding places' counts, so drawing a new one
+# stays quick.
+MAX_PROBLEM_TOKENS = ((min(len(t.places) for t in TEMPLATES) - MAX_PLACES)
+                      * min(len(t.kinds) for t in TEMPLATES) // 2 * (MIN_PADDING + 1))
+LONGEST_QUESTION = max((_question(t, r) for t in TEMPLATES for r in _all_refs(t)), key=len)
 
 
 def longest_core(ops: int, length: Callable[[str], int] = len) -> int:
     """An upper bound on the length (by `length`: characters or tokens) of a problem with `ops`
-    ops before distractors: the question line and at most 1 + 2 * ops statements (a first
-    literal, then per op at most one derived statement and one new literal)."""
-    return length(LONGEST_QUESTION) + 1 + (1 + 2 * ops) * (length(LONGEST_SENTENCE) + 1)
+    ops before distractors: the question line and statements whose inputs add up to at most
+    `ops`, each no longer per input than the longest statement of its input count."""
+    per_input = max((length(text) + 1) / inputs for inputs, text in LONGEST_BY_INPUTS.items())
+    return length(LONGEST_QUESTION) + 1 + math.ceil(ops * per_input)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,13 +254,16 @@ class GsmProblem:
       ops: the op count of the answer.
       question: the question line (without the newline).
       statements: the context statements in text order.
-      is_distractor: per statement, True where it is a distractor.
+      is_distractor: per statement, True where the answer does not depend on it.
+      removable: per statement, True where nothing else refers to it (a padding statement that
+        no referenced total sums), so dropping it keeps the text well defined.
       answer: the integer answer.
     """
     ops: int
     question: str
     statements: tuple[str, ...]
     is_distractor: tuple[bool, ...]
+    removable: tuple[bool, ...]
     answer: int
 
     @property
@@ -184,182 +272,344 @@ class GsmProblem:
         return self.question + "\n" + " ".join(self.statements)
 
 
-class _Graph:
-    """Builds one problem's quantities and statements; every value stays in [0, MAX_VALUE]."""
+class _Retry(Exception):
+    """The random choices so far cannot finish the answer's graph within the value range."""
 
-    def __init__(self, rng: np.random.Generator):
+
+class _Builder:
+    """One problem's structure graph, parameters and statements; every value in [0, MAX_VALUE]."""
+
+    def __init__(self, rng: np.random.Generator, ops: int):
         self.rng = rng
-        people = rng.permutation(len(OWNERS))
-        self.core_owners = people[:CORE_OWNERS].tolist()
-        self.distractor_owners = people[CORE_OWNERS:].tolist()
-        self.values: dict[tuple[int, int], int] = {}   # (owner, item) -> value
-        self.taken: set[tuple[int, int]] = set()       # (owner, item)s defined or about to be
-        self.core: list[tuple[int, int]] = []           # core (owner, item)s in creation order
-        self.frozen: set[tuple[int, int]] = set()       # (owner, category)s whose total is referenced
-        self.statements: list[str] = []
-        self.distractors: list[str] = []
-        self.independent: list[tuple[int, int]] = []   # distractors that never read the core
+        self.template = TEMPLATES[rng.integers(len(TEMPLATES))]
+        self.depth = 2 + int(rng.integers(2))
+        self._draw_structure(ops)
+        self.values: dict[Ref, int] = {}   # defined parameters, abstract ones included
+        self.busy: set[Ref] = set()          # parameters whose definition is under way
+        self.core: list[str] = []            # statements the answer depends on
+        self.core_refs: list[Ref] = []       # the answer's parameters, abstract ones included
+        self.independent: list[Ref] = []     # noise that never reads the answer's graph
+        self.closed: set[int] = set()        # padding places whose total is referenced
 
     def _pick(self, low: int, high: int) -> int:
         return int(self.rng.integers(low, high + 1))
 
-    def _new_entity(self, owners: list[int]) -> tuple[int, int]:
-        """A new (owner, item), not taken before, whose category's total is not referenced."""
+    def _draw_structure(self, ops: int) -> None:
+        """Places and kinds (2..MAX_PLACES each) joined by edges, at least `ops` instance
+        parameters in all, every kind at some place and every place with some kind."""
+        rng, template = self.rng, self.template
         while True:
-            owner = owners[self.rng.integers(len(owners))]
-            item = int(self.rng.integers(len(ITEMS)))
-            if (owner, item) not in self.taken and (owner, ITEM_CATEGORY[item]) not in self.frozen:
-                self.taken.add((owner, item))
-                return owner, item
+            places, kinds = self._pick(2, MAX_PLACES), self._pick(2, MAX_PLACES)
+            wanted = self._pick(max(places, kinds), places * kinds)
+            if wanted * (self.depth - 1) >= ops:
+                break
+        self.places = sorted(rng.choice(len(template.places), places, replace=False).tolist())
+        kind_ids = rng.choice(len(template.kinds), kinds, replace=False).tolist()
+        edges = {(self.places[rng.integers(places)], k) for k in kind_ids}
+        edges |= {(p, kind_ids[rng.integers(kinds)]) for p in self.places if all(e[0] != p for e in edges)}
+        while len(edges) < wanted:
+            edges.add((self.places[rng.integers(places)], kind_ids[rng.integers(kinds)]))
+        self.edges = sorted(edges)
+        self.instances = [(kind, p, k) for kind in INSTANCE[:self.depth - 1] for p, k in self.edges]
+        self.totals = [(kind, p, -1) for kind in ("total", "offspring")[:self.depth - 1] for p in self.places]
+        self.padding_places = [p for p in range(len(template.places)) if p not in self.places]
 
-    def _define(self, entity: tuple[int, int], value: int, sentence: str, core: bool) -> None:
-        assert 0 <= value <= MAX_VALUE, (sentence, value)
-        self.values[entity] = value
-        self.taken.add(entity)
-        (self.statements if core else self.distractors).append(sentence)
-        if core:
-            self.core.append(entity)
+    # Abstract parameters.
+    def _members(self, total: Ref) -> list[Ref]:
+        """The instance parameters a total sums: over the structure's edges at its place."""
+        kind, place, _ = total
+        kinds = [k for p, k in self.edges if p == place]
+        return [("count", place, k) for k in kinds] + ([("average", place, k) for k in kinds]
+                                                       if kind == "offspring" else [])
 
-    def literal(self, entity: tuple[int, int], core: bool, high: int = MAX_LITERAL) -> int:
-        value = self._pick(1, high)
-        self._define(entity, value, _sentence("literal", *entity, constant=value), core)
-        return value
+    def _inputs_of_total(self, total: Ref) -> int:
+        """Op count of a total itself: one per count summed, two (product, sum) per kind for offspring."""
+        return len(self._members(total))
 
-    def _operation(self, entity: tuple[int, int], operand: Ref, value: int, others: list[tuple[int, int]],
-                   core: bool) -> None:
-        """Defines `entity` by one operation on `operand` (worth `value`). The second operand of a
-        sum or difference is one of `others` or, in the core only, a new literal (so a distractor
-        is always exactly one statement)."""
-        addable = [e for e in others if self.values[e] <= MAX_VALUE - value]
-        kinds = (["add"] if value < MAX_VALUE else []) + (["sub"] if value >= 1 else [])
-        kinds += ["mul"] if 1 <= value <= MAX_VALUE // 2 else []
-        kinds += ["sum"] if value < MAX_VALUE and (core or addable) else []
-        kinds += ["diff"] if core or others else []
-        kind = kinds[self.rng.integers(len(kinds))]
-        if kind == "add":
-            constant = self._pick(1, min(MAX_LITERAL, MAX_VALUE - value))
-            self._define(entity, value + constant, _sentence(kind, *entity, (operand,), constant), core)
-        elif kind == "sub":
-            constant = self._pick(1, min(MAX_LITERAL, value))
-            self._define(entity, value - constant, _sentence(kind, *entity, (operand,), constant), core)
-        elif kind == "mul":
-            factor = self._pick(2, min(MAX_FACTOR, MAX_VALUE // value))
-            self._define(entity, value * factor, _sentence(kind, *entity, (operand,), factor), core)
+    def _total_value(self, total: Ref) -> int:
+        kind, place, _ = total
+        counts = [m for m in self._members(total) if m[0] == "count"]
+        if kind == "total":
+            return sum(self.values[c] for c in counts)
+        return sum(self.values[c] * self.values[("average", place, c[2])] for c in counts)
+
+    def _total_options(self, share: int, cap: int) -> list[Ref]:
+        """Totals not yet defined that can cost exactly `share` ops within `cap`."""
+        options = []
+        for total in self.totals:
+            members = self._members(total)
+            if total in self.values or total in self.busy or any(m in self.busy for m in members):
+                continue
+            open_members = [m for m in members if m not in self.values]
+            cost = self._inputs_of_total(total) + len(open_members)
+            fits = share == cost if not open_members else share >= cost
+            if fits and self._known_part(total) + len(open_members) <= cap:
+                options.append(total)
+        return options
+
+    def _known_part(self, total: Ref) -> int:
+        """What a total's already-defined members contribute."""
+        kind, place, _ = total
+        counts = [m for m in self._members(total) if m[0] == "count" and m in self.values]
+        if kind == "total":
+            return sum(self.values[c] for c in counts)
+        averages = [("average", place, c[2]) for c in counts]
+        return sum(self.values[c] * self.values[a] for c, a in zip(counts, averages) if a in self.values)
+
+    def _define_total(self, total: Ref, share: int, cap: int) -> None:
+        """Defines every open member of `total` so that the total costs `share` ops in all and
+        stays within `cap`; the total itself is implied, never stated."""
+        kind, place, _ = total
+        members = self._members(total)
+        open_members = [m for m in members if m not in self.values]
+        self.busy |= {total, *open_members}
+        shares = dict(zip(open_members, self._split(share - self._inputs_of_total(total), len(open_members))))
+        counts = [m for m in members if m[0] == "count"]
+        if kind == "total":
+            room = cap - self._known_part(total)
+            for member in open_members:
+                self._define_instance(member, shares[member], room // len(open_members))
         else:
-            candidates = addable if kind == "sum" else others
-            if candidates and (not core or self.rng.random() < 0.3):
-                other = candidates[self.rng.integers(len(candidates))]
+            pairs = [(c, ("average", place, c[2])) for c in counts]
+            open_pairs = [(c, a) for c, a in pairs if c in shares or a in shares]
+            room = (cap - self._known_part(total)) // max(len(open_pairs), 1)
+            if room < 1 and open_pairs:
+                raise _Retry
+            for count, average in open_pairs:
+                if count in shares:
+                    known = self.values.get(average)
+                    count_cap = math.isqrt(room) if known is None else room // known if known else MAX_VALUE
+                    self._define_instance(count, shares[count], count_cap)
+                if average in shares:
+                    self._define_instance(average, shares[average],
+                                          room // self.values[count] if self.values[count] else MAX_VALUE)
+        value = self._total_value(total)
+        assert value <= cap, (total, value, cap)
+        self.values[total] = value
+        self.core_refs.append(total)
+        self.busy -= {total}
+
+    def _split(self, total: int, parts: int) -> list[int]:
+        """`total` as `parts` positive integers, uniformly among compositions."""
+        if parts == 0:
+            assert total == 0
+            return []
+        cuts = sorted(self.rng.choice(np.arange(1, total), parts - 1, replace=False).tolist())
+        return [b - a for a, b in zip([0] + cuts, cuts + [total])]
+
+    # Instance parameters of the answer's graph.
+    def _fresh(self) -> list[Ref]:
+        return [r for r in self.instances if r not in self.values and r not in self.busy]
+
+    def _define_instance(self, ref: Ref, budget: int, cap: int) -> None:
+        """Defines `ref` by one statement whose graph (its inputs and, recursively, theirs not
+        defined before) costs exactly `budget` ops, with a value in [0, cap]."""
+        if cap < 1:
+            raise _Retry
+        self.busy.add(ref)
+        options = []
+        for constant in (0, 1):
+            for n in range(1 - constant, MAX_INPUTS - constant + 1):
+                rest = budget - n - constant
+                if rest < 0 or (n == 0 and rest) or (constant and n and cap < 2):
+                    continue
+                child_cap = self._child_cap(cap, constant, n)
+                reusable = sum(v <= child_cap for v in self.values.values())
+                for new in ([0] if rest == 0 else range(1, min(n, rest) + 1)):
+                    if reusable >= n - new and (new == 0 or child_cap >= 1):
+                        options.append((constant, n, new, rest))
+        if not options:
+            raise _Retry
+        constant, n, new, rest = options[self.rng.integers(len(options))]
+        child_cap = self._child_cap(cap, constant, n)
+        reusable = [r for r, v in self.values.items() if v <= child_cap]
+        operands = [reusable[i] for i in self.rng.choice(len(reusable), n - new, replace=False)]
+        for share in self._split(rest, new):
+            totals = self._total_options(share, child_cap)
+            if totals and self.rng.random() < 0.5:
+                operand = totals[self.rng.integers(len(totals))]
+                self._define_total(operand, share, child_cap)
             else:
-                other = self._new_entity(self.core_owners)
-                room = MAX_VALUE - value if kind == "sum" else MAX_VALUE
-                self.literal(other, core, high=min(MAX_LITERAL, room))
-            second, second_value = ("item", *other), self.values[other]
-            if kind == "sum":
-                self._define(entity, value + second_value,
-                             _sentence(kind, *entity, (operand, second)), core)
+                fresh = self._fresh()
+                if not fresh:
+                    raise _Retry
+                operand = fresh[self.rng.integers(len(fresh))]
+                self._define_instance(operand, share, child_cap)
+            operands.append(operand)
+        operands = [operands[i] for i in self.rng.permutation(len(operands))]
+        sentence, inputs = self._state(ref, bool(constant), operands, cap)
+        assert inputs == n + constant, (ref, inputs, n, constant)
+        self.core.append(sentence)
+        self.core_refs.append(ref)
+        self.busy.discard(ref)
+
+    @staticmethod
+    def _child_cap(cap: int, constant: int, n: int) -> int:
+        """The bound on each operand that keeps any outcome within `cap`: a constant takes at
+        least one; two operands fall back to their difference; more are summed."""
+        limit = cap - constant
+        return limit if n <= 2 else limit // n
+
+    def _state(self, ref: Ref, constant: bool, operands: list[Ref], cap: int) -> tuple[str, int]:
+        """Sets `ref`'s value from a constant and/or `operands` within [0, cap]; returns its
+        statement and its input count. Where a form would leave the range it falls back, as
+        only distractors need: more than two operands to the first two, a sum of two to their
+        difference, then the constant dropped."""
+        values = [self.values[r] for r in operands]
+        limit = cap - 1 if constant else cap
+        if len(values) > 2 and sum(values) > limit:
+            operands, values = operands[:2], values[:2]
+        combine = "sum"
+        if not values:
+            inner = None
+        elif len(values) == 1:
+            inner = values[0]
+        elif len(values) == 2 and (values[0] + values[1] > limit or self.rng.random() < 0.5):
+            combine = "difference"
+            if values[0] < values[1]:
+                operands, values = operands[::-1], values[::-1]
+            inner = values[0] - values[1]
+        else:
+            inner = sum(values)
+        apply, number = "", None
+        if constant and inner is None:
+            number = value = self._pick(1, min(MAX_LITERAL, cap))
+        elif constant and inner < cap:
+            apply = "times" if 2 * inner <= cap and self.rng.random() < 0.5 else "plus"
+            if apply == "plus":
+                number = self._pick(1, min(MAX_LITERAL, cap - inner))
+                value = inner + number
             else:
-                refs, result = (((operand, second), value - second_value) if value >= second_value
-                                else ((second, operand), second_value - value))
-                self._define(entity, result, _sentence(kind, *entity, refs), core)
+                number = self._pick(2, min(MAX_FACTOR, cap // inner) if inner else MAX_FACTOR)
+                value = inner * number
+        else:
+            value = inner
+        assert 0 <= value <= cap, (ref, value, cap)
+        self.values[ref] = value
+        inputs = len(operands) + (number is not None)
+        names = [phrase(self.template, r) for r in operands]
+        return _statement(phrase(self.template, ref), number, apply, names, combine), inputs
 
-    def _total_members(self, owner: int, category: int) -> list[tuple[int, int]]:
-        return [e for e in self.core if e[0] == owner and ITEM_CATEGORY[e[1]] == category]
+    def build_core(self, ops: int) -> Ref:
+        """The answer's graph with exactly `ops` ops; returns the parameter asked for."""
+        totals = self._total_options(ops, MAX_VALUE)
+        if totals and self.rng.random() < 0.6:
+            root = totals[self.rng.integers(len(totals))]
+            self._define_total(root, ops, MAX_VALUE)
+        else:
+            fresh = self._fresh()
+            root = fresh[self.rng.integers(len(fresh))]
+            self._define_instance(root, ops, MAX_VALUE)
+        return root
 
-    def _total(self, head: tuple[int, int], members: int) -> tuple[Ref, int]:
-        """Adds literals of head's owner in head's category until `members` of them are defined,
-        freezes that total (no later item may join it) and returns its reference and value."""
-        owner, category = head[0], ITEM_CATEGORY[head[1]]
-        existing = self._total_members(owner, category)
-        free = [i for i in range(len(ITEMS))
-                if ITEM_CATEGORY[i] == category and (owner, i) not in self.taken]
-        new = self.rng.permutation(free)[:members - len(existing)].tolist()
-        total = sum(self.values[e] for e in existing)
-        for n, item in enumerate(new):
-            total += self.literal((owner, item), core=True,
-                                  high=min(MAX_LITERAL, MAX_VALUE - total - (len(new) - n - 1)))
-        self.frozen.add((owner, category))
-        return ("total", owner, category), total
-
-    def _total_sizes(self, head: tuple[int, int], low: int, high: int) -> list[int]:
-        """Member counts in [low, high] a total over head's category can have within MAX_VALUE."""
-        owner, category = head[0], ITEM_CATEGORY[head[1]]
-        existing = self._total_members(owner, category)
-        free = sum(1 for i in range(len(ITEMS))
-                   if ITEM_CATEGORY[i] == category and (owner, i) not in self.taken)
-        room = MAX_VALUE - sum(self.values[e] for e in existing)
-        return [m for m in range(max(low, len(existing), 2), min(high, MAX_MEMBERS) + 1)
-                if m - len(existing) <= min(free, room)]
-
-    def core_problem(self, ops: int) -> tuple[str, int]:
-        """Builds a chain of exactly `ops` operations; returns the question and its answer."""
-        head = self._new_entity(self.core_owners)
-        self.literal(head, core=True)
-        left = ops
-        while left:
-            # End on an implicit total over m members (m - 1 additions) ...
-            if self.rng.random() < 0.2 and self._total_sizes(head, left + 1, left + 1):
-                ref, answer = self._total(head, left + 1)
-                return _question(ref), answer
-            # ... or take one (m members: m - 1 additions, then one operation on the total) ...
-            sizes = self._total_sizes(head, 2, left) if left >= 2 else []
-            if sizes and self.rng.random() < 0.3:
-                members = sizes[self.rng.integers(len(sizes))]
-                operand, value = self._total(head, members)
-                left -= members
-            else:  # ... or one operation on the last result.
-                operand, value = ("item", *head), self.values[head]
-                left -= 1
-            entity = self._new_entity(self.core_owners)
-            self._operation(entity, operand, value, [e for e in self.core if e != head], core=True)
-            head = entity
-        return _question(("item", *head)), self.values[head]
-
-    def distractor(self) -> str:
-        """Defines one quantity of any person (core people included), in a category whose total
-        the problem does not reference: half the time independent of the core (a literal or from
-        an earlier independent distractor), else from any earlier quantity, core ones included,
-        as GSM-Infinite draws its unnecessary parameters."""
-        entity = self._new_entity(self.core_owners + self.distractor_owners)
+    # Distractors.
+    def noise(self) -> str | None:
+        """States one structure parameter the answer does not need (None when all are stated):
+        half the time from earlier independent noise, else from anything computable so far."""
+        fresh = self._fresh()
+        if not fresh:
+            return None
+        ref = fresh[self.rng.integers(len(fresh))]
         if self.rng.random() < 0.5:
             pool = list(self.independent)
-            self.independent.append(entity)
+            self.independent.append(ref)
         else:
             pool = list(self.values)
-        choice = int(self.rng.integers(len(pool) + 1))
-        if choice == len(pool):
-            self.literal(entity, core=False)
+            for total in self.totals:   # totals whose members are all stated, within range
+                if (total not in self.values and all(m in self.values for m in self._members(total))
+                        and self._total_value(total) <= MAX_VALUE):
+                    self.values[total] = self._total_value(total)
+                    pool.append(total)
+        inputs = 1
+        while inputs < min(MAX_INPUTS, len(pool) + 1) and self.rng.random() < 0.5:
+            inputs += 1
+        if inputs == len(pool) + 1:
+            constant, operands = True, pool
         else:
-            operand = pool[choice]
-            self._operation(entity, ("item", *operand), self.values[operand],
-                            [e for e in pool if e != operand], core=False)
-        return self.distractors[-1]
+            constant = bool(self.rng.random() < 0.5)
+            operands = [pool[i] for i in self.rng.choice(len(pool), inputs - constant, replace=False)]
+        return self._state(ref, constant, operands, MAX_VALUE)[0]
+
+    def padding(self) -> tuple[Ref, str]:
+        """A parameter of a place outside the structure read from one or two of the answer's
+        parameters, or from one and the total of another padding place (which closes it)."""
+        ref = self._padding_ref()
+        count = 1 + int(self.rng.random() < 0.5)
+        picks = self.rng.choice(len(self.core_refs), min(count, len(self.core_refs)), replace=False)
+        operands = [self.core_refs[i] for i in picks]
+        if self.rng.random() < 0.2:
+            kinds = range(len(self.template.kinds))
+            counts = {p: [self.values[("count", p, k)] for k in kinds if ("count", p, k) in self.values]
+                      for p in self.padding_places if p != ref[1] and p not in self.closed}
+            places = [p for p, values in counts.items() if len(values) >= 2 and sum(values) <= MAX_VALUE]
+            if places:
+                place = places[self.rng.integers(len(places))]
+                self.closed.add(place)
+                self.values[("total", place, -1)] = sum(counts[place])
+                operands[-1] = ("total", place, -1)
+        return ref, self._state(ref, False, operands, MAX_VALUE)[0]
+
+    def _padding_ref(self) -> Ref:
+        kinds = INSTANCE[:self.depth - 1]
+        for _ in range(10_000):
+            place = self.padding_places[self.rng.integers(len(self.padding_places))]
+            kind = int(self.rng.integers(len(self.template.kinds)))
+            ref = (kinds[self.rng.integers(len(kinds))], place, kind)
+            if ref not in self.values and not (ref[0] == "count" and ref[1] in self.closed):
+                return ref
+        raise RuntimeError("gsm_infinite: no padding parameter left; lower task.target_tokens")
 
 
 def generate(rng: np.random.Generator, ops: int, target_length: int,
              length: Callable[[str], int] = len) -> GsmProblem:
-    """A problem with `ops` ops, padded with distractors until its text (question line and
-    statements) measures at least `target_length` by `length` (characters by default, or a
-    tokenizer's token count), or less if the core alone is longer. Statements are measured one
-    at a time, each with the space before it, which for a tokenizer is close to, not exactly, the
+    """A problem with `ops` ops whose text (question line and statements) measures at least
+    `target_length` by `length` (characters by default, or a tokenizer's token count), or less
+    if the core alone is longer: the answer's statements, then structure noise while it fits
+    under the target, then padding until the target is reached. Statements are measured one at
+    a time, each with the space before it, which for a tokenizer is close to, not exactly, the
     count of the joined text."""
-    graph = _Graph(rng)
-    question, answer = graph.core_problem(ops)
-    size = length(question + "\n" + " ".join(graph.statements))
+    for _ in range(100):
+        builder = _Builder(rng, ops)
+        try:
+            root = builder.build_core(ops)
+            break
+        except _Retry:
+            continue
+    else:
+        raise RuntimeError(f"gsm_infinite: no problem with ops={ops} after 100 tries")
+    question = _question(builder.template, root)
+    size = length(question + "\n" + " ".join(builder.core))
+    noise: list[str] = []
     while size < target_length:
-        size += length(" " + graph.distractor())
-    statements = graph.statements + graph.distractors
+        sentence = builder.noise()
+        if sentence is None or size + length(" " + sentence) > target_length:
+            break   # the rest of the structure stays unmentioned: nothing stated reads it
+        noise.append(sentence)
+        size += length(" " + sentence)
+    padding: list[tuple[Ref, str]] = []
+    while size < target_length:
+        padding.append(builder.padding())
+        size += length(" " + padding[-1][1])
+    statements = builder.core + noise + [sentence for _, sentence in padding]
+    # Padding counts of a closed place are summed by a referenced total; the rest is read by nothing.
+    removable = [False] * (len(builder.core) + len(noise)) + [
+        not (ref[0] == "count" and ref[1] in builder.closed) for ref, _ in padding]
     order = rng.permutation(len(statements)).tolist()
-    core = len(graph.statements)
+    core = len(builder.core)
     return GsmProblem(ops=ops, question=question, statements=tuple(statements[i] for i in order),
-                      is_distractor=tuple(i >= core for i in order), answer=answer)
+                      is_distractor=tuple(i >= core for i in order),
+                      removable=tuple(removable[i] for i in order), answer=builder.values[root])
 
 
-def without_last_distractor(problem: GsmProblem) -> GsmProblem:
-    """`problem` with its last distractor statement (in text order) removed."""
-    last = max(i for i, is_distractor in enumerate(problem.is_distractor) if is_distractor)
-    keep = [i for i in range(len(problem.statements)) if i != last]
+def without_last_removable(problem: GsmProblem) -> GsmProblem:
+    """`problem` without its last removable statement (in text order)."""
+    removable = [i for i, r in enumerate(problem.removable) if r]
+    if not removable:
+        raise ValueError("gsm_infinite: no removable statement left to shorten the problem")
+    keep = [i for i in range(len(problem.statements)) if i != removable[-1]]
     return dataclasses.replace(problem, statements=tuple(problem.statements[i] for i in keep),
-                               is_distractor=tuple(problem.is_distractor[i] for i in keep))
+                               is_distractor=tuple(problem.is_distractor[i] for i in keep),
+                               removable=tuple(problem.removable[i] for i in keep))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,10 +706,10 @@ class GsmInfiniteTask(Task):
     def _check_generator_lengths(self, low: int, high: int) -> None:
         if high > MAX_PROBLEM_TOKENS:
             raise ValueError(f"task.target_tokens must be <= {MAX_PROBLEM_TOKENS}, got {(low, high)}")
-        self.max_sentence = self.length(LONGEST_SENTENCE)
-        if high - low <= self.max_sentence:
-            raise ValueError(f"task.target_tokens must span more than one statement "
-                             f"({self.max_sentence} tokens), got {(low, high)}")
+        self.max_padding = self.length(LONGEST_PADDING)
+        if high - low <= self.max_padding:
+            raise ValueError(f"task.target_tokens must span more than one padding statement "
+                             f"({self.max_padding} tokens), got {(low, high)}")
         longest = longest_core(max(self.ops + self.eval_ops), self.length)
         if high < longest:
             raise ValueError(f"task.target_tokens[1] must be >= {longest}, the longest problem with "
@@ -508,9 +758,9 @@ class GsmInfiniteTask(Task):
         ops = self.ops[rng.integers(len(self.ops))] if split == "train" else eval_value(self.eval_ops, index)
         low, high = self.target_tokens
         # Filling stops at the first statement reaching the target, so leave room for one.
-        problem = generate(rng, ops, int(rng.integers(low, high - self.max_sentence)), self.length)
+        problem = generate(rng, ops, int(rng.integers(low, high - self.max_padding)), self.length)
         while self.length(problem.text) > high:   # a tokenizer can count the joined text longer
-            problem = without_last_distractor(problem)
+            problem = without_last_removable(problem)
         return problem
 
     def features(self, problem: GsmProblem | PublishedProblem) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
-"""GSM-Infinite style problems, checked by re-reading the text: an independent parser and solver
-give the answer and the op count; removing any distractor (with whatever refers to it) leaves the
-answer unchanged; layout, lengths and evaluator."""
+"""GSM-Infinite problems, checked by re-reading the text: an independent parser and solver give
+the answer and the op count (one per input of every parameter the answer needs, the stated
+constant included; a total one per kind summed, an offspring total two); removing any distractor
+(with whatever refers to it) leaves the answer unchanged; layout, lengths and evaluator."""
 import re
 
 import numpy as np
@@ -11,117 +12,224 @@ from sleep_jax.tasks import gsm_infinite
 
 from .util import eval_batch, oracle_predictions, write_tiny_tokenizer
 
-# The static word lists (which items are fruits, ...) are the problem's vocabulary, not bookkeeping.
-CATEGORY_OF = {item: category for category, items in gsm_infinite.CATEGORIES.items() for item in items}
-REF = r"(\w+) has (\w+)( in total)?"
-PATTERNS = {
-    "literal": re.compile(r"(\w+) has (\d+) (\w+)\."),
-    "add": re.compile(rf"(\w+) has (\d+) more (\w+) than {REF}\."),
-    "sub": re.compile(rf"(\w+) has (\d+) fewer (\w+) than {REF}\."),
-    "mul": re.compile(rf"(\w+) has (\d+) times as many (\w+) as {REF}\."),
-    "sum": re.compile(rf"(\w+) has as many (\w+) as {REF} and {REF} combined\."),
-    "diff": re.compile(rf"(\w+) has as many (\w+) as {REF} more than {REF}\."),
-}
-QUESTION = re.compile(r"How many (\w+) does (\w+) have( in total)?\?")
+# The static word lists are the problems' vocabulary, not the generator's bookkeeping.
+PLACES = {p for t in gsm_infinite.TEMPLATES for p in t.places}
+KINDS = {k for t in gsm_infinite.TEMPLATES for k in t.kinds}
+KINDS_TOTALS = {t.kinds_total for t in gsm_infinite.TEMPLATES}
+OFFSPRING = {t.offspring for t in gsm_infinite.TEMPLATES}
 
 
-def ref(owner, noun, total):
-    return ("total", owner, noun) if total else ("item", owner, noun)
+def parse_phrase(text):
+    """("count" | "average", place, kind) or ("total" | "offspring", place, None) of a noun phrase."""
+    match = re.fullmatch(r"the average number of (.+) per (.+) in (.+)", text)
+    if match:
+        offspring, kind, place = match.groups()
+        assert offspring in OFFSPRING and kind in KINDS and place in PLACES, text
+        return ("average", place, kind)
+    match = re.fullmatch(r"the total number of (.+) in (.+)", text)
+    if match:
+        what, place = match.groups()
+        assert place in PLACES and what in KINDS_TOTALS | OFFSPRING, text
+        return ("total" if what in KINDS_TOTALS else "offspring", place, None)
+    match = re.fullmatch(r"the number of (.+) in (.+)", text)
+    assert match, f"no parameter phrase: {text!r}"
+    kind, place = match.groups()
+    assert kind in KINDS and place in PLACES, text
+    return ("count", place, kind)
 
 
 def parse_statement(sentence):
-    """(defined (owner, item), kind, constant, refs) of one statement; fails if none matches."""
-    for kind, pattern in PATTERNS.items():
-        match = pattern.fullmatch(sentence)
-        if match is None:
-            continue
-        g = match.groups()
-        if kind == "literal":
-            return (g[0], g[2]), kind, int(g[1]), ()
-        if kind in ("add", "sub", "mul"):
-            return (g[0], g[2]), kind, int(g[1]), (ref(*g[3:6]),)
-        return (g[0], g[1]), kind, 0, (ref(*g[2:5]), ref(*g[5:8]))
-    raise AssertionError(f"statement matches no template: {sentence!r}")
+    """(defined ref, constant or None, "plus" | "times" | None, operand refs, "sum" | "difference")."""
+    match = re.fullmatch(r"The (.+?) equals (.+)\.", sentence)
+    assert match, f"statement matches no form: {sentence!r}"
+    ref = parse_phrase("the " + match.group(1))
+    assert ref[0] in ("count", "average"), f"a total is stated: {sentence!r}"
+    value = match.group(2)
+    if re.fullmatch(r"\d+", value):
+        return ref, int(value), None, (), "sum"
+    constant = apply = None
+    match = re.fullmatch(r"(\d+) (plus|times) (.+)", value)
+    if match:
+        constant, apply, value = int(match.group(1)), match.group(2), match.group(3)
+    combine = "sum"
+    if value.startswith("the sum of ") and ", and " in value:
+        names = value[len("the sum of "):].split(", ")
+        assert names[-1].startswith("and ")
+        names[-1] = names[-1][len("and "):]
+    elif value.startswith("the sum of "):
+        names = value[len("the sum of "):].split(" and ")
+    elif value.startswith("the difference between "):
+        names, combine = value[len("the difference between "):].split(" and "), "difference"
+    else:
+        names = [value]
+    assert 1 <= len(names) <= 4 and (len(names) == 2 or combine == "sum"), sentence
+    return ref, constant, apply, tuple(parse_phrase(n) for n in names), combine
+
+
+def parse_question(question):
+    match = re.fullmatch(r"How many (.+) does (.+) have\?", question)
+    if match:
+        kind, place = match.groups()
+        assert kind in KINDS and place in PLACES
+        return ("count", place, kind)
+    match = re.fullmatch(r"What is (.+)\?", question)
+    assert match, question
+    return parse_phrase(match.group(1))
 
 
 class Problem:
-    """The quantities a problem text defines, solved by recursion over references."""
+    """The quantities a problem text defines, solved by recursion over what each one reads. A
+    place's total sums the counts stated for that place; its offspring total sums count times
+    average over those kinds."""
 
     def __init__(self, statements):
         self.definitions = {}
         for sentence in statements:
-            entity, kind, constant, refs = parse_statement(sentence)
-            assert entity not in self.definitions, f"{entity} defined twice"
-            assert entity[1] in CATEGORY_OF
-            self.definitions[entity] = (kind, constant, refs)
+            ref, *definition = parse_statement(sentence)
+            assert ref not in self.definitions, f"{ref} defined twice"
+            self.definitions[ref] = definition
+        self.cache = {}
 
-    def members(self, owner, category):
-        return [e for e in self.definitions if e[0] == owner and CATEGORY_OF[e[1]] == category]
+    def counts(self, place):
+        return [r for r in self.definitions if r[0] == "count" and r[1] == place]
 
-    def value(self, r, visiting=()):
-        kind_of_ref, owner, noun = r
-        assert r not in visiting, f"cycle through {r}"
-        if kind_of_ref == "total":
-            members = self.members(owner, noun)
-            assert members, f"empty total {r}"
-            return sum(self.value(("item", *m), visiting + (r,)) for m in members)
-        kind, constant, refs = self.definitions[(owner, noun)]
-        values = [self.value(x, visiting + (r,)) for x in refs]
-        result = {"literal": lambda: constant, "add": lambda: values[0] + constant,
-                  "sub": lambda: values[0] - constant, "mul": lambda: values[0] * constant,
-                  "sum": lambda: values[0] + values[1], "diff": lambda: values[0] - values[1]}[kind]()
-        assert 0 <= result <= gsm_infinite.MAX_VALUE
+    def inputs(self, ref):
+        """What `ref` reads, and how many ops it takes itself."""
+        if ref[0] == "total":
+            return self.counts(ref[1]), len(self.counts(ref[1]))
+        if ref[0] == "offspring":
+            counts = self.counts(ref[1])
+            return counts + [("average", ref[1], c[2]) for c in counts], 2 * len(counts)
+        constant, _, operands, _ = self.definitions[ref]
+        return list(operands), len(operands) + (constant is not None)
+
+    def value(self, ref, visiting=()):
+        assert ref not in visiting, f"cycle through {ref}"
+        if ref in self.cache:
+            return self.cache[ref]
+        if ref[0] == "total":
+            result = sum(self.value(c, visiting + (ref,)) for c in self.counts(ref[1]))
+        elif ref[0] == "offspring":
+            result = sum(self.value(c, visiting + (ref,)) * self.value(("average", *c[1:]), visiting + (ref,))
+                         for c in self.counts(ref[1]))
+        else:
+            constant, apply, operands, combine = self.definitions[ref]
+            values = [self.value(r, visiting + (ref,)) for r in operands]
+            inner = (values[0] - values[1] if combine == "difference" else sum(values)) if values else None
+            result = {None: lambda: constant if inner is None else inner, "plus": lambda: constant + inner,
+                      "times": lambda: constant * inner}[apply]()
+        assert 0 <= result <= gsm_infinite.MAX_VALUE, (ref, result)
+        self.cache[ref] = result
         return result
 
-    def ancestors(self, r):
-        """Entities `r` depends on, and its op count (one per derived statement, m - 1 per total)."""
-        seen, totals, stack = set(), set(), [r]
+    def ancestors(self, ref):
+        """Parameters `ref` depends on (itself included) and the op count of computing it."""
+        seen, stack, ops = set(), [ref], 0
         while stack:
-            kind_of_ref, owner, noun = stack.pop()
-            if kind_of_ref == "total":
-                if (owner, noun) not in totals:
-                    totals.add((owner, noun))
-                    stack += [("item", *m) for m in self.members(owner, noun)]
-            elif (owner, noun) not in seen:
-                seen.add((owner, noun))
-                stack += list(self.definitions[(owner, noun)][2])
-        ops = sum(self.definitions[e][0] != "literal" for e in seen)
-        return seen, ops + sum(len(self.members(*t)) - 1 for t in totals)
+            r = stack.pop()
+            if r not in seen:
+                seen.add(r)
+                reads, own = self.inputs(r)
+                ops += own
+                stack += reads
+        return seen, ops
 
 
 def read_back(task, tokens):
-    """Question ref, statements and answer read from the decoded tokens."""
+    """Question, statements and answer read from the decoded tokens."""
     text = task.vocab.decode(tokens[tokens != task.vocab.pad_id])
-    match = re.fullmatch(r"(How many [^\n]*)\n([^\n]*)\nAnswer: (\d+)<eos>", text)
+    match = re.fullmatch(r"((?:How many|What is) [^\n]*)\n([^\n]*)\nAnswer: (\d+)<eos>", text)
     assert match, text[-200:]
     question, context, answer = match.groups()
-    noun, owner, total = QUESTION.fullmatch(question).groups()
     statements = re.findall(r"[^.]+\.", context)
     assert " ".join(s.strip() for s in statements) == context
-    return ref(owner, noun, total), [s.strip() for s in statements], int(answer)
+    return question, [s.strip() for s in statements], int(answer)
+
+
+def check_problem(problem):
+    """The solver's answer and op count from the text equal the problem's; every statement is
+    well defined; the answer needs every core statement and no distractor; dropping any
+    distractor (and what reads it) or any removable statement leaves the answer unchanged."""
+    question = parse_question(problem.question)
+    parsed = Problem(problem.statements)
+    for ref in parsed.definitions:
+        parsed.value(ref)
+    assert parsed.value(question) == problem.answer
+    needed, ops = parsed.ancestors(question)
+    assert ops == problem.ops
+    defined = [parse_statement(s)[0] for s in problem.statements]
+    distractors = {r for r, d in zip(defined, problem.is_distractor) if d}
+    assert {r for r in needed if r in parsed.definitions} == set(defined) - distractors
+    core = [s for s, d in zip(problem.statements, problem.is_distractor) if not d]
+    assert Problem(core).value(question) == problem.answer
+    readers = {r: parsed.ancestors(r)[0] for r in defined}
+    for distractor in distractors:
+        kept = [s for s, r in zip(problem.statements, defined) if distractor not in readers[r]]
+        assert Problem(kept).value(question) == problem.answer
+    for ref, removable in zip(defined, problem.removable):
+        if removable:
+            assert ref in distractors and not any(ref in readers[r] for r in defined if r != ref)
+    return parsed, question
 
 
 def check(task, split, seed, index):
     problem = task.problem(split, seed, index)
     example = task.features(problem)
     question, statements, answer = read_back(task, example["tokens"])
-    assert statements == list(problem.statements)
-    parsed = Problem(statements)
-    assert parsed.value(question) == answer == problem.answer
-    needed, ops = parsed.ancestors(question)
-    assert ops == problem.ops == int(example["difficulty"][0])
-    entity_of = [parse_statement(s)[0] for s in statements]
-    distractors = {e for e, is_d in zip(entity_of, problem.is_distractor) if is_d}
-    # Every core statement is needed; no distractor is.
-    assert needed == set(entity_of) - distractors
-    # Without any distractor, and without each distractor and what refers to it: same answer.
-    core = [s for s, is_d in zip(statements, problem.is_distractor) if not is_d]
-    assert Problem(core).value(question) == answer
-    for distractor in distractors:
-        kept = [s for s, e in zip(statements, entity_of) if distractor not in parsed.ancestors(("item", *e))[0]]
-        assert len(kept) < len(statements)
-        assert Problem(kept).value(question) == answer
+    assert question == problem.question and statements == list(problem.statements) and answer == problem.answer
+    assert int(example["difficulty"][0]) == problem.ops
+    check_problem(problem)
     return problem, example
+
+
+def test_solver_counts_ops_as_gsm_infinite_num_op():
+    """The solver's op count on a hand-worked text: one per edge into each needed parameter, the
+    stated constant included; a total one per kind, an offspring total two per kind."""
+    parsed = Problem([
+        "The number of adult owl in Elm Park equals 5.",                                      # 1
+        "The number of adult fox in Elm Park equals 3 plus the number of adult owl in Elm Park.",  # 2
+        "The average number of newborns per adult owl in Elm Park equals 2.",                 # 1
+        "The average number of newborns per adult fox in Elm Park equals the difference between "
+        "the number of adult fox in Elm Park and the number of adult owl in Elm Park.",       # 2
+        "The number of adult bear in Oak Zoo equals 2 times the sum of the number of adult owl in "
+        "Elm Park, the number of adult fox in Elm Park, and the total number of adult animals in Elm Park.",
+    ])
+    elm, oak = "Elm Park", "Oak Zoo"
+    assert parsed.ancestors(("count", elm, "adult fox"))[1] == 3
+    assert parsed.ancestors(("total", elm, None))[1] == 2 + 1 + 2
+    # 2 x 2 for the products and sums, then the four statements below them: 1 + 2 + 1 + 2.
+    assert parsed.ancestors(("offspring", elm, None))[1] == 4 + 6
+    assert parsed.value(("offspring", elm, None)) == 5 * 2 + 8 * 3
+    # 4 inputs (constant and three quantities), the total's 5 ops; the owl and fox counted once.
+    assert parsed.ancestors(("count", oak, "adult bear"))[1] == 4 + 5
+    assert parsed.value(("count", oak, "adult bear")) == 2 * (5 + 8 + 13)
+
+
+@pytest.mark.parametrize("ops", range(1, gsm_infinite.MAX_OPS + 1))
+def test_solver_reads_answer_and_op_count_for_every_op_count(ops):
+    """For each op count, problems of either depth and template, solved from the text alone."""
+    rng = np.random.default_rng(ops)
+    for _ in range(12):
+        check_problem(gsm_infinite.generate(rng, ops, 700))
+
+
+def test_hierarchy_and_abstract_parameters_appear():
+    """Every template; every kind of parameter asked for; counts, averages (level 2) and totals read
+    by the answer's statements. (An offspring total costs 4 ops per kind at its place, so within
+    8 ops it is mostly the question itself.)"""
+    rng = np.random.default_rng(1)
+    asked, read, templates = set(), set(), set()
+    for index in range(80):
+        problem = gsm_infinite.generate(rng, 1 + index % 8, 400)
+        question = parse_question(problem.question)
+        templates |= {t.name for t in gsm_infinite.TEMPLATES if question[1] in t.places}
+        asked.add(question[0])
+        for sentence, distractor in zip(problem.statements, problem.is_distractor):
+            if not distractor:
+                read |= {r[0] for r in parse_statement(sentence)[3]}
+    assert asked == {"count", "average", "total", "offspring"}
+    assert {"total", "count", "average"} <= read
+    assert templates == {"zoo", "school", "festival"}
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
@@ -133,7 +241,7 @@ def test_tiny_answers_ops_and_distractors(split):
         low, high = task.target_tokens
         assert low <= len(problem.text) <= high
         seen_ops.add(problem.ops)
-        total_questions += problem.question.endswith("in total?")
+        total_questions += problem.question.startswith("What is the total")
         # The answer lies in the last (prediction) window.
         assert np.flatnonzero(example["loss_mask"])[0] >= task.layout.seq_len - task.layout.window
     assert seen_ops == {1, 2, 3} and total_questions > 0
@@ -154,10 +262,10 @@ def test_implicit_totals_appear():
     """Some problems depend on a total the text never spells out."""
     task = tasks.make(tasks.default_config("gsm_infinite", "tiny"))
     uses_total = 0
-    for index in range(40):
+    for index in range(60):
         problem = task.problem("train", 11, index)
         core = [s for s, d in zip(problem.statements, problem.is_distractor) if not d]
-        uses_total += any("in total" in s for s in core) or problem.question.endswith("in total?")
+        uses_total += any("the total number" in s for s in core) or problem.question.startswith("What is the total")
     assert uses_total >= 5
 
 
@@ -204,7 +312,7 @@ def test_token_level_lengths_left_padding_and_fixed_train_set(tmp_path):
         scored = np.flatnonzero(example["loss_mask"])
         assert scored.tolist() == list(range(task.layout.seq_len - len(answer) - 1, task.layout.seq_len - 1))
         text = task.vocab.decode(example["tokens"][example["tokens"] != task.vocab.pad_id])
-        assert text.startswith("How many") and text.endswith(f"Answer : {problem.answer} <eos>")
+        assert text.startswith(("How many", "What is")) and text.endswith(f"Answer : {problem.answer} <eos>")
     assert task.train_size == 5
     assert task.problem("train", 0, 7) == task.problem("train", 0, 2)   # epoch 2 repeats epoch 1
 
@@ -250,18 +358,20 @@ def test_published_parquet_and_jsonl(tmp_path):
         tasks.make(config)
 
 
-def test_distractors_share_people_and_read_core_quantities():
-    """As GSM-Infinite's noise: distractors about the core's own people, and distractors computed
-    from core quantities (the answer staying unchanged is checked by `check`)."""
+def test_distractors_share_places_and_read_core_quantities():
+    """As GSM-Infinite's noise: the structure's other parameters, about the answer's own places,
+    and padding about other places that reads the answer's parameters (the answer staying
+    unchanged is checked by `check_problem`)."""
     task = tasks.make(tasks.default_config("gsm_infinite", "tiny"))
-    about_core_people = reads_core = 0
+    about_core_places = reads_core = other_places = 0
     for index in range(20):
         problem = task.problem("train", 5, index)
         parsed = [parse_statement(s) for s in problem.statements]
-        core = {e for (e, _, _, _), d in zip(parsed, problem.is_distractor) if not d}
-        core_people = {owner for owner, _ in core}
-        for (entity, _, _, refs), is_distractor in zip(parsed, problem.is_distractor):
+        core = {p[0] for p, d in zip(parsed, problem.is_distractor) if not d}
+        core_places = {ref[1] for ref in core} | {parse_question(problem.question)[1]}
+        for (ref, _, _, operands, _), is_distractor in zip(parsed, problem.is_distractor):
             if is_distractor:
-                about_core_people += entity[0] in core_people
-                reads_core += any(r[0] == "item" and (r[1], r[2]) in core for r in refs)
-    assert about_core_people > 0 and reads_core > 10
+                about_core_places += ref[1] in core_places
+                other_places += ref[1] not in core_places
+                reads_core += any(r in core for r in operands)
+    assert about_core_places > 10 and reads_core > 10 and other_places > 10

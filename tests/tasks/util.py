@@ -17,7 +17,8 @@ def eval_batch(task, count: int) -> dict:
 
 def write_tiny_tokenizer(path, texts=()) -> str:
     """A word-level `tokenizer.json` (+ `tokenizer_config.json` naming `<eos>` and `<pad>`) in
-    directory `path`, trained on GSM-Infinite generator text, `texts` and the numbers 0..199."""
+    directory `path`, trained on GSM-Infinite generator text, `texts` and the numbers 0..99
+    (every value a generated problem can state, `gsm_infinite.MAX_VALUE`)."""
     import json
     import os
 
@@ -27,8 +28,8 @@ def write_tiny_tokenizer(path, texts=()) -> str:
 
     rng = np.random.default_rng(0)
     corpus = [gsm_infinite.generate(rng, ops, 400).text for ops in (1, 2, 3, 4) for _ in range(3)]
-    words = gsm_infinite.ITEMS + gsm_infinite.OWNERS + gsm_infinite.CATEGORY_NAMES
-    corpus += [gsm_infinite.ANSWER_PREFIX, " ".join(words + tuple(map(str, range(200)))), *texts]
+    words = gsm_infinite.WORDS + tuple(map(str, range(gsm_infinite.MAX_VALUE + 1)))
+    corpus += [gsm_infinite.ANSWER_PREFIX, " ".join(words), *texts]
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(
