@@ -32,9 +32,9 @@ def get_config(variant: str = "tiny"):
     if variant == "tiny":
         config.task.hops_train = (1, 2)
         config.model = model_block(d_model=64, attn_heads=2, mlp_hidden=128, chunk_size=32)
-        config.train.update(steps=1500, batch_size=32, warmup_steps=50, log_every=25,
+        config.train.update(steps=3000, batch_size=32, warmup_steps=50, log_every=25,
                             eval_every=0, checkpoint_every=250, eval_batch_size=64,
-                            adamw_lr=3e-3, muon_lr=5e-3)
+                            adamw_lr=3e-3, muon_lr=1e-2)
     else:
         config.model = model_block(  # attention and JetBlocks ("J") alternating
             d_model=512, pattern="AJ" * 5, attn_heads=8, attn_kv_heads=8, attn_head_dim=64,

@@ -40,7 +40,7 @@ DEFAULTS = {
     "eval_hops": (1, 2, 4, 8, 16),
     "eval_examples": 1000,  # eval_examples * queries must be a multiple of len(eval_hops)
 }
-TINY = {"nodes": 16, "min_nodes": 2, "name_count": 32, "window": 20, "queries": 4,
+TINY = {"nodes": 8, "min_nodes": 2, "name_count": 32, "window": 16, "queries": 3,
         "hops_train": tuple(range(1, 9)), "eval_hops": (1, 2, 4, 8), "eval_examples": 256}
 
 

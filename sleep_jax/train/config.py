@@ -543,24 +543,32 @@ def stage_sleep_config(config: ml_collections.ConfigDict, stage: Stage):
     return SleepConfig(**dict(config.sleep.to_dict(), window=stage.window, eviction=stage.eviction))
 
 
+def pretrained_dir_kind(hf_dir: str) -> str:
+    """What ``init.hf_dir`` is: ``"hub"`` (a Hugging Face directory: config.json) or ``"run"``
+    (a run directory of ``sleep_jax.convert``: model.json); ``ConfigError`` if neither."""
+    from sleep_jax import convert, hf
+
+    if os.path.exists(os.path.join(hf_dir, hf.CONFIG_FILE)):
+        return "hub"
+    if os.path.exists(os.path.join(hf_dir, convert.MODEL_FILE)):
+        return "run"
+    raise ConfigError(f"init.hf_dir={hf_dir!r}: no config.json (a Hugging Face directory) or "
+                      f"model.json (a run directory of sleep_jax.convert) there")
+
+
 def pretrained_dir_config(hf_dir: str):
-    """The ``ModelConfig`` of ``init.hf_dir``: a hub directory's config.json, or a run
-    directory's model.json (``sleep_jax.convert``)."""
+    """The ``ModelConfig`` of ``init.hf_dir`` (see ``pretrained_dir_kind``)."""
     from sleep_jax import convert, hf
     from sleep_jax.model import ModelConfig
 
-    hub_file = os.path.join(hf_dir, hf.CONFIG_FILE)
-    run_file = os.path.join(hf_dir, convert.MODEL_FILE)
+    kind = pretrained_dir_kind(hf_dir)
     try:
-        if os.path.exists(hub_file):
+        if kind == "hub":
             return hf.model_config(hf.read_hub_config(hf_dir))
-        if os.path.exists(run_file):
-            with open(run_file) as f:
-                return ModelConfig(**json.load(f))
+        with open(os.path.join(hf_dir, convert.MODEL_FILE)) as f:
+            return ModelConfig(**json.load(f))
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigError(f"init.hf_dir={hf_dir!r}: {error}") from None
-    raise ConfigError(f"init.hf_dir={hf_dir!r}: no config.json (a Hugging Face directory) or "
-                      f"model.json (a run directory of sleep_jax.convert) there")
 
 
 def tokenizer_dir(hf_dir: str) -> str:

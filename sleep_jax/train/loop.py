@@ -123,7 +123,7 @@ def pretrained_params(config: ml_collections.ConfigDict, abstract: Any) -> nnx.S
     from sleep_jax.hf.insert import insert_blocks
 
     init = config.init
-    if os.path.exists(os.path.join(init.hf_dir, hf.CONFIG_FILE)):
+    if config_lib.pretrained_dir_kind(init.hf_dir) == "hub":
         model = hf.from_pretrained(init.hf_dir)
     else:
         model = convert.load_run(init.hf_dir)
