@@ -115,13 +115,14 @@ def test_two_stage_finetune_frozen_eval_and_resume(tmp_path):
 
 
 def _tiny(*overrides):
-    """configs/gsm_finetune.py:tiny with ``{"block.key": value}`` overrides, resolved."""
+    """configs/gsm_finetune.py:tiny with ``{"block.key": value}`` overrides, resolved and set up
+    (``setup_stages``: the checks of every stage)."""
     import runpy
     config = runpy.run_path(os.path.join(REPO, "configs", "gsm_finetune.py"))["get_config"]("tiny")
     for path, value in overrides:
         block, key = path.split(".")
         config[block][key] = value
-    return config_lib.resolve(config)
+    return setup_stages(config_lib.resolve(config))
 
 
 def test_bad_finetune_configs_name_the_key(tmp_path):
@@ -138,7 +139,25 @@ def test_bad_finetune_configs_name_the_key(tmp_path):
         _tiny(("init.hf_dir", hub), ("stages.eviction", ("hard",)))
     with pytest.raises(ConfigError, match=r"^model\.d_model=64: init\.hf_dir=.* fixes the architecture"):
         _tiny(("init.hf_dir", hub), ("model.d_model", 64))
-    config = _tiny(("init.hf_dir", hub), ("stages.trainable", ("blocks/9/*", "*")))
     with pytest.raises(ConfigError, match=r"^stages\.trainable=\('blocks/9/\*', '\*'\): stage 0's "
                                           r"filter 'blocks/9/\*' matches no parameter"):
-        setup_stages(config)
+        _tiny(("init.hf_dir", hub), ("stages.trainable", ("blocks/9/*", "*")))
+
+
+def test_each_window_task_is_built_once(tmp_path, monkeypatch):
+    """A run's task is built once per window its stages use (a dataset is tokenized once), and a
+    stage window the task refuses is an error naming stages.window."""
+    from sleep_jax import tasks
+
+    hub = tiny_pretrained(tmp_path / "hub")
+    built = []
+    make = tasks.make
+    monkeypatch.setattr(tasks, "make", lambda config: built.append(config.window) or make(config))
+    exps = _tiny(("init.hf_dir", hub), ("stages.window", (32, 64)))
+    assert sorted(built) == [32, 64]
+    assert [exp.task.layout.window for exp in exps] == [32, 64]
+    assert exps[0].config.train.steps == exps[-1].stage.last_step
+    with pytest.raises(ConfigError, match=r"^stages\.window=\(0, 64\): entry 0 must be an int > 0"):
+        _tiny(("init.hf_dir", hub), ("stages.window", (0, 64)))
+    with pytest.raises(ConfigError, match=r"^stages\.window=\(8, 64\): stage 0: task\.window"):
+        _tiny(("init.hf_dir", hub), ("stages.window", (8, 64)))

@@ -16,7 +16,8 @@ A config (``configs/<task>.py``) is an ``ml_collections.ConfigDict`` with exactl
 
 ``resolve`` turns a config into the run's config: with ``init.hf_dir`` the ``model`` block
 becomes the checkpoint's architecture (plus the run's own choices, ``RUN_MODEL_KEYS``), the
-task's tokenizer becomes the checkpoint's, and with stages ``train.steps`` becomes their total.
+task's tokenizer becomes the checkpoint's. Once the task is built, ``with_total_steps`` makes
+``train.steps`` the stages' total (``train.loop.setup_stages`` builds each window's task once).
 
 ``validate`` checks a config against the task and the devices before anything is built, and
 raises ``ConfigError`` (a ``ValueError``), one line starting with the key at fault. Each rule
@@ -228,8 +229,9 @@ def check_structure(config: ml_collections.ConfigDict) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
-             batch_divisor_fn=None) -> tuple[int, int, int]:
-    """All start-up checks; returns the mesh shape. Raises ``ConfigError`` naming the key.
+             batch_divisor_fn=None) -> tuple[Stage, ...]:
+    """All start-up checks; returns the run's stages (``stage_plan``). Raises ``ConfigError``
+    naming the key.
 
     Args:
       task: the built task (its ``layout`` and ``vocab`` are checked against the config).
@@ -251,7 +253,7 @@ def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
             raise ConfigError(f"model.vocab_size={vocab}: smaller than the task vocabulary "
                               f"({task.vocab.size}); leave it None to take the task's")
         shape = mesh_shape(dict(config.mesh), device_count)
-        stage_plan(config, task)
+        stages = stage_plan(config, task)
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:  # the typed configs' own checks
@@ -261,7 +263,7 @@ def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
         if getattr(train, key) % divisor:
             raise ConfigError(f"train.{key}={getattr(train, key)}: must be a multiple of "
                               f"mesh.data x mesh.fsdp = {divisor}")
-    return shape
+    return stages
 
 
 def make_task(config: ml_collections.ConfigDict) -> Any:
@@ -511,21 +513,39 @@ def stage_plan(config: ml_collections.ConfigDict, task: Any) -> tuple[Stage, ...
     if last.eviction != config.sleep.eviction:
         raise ConfigError(f"stages.eviction={columns['eviction']!r}: the last stage's eviction must "
                           f"be sleep.eviction={config.sleep.eviction!r}, the run's evaluation setting")
-    for stage in stages:
-        if stage.window != task.layout.window:
-            try:
-                stage_task(config, stage)
-            except ConfigError as error:
-                raise ConfigError(f"stages.window={columns['window']!r}: stage {stage.index}: "
-                                  f"{error}") from None
     return tuple(stages)
 
 
-def stage_task(config: ml_collections.ConfigDict, stage: Stage) -> Any:
-    """The task of a stage: the ``task`` block with the stage's window."""
-    task_config = ml_collections.ConfigDict(config.task.to_dict())
-    task_config.window = stage.window
-    return make_task(ml_collections.ConfigDict({"task": task_config}))
+def stage_tasks(config: ml_collections.ConfigDict, stages: tuple[Stage, ...],
+                task: Any) -> dict[int, Any]:
+    """The task of every window the ``stages`` use, by window: ``task`` (built from the ``task``
+    block) for its own window, and each other window's built once (the ``task`` block with that
+    window; its errors name ``stages.window``)."""
+    tasks = {task.layout.window: task}
+    for stage in stages:
+        if stage.window in tasks:
+            continue
+        task_config = ml_collections.ConfigDict(config.task.to_dict())
+        task_config.window = stage.window
+        try:
+            tasks[stage.window] = make_task(ml_collections.ConfigDict({"task": task_config}))
+        except ConfigError as error:
+            raise ConfigError(f"stages.window={tuple(config.stages.window)!r}: stage "
+                              f"{stage.index}: {error}") from None
+    return tasks
+
+
+def with_total_steps(config: ml_collections.ConfigDict,
+                     stages: tuple[Stage, ...]) -> ml_collections.ConfigDict:
+    """``config`` with ``train.steps`` the ``stages``' total (and ``train.warmup_steps`` at most
+    that): the run's record. ``config`` itself when it has no ``stages`` block (one stage of
+    ``train.steps``)."""
+    if not tuple(config.stages.trainable or ()):
+        return config
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.train.steps = stages[-1].last_step
+    out.train.warmup_steps = min(out.train.warmup_steps, out.train.steps)
+    return out
 
 
 def stage_train_config(train: TrainConfig, stage: Stage) -> TrainConfig:
@@ -585,8 +605,8 @@ def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -
     block is the checkpoint's architecture after ``init.insert_*`` (keeping the given
     ``RUN_MODEL_KEYS``, and the keys of an inserted kind new to the checkpoint,
     ``INSERTED_KIND_KEYS``; ``model.loop`` counts the layers after insertion) and an empty
-    ``task.tokenizer`` is the checkpoint's; with stages, ``train.steps`` is their total.
-    ``ConfigError`` for a model key set to a value the checkpoint contradicts.
+    ``task.tokenizer`` is the checkpoint's (the stages' total steps need the task built:
+    ``with_total_steps``). ``ConfigError`` for a model key set to a value the checkpoint contradicts.
     ``need_tokenizer=False`` (``bench.memory``: shapes only) leaves the character vocabulary when
     the directory has no tokenizer.json; the layout (T, windows) is the same."""
     check_structure(config)
@@ -629,10 +649,6 @@ def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -
     elif init.insert_positions:
         raise ConfigError(f"init.insert_positions={tuple(init.insert_positions)}: blocks are "
                           "inserted into a pretrained model; set init.hf_dir")
-    if tuple(out.stages.trainable or ()):
-        total = sum(stage.steps for stage in stage_plan(out, make_task(out)))
-        out.train.steps = total
-        out.train.warmup_steps = min(out.train.warmup_steps, total)
     return out
 
 

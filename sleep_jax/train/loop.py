@@ -44,7 +44,7 @@ from sleep_jax.train.step import (abstract_train_state, init_train_state, make_p
 @dataclasses.dataclass
 class Experiment:
     """Everything built from a validated config for one stage, before any array is allocated."""
-    config: ml_collections.ConfigDict
+    config: ml_collections.ConfigDict  # resolved; train.steps the stages' total
     train: config_lib.TrainConfig      # this stage's: its steps and learning rates
     task: Any                          # this stage's window
     mesh: jax.sharding.Mesh
@@ -71,32 +71,34 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
 def setup_stages(config: ml_collections.ConfigDict) -> list[Experiment]:
     """Validates a resolved ``config`` (``config_lib.resolve``; raising ``ConfigError`` naming
     the bad key) and builds the pieces of every stage, in order (every stage's config checked
-    before any runs). The task is built once (and once more per other window a stage uses)."""
+    before any runs). Each window's task is built once (a dataset is tokenized once per window),
+    the model's shapes once. Every experiment's ``config`` is ``config`` with ``train.steps`` the
+    stages' total (``config_lib.with_total_steps``): the run's record."""
+    from sleep_jax.model import HybridModel
+
     config_lib.check_structure(config)
     task = config_lib.make_task(config)
-    config_lib.validate(config, task, jax.device_count())
-    tasks = {task.layout.window: task}
-    exps = []
-    for stage in config_lib.stage_plan(config, task):
-        if stage.window not in tasks:
-            tasks[stage.window] = config_lib.stage_task(config, stage)
-        exps.append(_setup_stage(config, tasks[stage.window], stage))
-    return exps
+    stages = config_lib.validate(config, task, jax.device_count())
+    config = config_lib.with_total_steps(config, stages)
+    tasks = config_lib.stage_tasks(config, stages, task)
+    model_config = config_lib.model_config(config, task)
+    abstract = nnx.eval_shape(lambda: HybridModel(model_config, rngs=nnx.Rngs(config.train.seed)))
+    return [_setup_stage(config, tasks[stage.window], stage, model_config, abstract)
+            for stage in stages]
 
 
-def _setup_stage(config: ml_collections.ConfigDict, task: Any,
-                 stage: config_lib.Stage) -> Experiment:
-    """The pieces of one ``stage`` of a validated ``config``, ``task`` at the stage's window."""
+def _setup_stage(config: ml_collections.ConfigDict, task: Any, stage: config_lib.Stage,
+                 model_config: Any, abstract: Any) -> Experiment:
+    """The pieces of one ``stage`` of a validated ``config``: ``task`` at the stage's window,
+    ``abstract`` the model (``nnx.eval_shape``) of ``model_config``."""
     from sleep_jax.model import HybridModel
 
     train = config_lib.stage_train_config(config_lib.train_config(config), stage)
     mesh = make_mesh(config.mesh)
-    model_config = config_lib.model_config(config, task)
 
     def create_params():
         return nnx.split(HybridModel(model_config, rngs=nnx.Rngs(train.seed)))[1]
 
-    abstract = nnx.eval_shape(lambda: HybridModel(model_config, rngs=nnx.Rngs(train.seed)))
     trainable = trainable_mask(nnx.split(abstract)[1], stage.trainable)
     if not any(jax.tree.leaves(trainable)):
         raise ConfigError(f"stages.trainable={tuple(config.stages.trainable)!r}: stage "
@@ -178,8 +180,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     its stage), evaluates, writes eval.json.
 
     ``config`` is resolved first (``config_lib.resolve``: the pretrained architecture and
-    tokenizer, the stages' total steps). The run's ``config.json`` is compared with it before
-    anything is built (a key outside ``config_lib.RESUMABLE_KEYS`` that differs stops the run)
+    tokenizer; ``setup_stages``: the stages' total steps). The run's ``config.json`` is compared
+    with it before any array is built (a key outside ``config_lib.RESUMABLE_KEYS`` that differs stops the run)
     and written only once the config has validated and any restore has succeeded. The step
     counter runs on across stages; each stage ends with a saved checkpoint, and the next starts
     a fresh optimiser (its own trainable set, learning rates and schedule) and data iterator
@@ -187,8 +189,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ``ConfigError`` (bad config) or ``RunStopped`` (divergence, no readable checkpoint, a
     failed save).
     """
-    config = config_lib.resolve(config)
-    exps = setup_stages(config)
+    exps = setup_stages(config_lib.resolve(config))
+    config = exps[0].config  # with the stages' total steps: the run's record
     stored = config_lib.load_run_config(workdir)
     if stored is not None:
         config_lib.check_resume(stored, config, os.path.join(workdir, config_lib.RUN_CONFIG))

@@ -8,6 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sleep_jax import tasks
+from sleep_jax.parallel.mesh import mesh_shape
 from sleep_jax.train import config as config_lib
 from sleep_jax.train.errors import ConfigError
 
@@ -31,7 +32,10 @@ def rule110_tiny():
 def test_every_shipped_config_validates_against_its_task(spec):
     config = load(spec)
     task = tasks.make(config.task)
-    assert config_lib.validate(config, task, device_count=8) == (8, 1, 1)
+    stages = config_lib.validate(config, task, device_count=8)
+    assert mesh_shape(dict(config.mesh), 8) == (8, 1, 1)
+    assert stages[-1].window == task.layout.window and stages[-1].last_step == \
+        config_lib.with_total_steps(config, stages).train.steps
     model = config_lib.model_config(config, task)
     assert model.vocab_size == task.vocab.size
     assert config_lib.sleep_config(config).window == task.layout.window
