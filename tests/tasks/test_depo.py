@@ -101,7 +101,7 @@ def test_evaluator_oracle_and_random():
     random = oracle.copy()
     chance = []
     for b in range(len(random)):
-        names = batch["tokens"][b, task.context_len - 64:task.context_len:2]
+        names = batch["tokens"][b, task.context_len - 4 * task.nodes:task.context_len:2]
         nodes = np.unique(names[names != task.vocab.pad_id])
         random[b] = rng.choice(nodes, random.shape[1])
         chance.append(1 / len(nodes))
