@@ -14,7 +14,10 @@ Paper scale: nodes = 75, window L = 75: up to 300 edge tokens = 4 windows, then 
 T = 360 = 300 + 60 is not a whole number of 75-token windows; the last window is padded instead.)
 
 Each query is one answer unit, scored at its ':' (whose logits predict Y). Training draws k
-uniformly from `hops_train`; eval cycles through `eval_hops` over the queries. Buckets `k=<k>`.
+uniformly from `hops_train` (with `hops_curriculum` > 0, from its first values only at first:
+`open_hops`). An eval example asks all its queries at one k, cycling through `eval_hops` over
+the examples, so no query shares its window with one of another k (an untrained k's hop token
+in the window would perturb the answers to trained ones). Buckets `k=<k>`.
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ DEFAULTS = {
     "window": 75,          # L
     "queries": 10,
     "hops_train": tuple(range(1, 17)),  # training k, drawn uniformly per query
+    "hops_curriculum": 0,  # training examples over which hops_train opens up (0: all from the start)
     "eval_hops": (1, 2, 4, 8, 16),
-    "eval_examples": 1000,  # eval_examples * queries must be a multiple of len(eval_hops)
+    "eval_examples": 1000,  # a multiple of len(eval_hops): each eval example asks one k
 }
 TINY = {"nodes": 8, "min_nodes": 2, "name_count": 32, "window": 16, "queries": 3,
         "hops_train": tuple(range(1, 9)), "eval_hops": (1, 2, 4, 8), "eval_examples": 256}
@@ -73,10 +77,11 @@ class DepoTask(Task):
         window = config_lib.int_value(self.config, "window", low=1)
         self.answers = config_lib.int_value(self.config, "queries", low=1)
         self.hops_train = config_lib.int_tuple(self.config, "hops_train", low=1)
+        self.hops_curriculum = config_lib.int_value(self.config, "hops_curriculum", low=0)
         self.eval_hops = config_lib.int_tuple(self.config, "eval_hops", low=1)
         self.eval_examples = config_lib.int_value(self.config, "eval_examples", low=1)
-        config_lib.multiple_of("eval_examples", self.eval_examples * self.answers, len(self.eval_hops),
-                               "times queries: every eval_hops bucket gets the same number of queries")
+        config_lib.multiple_of("eval_examples", self.eval_examples, len(self.eval_hops),
+                               "len(eval_hops): every bucket gets the same number of examples")
         max_hop = max(self.hops_train + self.eval_hops)
         hops = tuple(f"+{k}" for k in range(1, max_hop + 1))
         names = tuple(f"N{i}" for i in range(self.name_count))
@@ -96,11 +101,23 @@ class DepoTask(Task):
         edge_order = rng.permutation(n)
         starts = rng.integers(0, n, self.answers)
         if split == "train":
-            hops = np.asarray(self.hops_train)[rng.integers(len(self.hops_train), size=self.answers)]
+            hops = np.asarray(self.hops_train[:self.open_hops(index)])
+            hops = hops[rng.integers(len(hops), size=self.answers)]
         else:
-            hops = eval_value(np.asarray(self.eval_hops), index * self.answers + np.arange(self.answers))
+            hops = np.full(self.answers, eval_value(self.eval_hops, index))
         return DepoProblem(cycle=cycle, edge_order=edge_order, starts=cycle[starts],
                            hops=hops, answers=cycle[(starts + hops) % n])
+
+    def open_hops(self, index: int) -> int:
+        """How many of `hops_train` (in the order given) training example `index` draws from.
+
+        With `hops_curriculum` E > 0 the range opens in equal steps over the first E examples:
+        `1 + index * len(hops_train) // E`, capped at all of them. A function of the global example
+        index, so it does not depend on the batch size per process or on a resume.
+        """
+        if not self.hops_curriculum:
+            return len(self.hops_train)
+        return min(len(self.hops_train), 1 + index * len(self.hops_train) // self.hops_curriculum)
 
     def features(self, problem: DepoProblem) -> dict[str, np.ndarray]:
         ids, cycle, order = self.vocab.id, problem.cycle, problem.edge_order

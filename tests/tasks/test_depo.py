@@ -70,6 +70,24 @@ def test_paper_layout_and_hop_range():
     assert set(hops.tolist()) == set(range(1, 17))
 
 
+def test_hop_curriculum_opens_the_hop_range_by_example_index():
+    config = tasks.default_config("depo", "tiny")
+    config.update(hops_train=(1, 2, 3, 4), hops_curriculum=400)
+    task = tasks.make(config)
+    train = task.dataset("train", 0)
+
+    def hops_in(first, stop):
+        return set(np.concatenate([train[i]["difficulty"] for i in range(first, stop)]).tolist())
+
+    assert hops_in(0, 100) == {1}            # examples 0..99: the first value only
+    assert hops_in(100, 200) == {1, 2}
+    assert hops_in(300, 500) == {1, 2, 3, 4}
+    assert task.open_hops(399) == 4 and task.open_hops(10**9) == 4
+    config.hops_curriculum = -1
+    with pytest.raises(ValueError, match="hops_curriculum"):
+        tasks.make(config)
+
+
 def test_fewer_nodes_are_left_padded():
     config = tasks.default_config("depo", "tiny")
     config.min_nodes = 5
@@ -95,6 +113,10 @@ def test_evaluator_oracle_and_random():
     result = evaluator.result()
     assert result["accuracy"] == 1.0 and result["examples"] == 256
     assert result["by_difficulty"] == {"k=1": 1.0, "k=2": 1.0, "k=4": 1.0, "k=8": 1.0}
+    # Each eval example asks one k (eval_hops in turn), so every bucket holds 64 examples.
+    hops = [task.problem("eval", 0, index).hops for index in range(task.eval_examples)]
+    assert all(len(set(h.tolist())) == 1 for h in hops)
+    assert np.bincount([h[0] for h in hops]).tolist() == [0, 64, 64, 0, 64, 0, 0, 0, 64]
 
     # Random guesses among each example's own n nodes: chance is the mean of 1 / n.
     rng = np.random.default_rng(0)
