@@ -21,12 +21,15 @@ target's devices) and compiled:
 One JSON line per (target, N, remat): ``param_bytes`` and ``optimizer_bytes`` per device (from the
 shardings: the shard shape of every array), ``activation_bytes`` (XLA's temp bytes: what the step
 holds besides its arguments and outputs), ``peak_bytes`` (argument + output - alias + temp), the
-mesh shape, compile seconds; or ``error``.
+mesh shape, compile seconds; or ``error``. A step that does not fit a TPU chip fails to compile
+(RESOURCE_EXHAUSTED); its row still has ``activation_bytes`` and the chip's ``hbm_bytes``, read
+from XLA:TPU's message, whose "G" are GiB (a v5p chip: 95.74 GiB = 102.8 GB).
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import jax
@@ -50,6 +53,20 @@ def define_flags() -> None:
     flags.DEFINE_integer("gpus", 0, "Also estimate for a mesh of this many GPUs (CPU compiler).")
     flags.DEFINE_list("passes", ["1"], "Values of N (sleep.passes).")
     flags.DEFINE_list("remat", ["pass"], "Values of sleep.remat.")
+
+
+# XLA:TPU's out-of-memory message, sizes in GiB: "... the total memory required for HLO
+# temporaries (96.86G) exceeds available HBM (95.74G)."
+_TPU_OUT_OF_MEMORY = re.compile(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
+
+
+def out_of_memory(message: str) -> dict:
+    """``activation_bytes`` and ``hbm_bytes`` from XLA:TPU's out-of-memory message; {} for another."""
+    match = _TPU_OUT_OF_MEMORY.search(message)
+    if match is None:
+        return {}
+    temp, hbm = (round(float(gib) * 2**30) for gib in match.groups())
+    return dict(activation_bytes=temp, hbm_bytes=hbm)
 
 
 def shard_bytes(tree) -> int:
@@ -80,7 +97,7 @@ def step_memory(config, devices, *, estimate: bool) -> dict:
     try:
         compiled = step.compile(state, {"tokens": tokens, "loss_mask": tokens})
     except Exception as exc:  # noqa: BLE001 -- reported in the row
-        return dict(row, error=failure(exc))
+        return dict(row, error=failure(exc), **out_of_memory(str(exc)))
     memory = compiled.memory_analysis()
     return dict(row, activation_bytes=int(memory.temp_size_in_bytes), peak_bytes=peak_bytes(compiled),
                 compile_s=round(time.perf_counter() - start, 1))

@@ -5,7 +5,13 @@ import json
 import os
 import runpy
 
-from sleep_jax.bench.memory import table
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sleep_jax.bench.memory import out_of_memory, table
 
 from ..tasks.util import write_tiny_tokenizer
 from ..test_main import REPO
@@ -32,3 +38,19 @@ def test_tiny_recipe_step_compiles_for_tpu_v5e_without_weights(tmp_path):
     # of the trainable ones (the last stage trains everything).
     assert row["param_bytes"] > 0 and row["optimizer_bytes"] > row["param_bytes"]
     assert row["peak_bytes"] >= row["activation_bytes"] > 0
+
+
+def test_out_of_memory_reads_xla_tpu_message_in_gib():
+    """A program holding 20e9 bytes on one v5e chip (16 GiB) fails to compile; the row's
+    activation and HBM bytes come from the message, whose "G" are GiB."""
+    from jax.experimental import topologies
+    device = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices[0]
+    sharding = NamedSharding(Mesh(np.array([device]), ("x",)), P())
+    program = jax.jit(lambda x: jnp.zeros((5 * 10**9,), jnp.float32) + x, out_shardings=sharding)
+    with pytest.raises(Exception, match="RESOURCE_EXHAUSTED") as failed:
+        program.lower(jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding)).compile()
+    message = str(failed.value)
+    row = out_of_memory(message)
+    assert abs(row["activation_bytes"] - 20e9) < 0.01 * 2**30, message
+    assert 15 * 2**30 < row["hbm_bytes"] <= 16 * 2**30, message
+    assert out_of_memory("INTERNAL: something else") == {}
