@@ -9,8 +9,9 @@ Variants:
   of edges, then 3 queries), a 4-layer AGAG model with d = 64. Trained on k in {1, 2} with AdamW
   at 3e-3 and Muon at 1e-2, 3000 steps x 32 x 48 tokens = 4.6M tokens; evaluated at k = 1, 2, 4,
   8 (chance 0.245), each eval example at one k. Measured over 3 seeds (docs/results.md): k = 1 is
-  learned at every N (0.99-1.00); k = 2 rises with N: 0.69 +- 0.22 at N = 1, 0.93 +- 0.07 at
-  N = 2, 0.91 +- 0.06 at N = 4. One run takes about 8 (N = 1), 13 (N = 2) and 23 (N = 4) minutes
+  learned at every N (0.99-1.00); k = 2 is a lottery over seeds: 0.69 +- 0.22 at N = 1,
+  0.93 +- 0.07 at N = 2, 0.91 +- 0.06 at N = 4 over seeds 0-2, but 0.76 +- 0.20 (N = 1) and
+  0.85 +- 0.15 (N = 2) over seeds 0-5. One run takes about 8 (N = 1), 13 (N = 2) and 23 (N = 4) minutes
   on one CPU core.
 - ``paper``: section 6.2 of the paper: cycles of at most 75 nodes (n ~ U[2, 75], left-padded),
   L = 75, T = 375 (300 context + 50 query tokens, padded to whole windows), 10 layers, d = 512,
