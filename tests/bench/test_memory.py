@@ -12,6 +12,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sleep_jax.bench.memory import out_of_memory, table
+from sleep_jax.bench.tpu_compile import tpu_device
 
 from ..tasks.util import write_tiny_tokenizer
 from ..test_main import REPO
@@ -43,9 +44,7 @@ def test_tiny_recipe_step_compiles_for_tpu_v5e_without_weights(tmp_path):
 def test_out_of_memory_reads_xla_tpu_message_in_gib():
     """A program holding 20e9 bytes on one v5e chip (16 GiB) fails to compile; the row's
     activation and HBM bytes come from the message, whose "G" are GiB."""
-    from jax.experimental import topologies
-    device = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices[0]
-    sharding = NamedSharding(Mesh(np.array([device]), ("x",)), P())
+    sharding = NamedSharding(Mesh(np.array([tpu_device("v5e:2x2")]), ("x",)), P())
     program = jax.jit(lambda x: jnp.zeros((5 * 10**9,), jnp.float32) + x, out_shardings=sharding)
     with pytest.raises(Exception, match="RESOURCE_EXHAUSTED") as failed:
         program.lower(jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding)).compile()
