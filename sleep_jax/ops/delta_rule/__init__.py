@@ -5,43 +5,14 @@ maps value head h to key head h // (HV // H) itself, by a group axis or an index
 are never copied per value head."""
 import jax.numpy as jnp
 
+from sleep_jax.ops.checks import CHUNK_SIZES, IMPLS, check_options, check_sequence
 from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule
 from sleep_jax.ops.delta_rule.reference import gated_delta_rule_step, recurrent_gated_delta_rule
 
-IMPLS = ("auto", "recurrent", "chunked", "pallas")
-CHUNK_SIZES = (16, 32, 64)
-
 
 def _check(q, k, v, g, beta, initial_state, impl, chunk_size):
-    named = dict(q=q, k=k, v=v, g=g, beta=beta)
-    if initial_state is not None:
-        named["initial_state"] = initial_state
-    for name, x in named.items():
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"gated_delta_rule: `{name}` must be floating point, got {x.dtype}")
-    if impl not in IMPLS:
-        raise ValueError(f"gated_delta_rule: unknown `impl`={impl!r}; expected one of {IMPLS}")
-    if chunk_size not in CHUNK_SIZES:
-        raise ValueError(f"gated_delta_rule: `chunk_size`={chunk_size} must be one of {CHUNK_SIZES}")
-    if q.ndim != 4:
-        raise ValueError(f"gated_delta_rule: `q` must be [B, T, H, K], got shape {q.shape}")
-    if k.shape != q.shape:
-        raise ValueError(f"gated_delta_rule: `k` shape {k.shape} must equal `q` shape {q.shape}")
-    B, T, H, K = q.shape
-    if T == 0:
-        raise ValueError("gated_delta_rule: sequence length T (axis 1 of `q`) must be >= 1, got 0")
-    if v.ndim != 4 or v.shape[:2] != (B, T):
-        raise ValueError(f"gated_delta_rule: `v` must be [B={B}, T={T}, HV, V], got shape {v.shape}")
-    HV, V = v.shape[2], v.shape[3]
-    if HV % H:
-        raise ValueError(
-            f"gated_delta_rule: value heads of `v` ({HV}) must be a multiple of the key heads of `q`/`k` ({H})")
-    for name, x in (("g", g), ("beta", beta)):
-        if x.shape != (B, T, HV):
-            raise ValueError(f"gated_delta_rule: `{name}` must be [B, T, HV]={(B, T, HV)}, got shape {x.shape}")
-    if initial_state is not None and initial_state.shape != (B, HV, K, V):
-        raise ValueError(
-            f"gated_delta_rule: `initial_state` must be [B, HV, K, V]={(B, HV, K, V)}, got shape {initial_state.shape}")
+    check_options(impl, chunk_size)
+    check_sequence("gated_delta_rule", q, k, v, g, beta, initial_state)
 
 
 def resolve_impl(impl: str) -> str:
