@@ -29,10 +29,10 @@ def load_run(workdir: str, passes: int | None = None):
     run in `workdir`, built from the run's own config.json."""
     from flax import nnx
 
-    from sleep_jax.train import config as config_lib
+    from sleep_jax.train import record as record_lib
     from sleep_jax.train.loop import restore_newest, setup_stages
 
-    config = config_lib.load_run_config(workdir)
+    config = record_lib.load_run_config(workdir)
     if config is None:
         raise ValueError(f"--workdir={workdir}: no config.json (not a sleep_jax.main run directory)")
     experiments = setup_stages(config)

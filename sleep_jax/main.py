@@ -9,7 +9,7 @@ r"""Train or evaluate a sleep model from a config file.
 ``--mode=train`` (default) trains, evaluating every ``train.eval_every`` steps and at the end,
 checkpointing every ``train.checkpoint_every`` steps; rerunning the same command resumes from
 the newest readable checkpoint in ``--workdir`` (changing only the keys listed in
-``sleep_jax.train.config.RESUMABLE_KEYS``). It writes ``<workdir>/config.json``, the run's
+``sleep_jax.train.record.RESUMABLE_KEYS``). It writes ``<workdir>/config.json``, the run's
 record, once the config has validated and any restore has succeeded. ``--mode=eval`` evaluates
 the newest checkpoint with the run's config.json; ``--config.<block>.<key>=v`` overrides change
 it (``--config`` is then needed only to parse them) and the result goes to

@@ -34,40 +34,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleep_jax.layers import BLOCKS, BLOCK_KINDS, EVICTIONS, NORM_STYLES, RMSNorm
-from sleep_jax.layers.attention import QK_NORMS
+from sleep_jax import windows
+from sleep_jax.layers import KINDS, Block, NORM_STYLES, RMSNorm
 from sleep_jax.layers.common import dense_param, dtype_from_name, make_param
-from sleep_jax.ops.delta_rule import CHUNK_SIZES, IMPLS
+from sleep_jax.layers.mixer import Fields
+from sleep_jax.ops.common import check_options
 
-# Per-layer options of ModelConfig: tuples of layer indices, and tuples of one value per layer
-# (empty = none). A field added here is validated, and shifted by `hf.insert.insert_blocks`.
-LAYER_INDEX_FIELDS = ("nope_layers", "no_mlp_layers", "moe_layers")
-LAYER_VALUE_FIELDS = ("layer_windows",)
 UT_EXITS = ("last", "expected", "threshold")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The `model` block of a config, field for field.
-
-    `pattern` gives one block kind per layer (`sleep_jax.layers.BLOCKS`): a string such as
-    "GGGA" or the same as a list of letters. Per-layer options are tuples of layer indices
-    (`nope_layers`, `no_mlp_layers`) or one value per layer (`layer_windows`, empty = none).
-    """
+class StackFields(Fields):
+    """The stack's own `model.*` keys: sizes, the pattern and its looped segment, the feed-forward
+    halves, norms, dtypes, the fast-weight op's form, and the looped LM (Ouro)."""
     vocab_size: int
     d_model: int = 128
-    pattern: str = "AGAG"                 # A = attention, O = post-norm attention (OLMo), G = GDN
+    pattern: str = "AGAG"                 # one block kind per layer: a letter of layers.KINDS
     loop: tuple[int, int] | None = None   # looped segment [start, end) of the pattern; None = whole stack
-    attn_heads: int = 4
-    attn_kv_heads: int = 2
-    attn_head_dim: int = 32
-    attn_output_gate: bool = False
-    attn_bias: bool = False               # biases on the q, k, v projections
-    qk_norm: str | None = None            # None, "head" (RMSNorm per head, [Dh]) or "full" ([H*Dh]); True = "head"
-    rope_theta: float = 10000.0
-    rotary_fraction: float = 1.0          # RoPE on the first rotary_fraction * attn_head_dim channels
-    nope_layers: tuple[int, ...] = ()     # attention layers without RoPE
-    layer_windows: tuple[int, ...] = ()   # per layer: its own sliding window (0 = full); () = none
+    mlp_hidden: int = 512
     no_mlp_layers: tuple[int, ...] = ()   # layers without a feed-forward half
     moe_layers: tuple[int, ...] = ()      # layers whose feed-forward half is a SparseMoE (layers.moe)
     moe_experts: int = 0
@@ -76,26 +60,10 @@ class ModelConfig:
     moe_shared_hidden: int = 0            # the gated shared expert
     moe_normalize_top_k: bool = True
     norm_style: str = "plain"             # "plain" w * x_hat, or "zero_centred" (1 + w) * x_hat
-    gdn_heads: int = 2                    # key heads
-    gdn_v_heads: int = 2                  # value heads, a multiple of gdn_heads
-    gdn_head_dim: int = 32                # K
-    gdn_v_head_dim: int = 32              # V
-    gdn_beta_scale: float = 1.0           # beta = scale * sigmoid(.); 2 allows negative eigenvalues (OLMo)
-    gdn_norm_eps: float | None = None     # eps of the GDN output norm (None = norm_eps)
-    conv_kernel: int = 4
-    # JetBlock ("J", sleep_jax.layers.jet): H key = value heads, K, V, dynamic-conv taps W,
-    # generator width H*V // reduction, output-norm eps
-    jet_heads: int = 2
-    jet_head_dim: int = 32
-    jet_v_head_dim: int = 64
-    jet_conv_kernel: int = 4
-    jet_generator_reduction: int = 8
-    jet_norm_eps: float = 1e-5
-    mlp_hidden: int = 512
     tie_embeddings: bool = True
     dtype: str = "float32"                # compute dtype
     param_dtype: str = "float32"
-    delta_rule_impl: str = "auto"
+    delta_rule_impl: str = "auto"         # the form of every fast-weight op (ops.common.IMPLS)
     chunk_size: int = 64
     norm_eps: float = 1e-6
     hf_model_type: str | None = None      # the hub architecture this follows (sleep_jax.hf), None = native
@@ -105,62 +73,32 @@ class ModelConfig:
     ut_exit: str = "last"                 # readout: "last" step, "expected" (exit-pdf weighted logits, Ouro's
                                           # training loss) or "threshold" (first step whose cumulative exit
     ut_exit_threshold: float = 1.0        # probability reaches ut_exit_threshold; the last if none does)
+    layer_index_fields = ("no_mlp_layers", "moe_layers")
 
     def __post_init__(self):
         if self.loop is not None:
-            object.__setattr__(self, "loop", tuple(int(i) for i in self.loop))
+            self._set("loop", tuple(int(i) for i in self.loop))
         if not isinstance(self.pattern, str):
-            object.__setattr__(self, "pattern", "".join(self.pattern))
-        qk_norm = {True: "head", False: None}.get(self.qk_norm, self.qk_norm)
-        object.__setattr__(self, "qk_norm", qk_norm)
-        for name in LAYER_INDEX_FIELDS + LAYER_VALUE_FIELDS:
-            object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
-        for name in ("vocab_size", "d_model", "attn_heads", "attn_kv_heads", "attn_head_dim", "gdn_heads",
-                     "gdn_v_heads", "gdn_head_dim", "gdn_v_head_dim", "conv_kernel", "mlp_hidden"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("jet_heads", "jet_head_dim", "jet_v_head_dim", "jet_conv_kernel", "jet_generator_reduction"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.jet_heads * self.jet_v_head_dim < self.jet_generator_reduction:
-            raise ValueError(f"model.jet_generator_reduction={self.jet_generator_reduction} must be <= jet_heads * "
-                             f"jet_v_head_dim = {self.jet_heads * self.jet_v_head_dim} (the generator width)")
-        if not self.jet_norm_eps > 0:
-            raise ValueError(f"model.jet_norm_eps must be > 0, got {self.jet_norm_eps}")
-        if not self.pattern or any(c not in BLOCK_KINDS for c in self.pattern):
-            raise ValueError(f"model.pattern={self.pattern!r} must be a non-empty string of {BLOCK_KINDS}")
+            self._set("pattern", "".join(self.pattern))
+        self._at_least_one("vocab_size", "d_model", "mlp_hidden")
+        if not self.pattern or any(c not in KINDS for c in self.pattern):
+            raise ValueError(f"model.pattern={self.pattern!r} must be a non-empty string of {''.join(KINDS)}")
         if self.loop is not None:
             if len(self.loop) != 2 or not 0 <= self.loop[0] < self.loop[1] <= len(self.pattern):
                 raise ValueError(f"model.loop={self.loop} must be (start, end) with 0 <= start < end <= "
                                  f"len(model.pattern)={len(self.pattern)}")
-        if self.attn_heads % self.attn_kv_heads:
-            raise ValueError(f"model.attn_heads ({self.attn_heads}) must be a multiple of "
-                             f"model.attn_kv_heads ({self.attn_kv_heads})")
-        if self.gdn_v_heads % self.gdn_heads:
-            raise ValueError(f"model.gdn_v_heads ({self.gdn_v_heads}) must be a multiple of "
-                             f"model.gdn_heads ({self.gdn_heads})")
-        if self.qk_norm not in QK_NORMS:
-            raise ValueError(f"model.qk_norm={self.qk_norm!r} must be one of {QK_NORMS} (True = 'head')")
-        if self.norm_style not in NORM_STYLES:
-            raise ValueError(f"model.norm_style={self.norm_style!r} must be one of {NORM_STYLES}")
-        rotary = self.attn_head_dim * self.rotary_fraction
-        if rotary != int(rotary) or int(rotary) % 2 or not 0 < rotary <= self.attn_head_dim:
-            raise ValueError(f"model.rotary_fraction={self.rotary_fraction} must give an even number of rotary "
-                             f"channels in (0, attn_head_dim={self.attn_head_dim}], got {rotary}")
-        n = len(self.pattern)
-        for name in LAYER_INDEX_FIELDS:
-            if any(not 0 <= i < n for i in getattr(self, name)):
-                raise ValueError(f"model.{name}={getattr(self, name)} must be layer indices in [0, {n})")
         if self.moe_layers and min(self.moe_experts, self.moe_hidden, self.moe_shared_hidden) < 1:
             raise ValueError(f"model.moe_layers={self.moe_layers} needs model.moe_experts, model.moe_hidden and "
                              f"model.moe_shared_hidden >= 1")
-        if self.layer_windows and (len(self.layer_windows) != n or min(self.layer_windows) < 0):
-            raise ValueError(f"model.layer_windows={self.layer_windows} must be empty or one window >= 0 "
-                             f"per layer ({n})")
-        if self.delta_rule_impl not in IMPLS:
-            raise ValueError(f"model.delta_rule_impl={self.delta_rule_impl!r} must be one of {IMPLS}")
-        if self.chunk_size not in CHUNK_SIZES:
-            raise ValueError(f"model.chunk_size={self.chunk_size} must be one of {CHUNK_SIZES}")
+        if self.norm_style not in NORM_STYLES:
+            raise ValueError(f"model.norm_style={self.norm_style!r} must be one of {NORM_STYLES}")
+        check_options(self.delta_rule_impl, self.chunk_size, impl_key="model.delta_rule_impl",
+                      chunk_key="model.chunk_size", where=None)
+        for letter in sorted(set(self.pattern)):
+            impls = KINDS[letter].mixer.impls
+            if impls is not None and self.delta_rule_impl not in impls:
+                raise ValueError(f"model.delta_rule_impl={self.delta_rule_impl!r}: the {letter!r} blocks of "
+                                 f"model.pattern have no such form; one of {impls}")
         dtype_from_name(self.dtype, "model.dtype")
         dtype_from_name(self.param_dtype, "model.param_dtype")
         if self.ut_steps is not None and (int(self.ut_steps) < 1 or self.loop is not None):
@@ -173,6 +111,50 @@ class ModelConfig:
         if self.ut_exit != "last" and not self.exit_gate:
             raise ValueError(f"model.ut_exit={self.ut_exit!r} needs model.exit_gate=True")
 
+
+# The config groups a ModelConfig holds: the stack's, then each mixer's (in registry order, once).
+FIELD_GROUPS = tuple(dict.fromkeys([StackFields] + [kind.mixer.fields for kind in KINDS.values()
+                                                    if kind.mixer.fields is not None]))
+# Per-layer options: tuples of layer indices, and tuples of one value per layer (empty = none).
+# Validated against the pattern here, and moved with their layers by `hf.insert.insert_blocks`.
+LAYER_INDEX_FIELDS = tuple(name for group in FIELD_GROUPS for name in group.layer_index_fields)
+LAYER_VALUE_FIELDS = tuple(name for group in FIELD_GROUPS for name in group.layer_value_fields)
+
+
+def group_keys(group: type[Fields]) -> tuple[str, ...]:
+    """The `model.*` keys of a config group."""
+    return tuple(field.name for field in dataclasses.fields(group))
+
+
+def new_kind_keys(pattern: str, kind: str) -> tuple[str, ...]:
+    """The `model.*` keys that shape a block of `kind` and that no layer of `pattern` reads: its
+    mixer's config group, when no kind in `pattern` shares that group (e.g. the `jet_*` keys for
+    JetBlocks inserted into Ouro); else (). A fine-tuning run chooses these itself."""
+    group = KINDS[kind].mixer.fields if kind in KINDS else None
+    if group is None or any(KINDS[letter].mixer.fields is group for letter in pattern):
+        return ()
+    return group_keys(group)
+
+
+class _ModelConfigBase:
+    """What `ModelConfig` adds to its fields: each group's own checks, the rules across groups
+    (per-layer options against the pattern), and the derived sizes."""
+
+    def __post_init__(self):
+        for group in FIELD_GROUPS:   # each group checks and normalises its own values
+            checked = group(**{name: getattr(self, name) for name in group_keys(group)})
+            for name in group_keys(group):
+                object.__setattr__(self, name, getattr(checked, name))
+        n = len(self.pattern)
+        for name in LAYER_INDEX_FIELDS + LAYER_VALUE_FIELDS:
+            object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
+        for name in LAYER_INDEX_FIELDS:
+            if any(not 0 <= i < n for i in getattr(self, name)):
+                raise ValueError(f"model.{name}={getattr(self, name)} must be layer indices in [0, {n})")
+        for name in LAYER_VALUE_FIELDS:
+            if getattr(self, name) and len(getattr(self, name)) != n:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be empty or one value per layer ({n})")
+
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
@@ -180,14 +162,6 @@ class ModelConfig:
     @property
     def parameter_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.param_dtype)
-
-    def rotary_dim(self, index: int) -> int:
-        """RoPE channels per head of layer `index` (0 = NoPE)."""
-        return 0 if index in self.nope_layers else int(self.attn_head_dim * self.rotary_fraction)
-
-    def layer_window(self, index: int) -> int:
-        """Layer `index`'s own sliding window (0 = none)."""
-        return self.layer_windows[index] if self.layer_windows else 0
 
     @property
     def depth(self) -> int:
@@ -201,13 +175,30 @@ class ModelConfig:
         return range(0, start), range(start, end), range(end, self.depth)
 
 
+def _model_config_class():
+    fields = [(f.name, f.type, dataclasses.field(default=f.default))
+              for group in FIELD_GROUPS for f in dataclasses.fields(group)]
+    cls = dataclasses.make_dataclass("ModelConfig", fields, bases=(_ModelConfigBase,), frozen=True)
+    cls.__module__ = __name__
+    cls.__doc__ = """The `model` block of a config, field for field (frozen dataclass).
+
+    Its fields are those of its config groups (`FIELD_GROUPS`): the stack's (`StackFields`) and
+    each block kind's mixer's (`AttentionFields`, `GDNFields`, `JetFields`, ...), under their flat
+    `model.*` names. Construction runs each group's checks (errors name the key, e.g.
+    `model.loop`), then the per-layer options against the pattern."""
+    return cls
+
+
+ModelConfig = _model_config_class()
+
+
 def layer_name(index: int) -> str:
     """Key of block `index` in the recurrent-state and key/value pytrees."""
     return f"layer{index}"
 
 
 class HybridModel(nnx.Module):
-    """Embedding, a stack of blocks from `config.pattern` (`layers.BLOCKS`), final RMSNorm, LM head;
+    """Embedding, a stack of blocks from `config.pattern` (`layers.Block`), final RMSNorm, LM head;
     for a looped LM the stack unrolled `ut_steps` times (`self.blocks[u * n + i]` is block i) and
     the early-exit gate."""
 
@@ -216,7 +207,7 @@ class HybridModel(nnx.Module):
         param_dtype = config.parameter_dtype
         self.embedding = dense_param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
                                      fan_in=config.d_model, dtype=param_dtype)
-        blocks = [BLOCKS[kind](config, i, rngs=rngs) for i, kind in enumerate(config.pattern)]
+        blocks = [Block(config, i, rngs=rngs) for i in range(len(config.pattern))]
         self.blocks = nnx.List(blocks * (config.ut_steps or 1))
         if config.exit_gate:   # Linear(D, 1) with bias
             self.exit_gate = dense_param(rngs, (config.d_model,), ("embed",), fan_in=config.d_model, dtype=param_dtype)
@@ -230,8 +221,9 @@ class HybridModel(nnx.Module):
 
     # ---- structure -------------------------------------------------------------------------
 
-    def gdn_layers(self, layers=None) -> list[str]:
-        """Names of the blocks with recurrent state (GDN) among `layers` (block indices; default all)."""
+    def stateful_layers(self, layers=None) -> list[str]:
+        """Names of the blocks with recurrent state (GDN, JetBlock, ...) among `layers` (block
+        indices; default all)."""
         layers = range(len(self.blocks)) if layers is None else layers
         return [layer_name(i) for i in layers if self.blocks[i].has_state]
 
@@ -241,7 +233,7 @@ class HybridModel(nnx.Module):
         return [layer_name(i) for i in layers if self.blocks[i].has_kv]
 
     def init_state(self, batch: int, layers=None) -> dict:
-        """Zero recurrent state for the GDN blocks among `layers` (default all)."""
+        """Zero recurrent state for the stateful blocks among `layers` (default all)."""
         layers = range(len(self.blocks)) if layers is None else layers
         return {layer_name(i): self.blocks[i].init_state(batch) for i in layers if self.blocks[i].has_state}
 
@@ -309,31 +301,26 @@ class HybridModel(nnx.Module):
             w = self.lm_head[...].astype(h.dtype)
         return (h @ w).astype(jnp.float32)
 
-    def apply_blocks(self, hidden: jax.Array, positions: jax.Array, state: dict, layers, *,
-                     past: dict | None = None, past_positions: jax.Array | None = None,
-                     window: int | None = None, eviction: str = "hard", exits: list | None = None):
+    def apply_blocks(self, hidden: jax.Array, span: windows.Span, state: dict, layers, *,
+                     past: dict | None = None, exits: list | None = None):
         """Run blocks `layers` (a range of block indices) once over a span of tokens.
 
         Args:
-          hidden: [B, T, D]; positions: [T] int32 absolute positions.
-          state: recurrent state holding (at least) the GDN blocks among `layers`.
+          hidden: [B, T, D] at span.positions [T]; `span` also says what the queries may see.
+          state: recurrent state holding (at least) the stateful blocks among `layers`.
           past: None, or keys/values [B, S, KVH, Dh] of earlier tokens for every attention block
-            among `layers`, at positions past_positions [S] (negative = empty).
-          window, eviction: the attention mask rule (`sleep_jax.layers.attention_mask`).
+            among `layers`, at span.past_positions [S] (negative = empty).
           exits: a list receiving each closed universal-transformer step's normed hidden (looped LMs).
         Returns:
-          (hidden [B, T, D], state with those GDN entries updated, {name: {"k", "v"}} of this span
+          (hidden [B, T, D], state with those entries updated, {name: {"k", "v"}} of this span
           for the attention blocks among `layers`).
         """
-        if eviction not in EVICTIONS:
-            raise ValueError(f"eviction={eviction!r} must be one of {EVICTIONS}")
         state = dict(state)
         kv = {}
         for i in layers:
             block, name = self.blocks[i], layer_name(i)
-            hidden, layer_state, layer_kv = block(
-                hidden, positions, state.get(name), past=past[name] if past is not None and block.has_kv else None,
-                past_positions=past_positions, window=window, eviction=eviction)
+            hidden, layer_state, layer_kv = block(hidden, state.get(name),
+                                                  past[name] if past is not None and block.has_kv else None, span)
             if block.has_state:
                 state[name] = layer_state
             if block.has_kv:
@@ -341,13 +328,11 @@ class HybridModel(nnx.Module):
             hidden = self.close_step(i, hidden, exits)
         return hidden, state, kv
 
-    def forward_span(self, hidden: jax.Array, positions: jax.Array, state: dict, **attention):
+    def forward_span(self, hidden: jax.Array, span: windows.Span, state: dict, *, past: dict | None = None):
         """Every block once over a span, then the readout: (logits float32 [B, T, vocab], state,
-        this span's keys/values). `attention`: past, past_positions, window, eviction as in
-        `apply_blocks`."""
+        this span's keys/values). Arguments as in `apply_blocks`."""
         exits = []
-        hidden, state, kv = self.apply_blocks(hidden, positions, state, range(len(self.blocks)), exits=exits,
-                                              **attention)
+        hidden, state, kv = self.apply_blocks(hidden, span, state, range(len(self.blocks)), past=past, exits=exits)
         return self.logits(hidden, exits), state, kv
 
     def __call__(self, tokens: jax.Array, *, state: dict | None = None, positions: jax.Array | None = None,
@@ -364,14 +349,15 @@ class HybridModel(nnx.Module):
         batch, steps = tokens.shape
         state = self.init_state(batch) if state is None else state
         positions = jnp.arange(steps, dtype=jnp.int32) if positions is None else positions
-        logits, state, _ = self.forward_span(self.embed(tokens), positions, state, window=window, eviction=eviction)
+        span = windows.Span(positions, window=window, eviction=eviction)
+        logits, state, _ = self.forward_span(self.embed(tokens), span, state)
         return logits, state
 
     # ---- decoding --------------------------------------------------------------------------
 
     def init_cache(self, batch: int, capacity: int) -> dict:
         """Empty decoding cache: {"positions": [B, capacity] int32 (-1 = empty), "layers": keys/values}."""
-        return {"positions": jnp.full((batch, capacity), -1, jnp.int32), "layers": self.init_kv(batch, capacity)}
+        return {"positions": windows.empty_positions(batch, capacity), "layers": self.init_kv(batch, capacity)}
 
     def decode_step(self, tokens: jax.Array, position, state: dict, cache: dict, *, window: int | None,
                     eviction: str = "hard"):
@@ -386,23 +372,19 @@ class HybridModel(nnx.Module):
         Returns:
           (logits float32 [B, vocab] predicting the next token, new state, new cache).
         """
-        batch, capacity = cache["positions"].shape
+        batch = cache["positions"].shape[0]
         position = jnp.broadcast_to(jnp.asarray(position, jnp.int32), (batch,))
-        if window is not None and capacity < window:
-            raise ValueError(f"decode_step: cache capacity {capacity} must be >= window={window}")
-        written = jnp.arange(capacity) == (position % capacity)[:, None]             # [B, C]
-        positions = jnp.where(written, position[:, None], cache["positions"])
+        token = windows.ring_token(position, cache["positions"], window=window, eviction=eviction)
         layers = dict(cache["layers"])
         state = dict(state)
         hidden = self.embed(tokens[:, None])[:, 0]
         exits = []
         for i, block in enumerate(self.blocks):
             name = layer_name(i)
-            hidden, layer_state, layer_cache = block.step(hidden, position, state.get(name), layers.get(name),
-                                                          positions, window=window, eviction=eviction)
+            hidden, layer_state, layer_cache = block.step(hidden, state.get(name), layers.get(name), token)
             if block.has_state:
                 state[name] = layer_state
             if block.has_kv:
                 layers[name] = layer_cache
             hidden = self.close_step(i, hidden, exits)
-        return self.logits(hidden, exits), state, {"positions": positions, "layers": layers}
+        return self.logits(hidden, exits), state, {"positions": token.cache_positions, "layers": layers}

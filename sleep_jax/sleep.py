@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sleep_jax.layers import EVICTIONS
+from sleep_jax import windows
 
 WINDOW_KINDS = ("C", "P")
 # What a rematerialised pass / window / group of passes keeps for the backward pass: its inputs only.
@@ -99,8 +99,7 @@ class SleepConfig:
             raise ValueError(f"sleep.passes >= 1 required, got {self.passes}")
         if int(self.window) < 1:
             raise ValueError(f"sleep.window >= 1 required, got {self.window}")
-        if self.eviction not in EVICTIONS:
-            raise ValueError(f"sleep.eviction={self.eviction!r} must be one of {EVICTIONS}")
+        windows.check_eviction(self.eviction, "sleep.eviction")
         if self.remat not in REMATS:
             raise ValueError(f"sleep.remat={self.remat!r} must be one of {REMATS}")
         if int(self.truncate_passes) < 0:
@@ -192,23 +191,26 @@ def scan_steps(step, carry, indices, *, sqrt_groups: bool = False):
 
 # ---- windows -------------------------------------------------------------------------------
 
-def _positions(window_index, sleep: SleepConfig):
-    """Absolute positions [L] int32 of window `window_index` (a Python or traced int)."""
-    return window_index * sleep.window + jnp.arange(sleep.window, dtype=jnp.int32)
+def _span(window_index, sleep: SleepConfig) -> windows.Span:
+    """Window `window_index` (a Python or traced int): its positions and what it may see."""
+    return windows.window_span(window_index, sleep.window, sleep.eviction)
 
 
-def _attention_kwargs(positions, past, sleep: SleepConfig) -> dict:
-    """Keyword arguments of `HybridModel.apply_blocks` for a window at `positions`."""
-    kwargs = dict(window=sleep.window, eviction=sleep.eviction)
-    if sleep.eviction == "sliding":
-        kwargs.update(past=past, past_positions=positions - sleep.window)
-    return kwargs
+def _past(past: dict, sleep: SleepConfig) -> dict | None:
+    """The retained keys/values a window's blocks are given: the previous window's (sliding), else none."""
+    return past if sleep.eviction == "sliding" else None
 
 
 def initial_past(model, batch: int, sleep: SleepConfig) -> dict:
-    """The keys/values a first window may attend to: none (an empty dict for hard eviction,
-    zero-filled slots at negative positions, hence masked, for sliding)."""
-    return model.init_kv(batch, sleep.window) if sleep.eviction == "sliding" else {}
+    """The keys/values a first window may attend to: what survives an eviction of nothing (an
+    empty dict for hard eviction; zero-filled slots at negative positions, hence masked, for sliding)."""
+    return windows.survivors(model.init_kv(batch, sleep.window), sleep.eviction)
+
+
+def require_sleep_config(sleep) -> None:
+    """The one type check of a `sleep` argument (training path and engine)."""
+    if not isinstance(sleep, SleepConfig):
+        raise ValueError(f"sleep must be a SleepConfig, got {type(sleep).__name__}")
 
 
 def run_layers_once(model, hidden, first, layers, state: dict, past: dict, *, sleep: SleepConfig):
@@ -221,14 +223,11 @@ def run_layers_once(model, hidden, first, layers, state: dict, past: dict, *, sl
     """
     if len(layers) == 0:
         return hidden, state, past
-    sliding = sleep.eviction == "sliding"
-
     def one_window(carry, window):
         state, past = carry
         h, index = window
-        positions = _positions(index, sleep)
-        h, state, kv = model.apply_blocks(h, positions, state, layers, **_attention_kwargs(positions, past, sleep))
-        return (state, {**past, **kv} if sliding else past), h
+        h, state, kv = model.apply_blocks(h, _span(index, sleep), state, layers, past=_past(past, sleep))
+        return (state, {**past, **windows.survivors(kv, sleep.eviction)}), h
 
     if sleep.remat_plan.each_window:
         one_window = _checkpoint(one_window)
@@ -291,19 +290,17 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
     sliding = sleep.eviction == "sliding"
     graphdef, params = nnx.split(model)
 
-    def one_pass(hidden, looped_state, window_past, positions):
-        return model.apply_blocks(hidden, positions, looped_state, segment,
-                                  **_attention_kwargs(positions, window_past, sleep))
+    def one_pass(hidden, looped_state, window_past, span):
+        return model.apply_blocks(hidden, span, looped_state, segment, past=_past(window_past, sleep))
 
-    def undifferentiated_passes(hidden, looped_state, window_past, positions):
+    def undifferentiated_passes(hidden, looped_state, window_past, span):
         """The window's first N - k passes, not differentiated, entered straight-through."""
         frozen = nnx.merge(graphdef, jax.lax.stop_gradient(params))
         window_past = jax.lax.stop_gradient(window_past)
 
         def frozen_pass(carry, _):
             h, s = carry
-            h, new_state, _ = frozen.apply_blocks(h, positions, s, segment,
-                                                  **_attention_kwargs(positions, window_past, sleep))
+            h, new_state, _ = frozen.apply_blocks(h, span, s, segment, past=_past(window_past, sleep))
             return (h, _restore_tails(new_state, s, False)), None
 
         start = jax.lax.stop_gradient((hidden, looped_state))
@@ -318,21 +315,22 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
         window_start, final_pass = pass_index == 0, pass_index == differentiated - 1
         hidden = jnp.where(window_start, jax.lax.dynamic_index_in_dim(entry, window, keepdims=False), carry.hidden)
         window_past = _tree_where(window_start, carry.latest_kv, carry.window_past)
-        positions = _positions(first + window, sleep)
+        span = _span(first + window, sleep)
         looped_state = carry.state
         if undifferentiated:
             hidden, looped_state = jax.lax.cond(window_start, undifferentiated_passes,
-                                                lambda h, s, *_: (h, s), hidden, looped_state, window_past, positions)
-        hidden, new_state, kv = one_pass(hidden, looped_state, window_past, positions)
+                                                lambda h, s, *_: (h, s), hidden, looped_state, window_past, span)
+        hidden, new_state, kv = one_pass(hidden, looped_state, window_past, span)
         outputs = carry.outputs
         if outputs is not None:
             kept = jax.lax.dynamic_index_in_dim(outputs, window, keepdims=False)
             outputs = jax.lax.dynamic_update_index_in_dim(outputs, jnp.where(final_pass, hidden, kept), window, 0)
         return SleepCarry(hidden=hidden, state=_restore_tails(new_state, carry.state, final_pass),
-                          window_past=window_past, latest_kv=kv if sliding else {}, outputs=outputs)
+                          window_past=window_past, latest_kv=windows.survivors(kv, sleep.eviction), outputs=outputs)
 
     segment_past = {name: past[name] for name in model.attention_layers(segment)} if sliding else {}
-    carry = SleepCarry(hidden=jnp.zeros_like(entry[0]), state={name: state[name] for name in model.gdn_layers(segment)},
+    carry = SleepCarry(hidden=jnp.zeros_like(entry[0]),
+                       state={name: state[name] for name in model.stateful_layers(segment)},
                        window_past=segment_past, latest_kv=segment_past,
                        outputs=jnp.zeros_like(entry) if keep_outputs and not plan.each_window else None)
     indices = jnp.arange(count * differentiated, dtype=jnp.int32)
@@ -380,17 +378,15 @@ def predict(model, tokens, window_index, state: dict, past: dict, *, sleep: Slee
     Arguments as in `consolidate`. Returns (logits float32 [B, L, vocab], recurrent state after
     the window, keys/values for the next window under sliding eviction, else {}).
     """
-    positions = _positions(window_index, sleep)
-    logits, state, kv = model.forward_span(model.embed(tokens), positions, state,
-                                           **_attention_kwargs(positions, past, sleep))
-    return logits, state, (kv if sleep.eviction == "sliding" else {})
+    logits, state, kv = model.forward_span(model.embed(tokens), _span(window_index, sleep), state,
+                                           past=_past(past, sleep))
+    return logits, state, windows.survivors(kv, sleep.eviction)
 
 
 # ---- the sequence --------------------------------------------------------------------------
 
 def _check_sequence(tokens, loss_mask, sleep, kinds):
-    if not isinstance(sleep, SleepConfig):
-        raise ValueError(f"sleep must be a SleepConfig, got {type(sleep).__name__}")
+    require_sleep_config(sleep)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be int [B, T], got shape {tokens.shape}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):

@@ -18,7 +18,7 @@ from flax import nnx
 from sleep_jax import convert, hf
 from sleep_jax.hf.insert import insert_blocks
 from sleep_jax.tasks.vocab import TokenizerVocab
-from sleep_jax.train import config as config_lib
+from sleep_jax.train import stages as stages_lib
 from sleep_jax.train.errors import ConfigError
 from sleep_jax.train.loop import eval_config, evaluate_checkpoint, setup_stages
 from sleep_jax.train.metrics import read_metrics
@@ -122,7 +122,7 @@ def _tiny(*overrides):
     for path, value in overrides:
         block, key = path.split(".")
         config[block][key] = value
-    return setup_stages(config_lib.resolve(config))
+    return setup_stages(stages_lib.resolve(config))
 
 
 def test_bad_finetune_configs_name_the_key(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sleep_jax.layers.common import LOGICAL_AXES, logical_axes
+from sleep_jax.axes import LOGICAL_AXES, logical_axes
 from sleep_jax.model import HybridModel, ModelConfig
 
 

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from sleep_jax.model import HybridModel, ModelConfig
+from sleep_jax.windows import Span
 from sleep_jax.sleep import (SleepConfig, consolidate, consolidate_run, initial_past, kinds_from_mask, predict, scan_steps,
                              sequence_logits, sequence_loss, sequence_predictions, sqrt_group, window_runs)
 
@@ -181,20 +182,20 @@ def reference_logits(model, x, *, sleep, kinds):
     outputs = []
     for w, kind in enumerate(kinds):
         positions = w * sleep.window + jnp.arange(sleep.window)
-        kwargs = dict(window=sleep.window, eviction=sleep.eviction)
-        if sliding:
-            kwargs.update(past=past, past_positions=positions - sleep.window)
+        span = Span(positions, window=sleep.window, eviction=sleep.eviction,
+                    past_positions=positions - sleep.window if sliding else None)
+        kwargs = dict(past=past if sliding else None)
         hidden = model.embed(x[:, w * sleep.window:(w + 1) * sleep.window])
         if kind == "P":
-            hidden, state, kv = model.apply_blocks(hidden, positions, state, range(len(model.blocks)), **kwargs)
+            hidden, state, kv = model.apply_blocks(hidden, span, state, range(len(model.blocks)), **kwargs)
             outputs.append(model.logits(hidden))
         else:
-            hidden, state, kv = model.apply_blocks(hidden, positions, state, prelude, **kwargs)
-            entry_conv = {name: state[name]["conv"] for name in model.gdn_layers(segment)}
+            hidden, state, kv = model.apply_blocks(hidden, span, state, prelude, **kwargs)
+            entry_conv = {name: state[name]["conv"] for name in model.stateful_layers(segment)}
             for _ in range(sleep.passes):
                 state = {**state, **{name: {"S": state[name]["S"], "conv": conv} for name, conv in entry_conv.items()}}
-                hidden, state, pass_kv = model.apply_blocks(hidden, positions, state, segment, **kwargs)
-            hidden, state, coda_kv = model.apply_blocks(hidden, positions, state, coda, **kwargs)
+                hidden, state, pass_kv = model.apply_blocks(hidden, span, state, segment, **kwargs)
+            hidden, state, coda_kv = model.apply_blocks(hidden, span, state, coda, **kwargs)
             kv = {**kv, **pass_kv, **coda_kv}
             outputs.append(jnp.zeros((batch, sleep.window, model.config.vocab_size)))
         past = kv

@@ -105,14 +105,15 @@ def step_memory(config, devices, *, estimate: bool) -> dict:
 
 def table(config, targets: dict, passes, remats) -> list[dict]:
     """Rows for every target (name -> (devices, estimate)), N and remat."""
-    from sleep_jax.train import config as config_lib
+    from sleep_jax.train import record as record_lib
+    from sleep_jax.train import stages as stages_lib
 
     out = []
     for name, (devices, estimate) in targets.items():
         for n in passes:
             for remat in remats:
-                variant = config_lib.with_overrides(config, {"sleep.passes": int(n), "sleep.remat": remat})
-                out.append(dict(target=name, **step_memory(config_lib.resolve(variant, need_tokenizer=False), devices,
+                variant = record_lib.with_overrides(config, {"sleep.passes": int(n), "sleep.remat": remat})
+                out.append(dict(target=name, **step_memory(stages_lib.resolve(variant, need_tokenizer=False), devices,
                                                            estimate=estimate)))
     return out
 

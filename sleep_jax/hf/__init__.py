@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sleep_jax.files import write_atomic, write_text_atomic
-from sleep_jax.hf.families import FAMILIES, family
+from sleep_jax.hf.families import FAMILIES, exportable, family
 from sleep_jax.model import HybridModel, ModelConfig
 
 SUPPORTED = tuple(sorted(FAMILIES))
@@ -132,7 +132,7 @@ def _fill(model, m, files, handles, stacked, open_files, path) -> None:
 def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
     """{hub key: numpy array} of the model's parameters (in their parameter dtype)."""
     config = model.config
-    maps = family(config.hf_model_type).tensor_maps(config)
+    maps = exportable(config).tensor_maps(config)
     def value(path):
         param, index = _target(model, path)
         return param.get_value() if index is None else param.get_value()[index]
@@ -153,7 +153,7 @@ def save_pretrained(model: HybridModel, path: str, base_config: dict | None = No
     if config.hf_model_type is None:
         raise ValueError("save_pretrained: model.config.hf_model_type is None (a native model has no hub format); "
                          f"supported: {SUPPORTED}")
-    hub_config = {**(base_config or {}), **family(config.hf_model_type).hub_config(config)}
+    hub_config = {**(base_config or {}), **exportable(config).hub_config(config)}
     os.makedirs(path, exist_ok=True)
     shards, size = [{}], 0
     for key, value in hub_tensors(model).items():

@@ -1,17 +1,20 @@
 """The supported hub architectures: config translation both ways and the tensor key map.
 
-A family is `Family(model_config, hub_config, tensor_maps)`:
+A family is `Family(model_config, hub_config, tensor_maps, kinds)`:
 - `model_config(hub: dict, **overrides) -> ModelConfig` reads a hub `config.json` (errors name the
   hub field);
 - `hub_config(config: ModelConfig) -> dict` writes one that transformers loads;
 - `tensor_maps(config) -> [TensorMap]`: every hub tensor of the architecture, in hub key names
-  (those the models' own `save_pretrained` writes).
+  (those the models' own `save_pretrained` writes);
+- `kinds`: the block kinds (letters of `model.pattern`) its hub format can hold. `exportable`
+  checks a model against them, so a layer of another kind is one line naming it, not a KeyError.
 """
 import dataclasses
 import math
 from typing import Callable
 
 from sleep_jax.hf.tensors import copy, dense_in, dense_in_interleaved, dense_out, depthwise_conv, reshaped
+from sleep_jax.layers import KINDS
 from sleep_jax.model import ModelConfig
 
 
@@ -20,6 +23,7 @@ class Family:
     model_config: Callable
     hub_config: Callable
     tensor_maps: Callable
+    kinds: str
 
 
 def _require(hub: dict, field: str, allowed, model_type: str):
@@ -317,9 +321,7 @@ def ouro_hub_config(c: ModelConfig) -> dict:
 def ouro_tensor_maps(c: ModelConfig) -> list:
     maps = _embeddings(c) + [dense_in("model.early_exit_gate.weight", ("exit_gate",)),
                              copy("model.early_exit_gate.bias", ("exit_gate_bias",))]
-    for i, kind in enumerate(c.pattern):
-        if kind != "S":
-            raise ValueError(f"ouro: layer {i} is a {kind!r} block; the Ouro hub format holds only 'S' layers")
+    for i in range(len(c.pattern)):
         prefix, block = f"model.layers.{i}", ("blocks", i)
         p, mixer = f"{prefix}.self_attn", (*block, "mixer")
         maps += [copy(f"{prefix}.input_layernorm.weight", (*block, "mixer_norm", "scale")),
@@ -391,12 +393,13 @@ def _jet_expand_v(c: ModelConfig) -> float:
 
 
 def jet_nemotron_hub_config(c: ModelConfig) -> dict:
-    kinds = ["jet" if k == "J" else "swa" if c.layer_window(i) else "attn" for i, k in enumerate(c.pattern)]
-    windows = sorted({c.layer_window(i) for i, kind in enumerate(kinds) if kind == "swa"})
-    windowed_jet = any(c.layer_window(i) for i, k in enumerate(c.pattern) if k == "J")
-    if set(c.pattern) - {"J", "A"} or len(windows) > 1 or windowed_jet:
-        raise ValueError(f"jet_nemotron: model.pattern={c.pattern!r} with model.layer_windows={c.layer_windows} has no "
-                         f"hub form (J and A layers only, one sliding window, on attention layers)")
+    layer_windows = c.layer_windows or (0,) * len(c.pattern)
+    kinds = ["jet" if k == "J" else "swa" if w else "attn" for k, w in zip(c.pattern, layer_windows)]
+    windows = sorted({w for kind, w in zip(kinds, layer_windows) if kind == "swa"})
+    windowed_jet = any(w for k, w in zip(c.pattern, layer_windows) if k == "J")
+    if len(windows) > 1 or windowed_jet:
+        raise ValueError(f"jet_nemotron: model.layer_windows={c.layer_windows} has no hub form (one sliding window, "
+                         f"on attention layers)")
     efficient = {"jet": {"mode": "chunk", "num_heads": c.jet_heads, "head_dim": c.jet_head_dim,
                          "expand_v": _jet_expand_v(c), "conv_size": c.jet_conv_kernel,
                          "dconv_generator_reduction": c.jet_generator_reduction,
@@ -441,11 +444,12 @@ def jet_nemotron_tensor_maps(c: ModelConfig) -> list:
 
 
 FAMILIES = {
-    "qwen3_next": Family(qwen3_next_model_config, qwen3_next_hub_config, qwen3_next_tensor_maps),
-    "qwen3_5_text": Family(qwen3_5_model_config, qwen3_5_hub_config, qwen3_5_tensor_maps),
-    "olmo_hybrid": Family(olmo_hybrid_model_config, olmo_hybrid_hub_config, olmo_hybrid_tensor_maps),
-    "jet_nemotron": Family(jet_nemotron_model_config, jet_nemotron_hub_config, jet_nemotron_tensor_maps),
-    "ouro": Family(ouro_model_config, ouro_hub_config, ouro_tensor_maps),
+    "qwen3_next": Family(qwen3_next_model_config, qwen3_next_hub_config, qwen3_next_tensor_maps, kinds="AG"),
+    "qwen3_5_text": Family(qwen3_5_model_config, qwen3_5_hub_config, qwen3_5_tensor_maps, kinds="AG"),
+    "olmo_hybrid": Family(olmo_hybrid_model_config, olmo_hybrid_hub_config, olmo_hybrid_tensor_maps, kinds="OG"),
+    "jet_nemotron": Family(jet_nemotron_model_config, jet_nemotron_hub_config, jet_nemotron_tensor_maps,
+                           kinds="JA"),
+    "ouro": Family(ouro_model_config, ouro_hub_config, ouro_tensor_maps, kinds="S"),
 }
 
 
@@ -453,3 +457,16 @@ def family(model_type) -> Family:
     if model_type not in FAMILIES:
         raise ValueError(f"model_type={model_type!r} is not supported; supported: {sorted(FAMILIES)}")
     return FAMILIES[model_type]
+
+
+def exportable(config: ModelConfig) -> Family:
+    """The family of `config.hf_model_type`, once every layer of `config.pattern` is of a kind its
+    hub format holds (else a ValueError naming the first layer that is not)."""
+    hub = family(config.hf_model_type)
+    for index, kind in enumerate(config.pattern):
+        if kind not in hub.kinds:
+            mixer, norms = KINDS[kind].mixer.__name__, KINDS[kind].norms
+            raise ValueError(f"{config.hf_model_type}: layer {index} is a {kind!r} block ({mixer}, {norms}-norm); the "
+                             f"{config.hf_model_type} hub format holds only "
+                             f"{', '.join(repr(k) for k in hub.kinds)} layers")
+    return hub

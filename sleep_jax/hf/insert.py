@@ -20,7 +20,7 @@ from typing import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from sleep_jax.layers import BLOCKS
+from sleep_jax.layers import KINDS, Block
 from sleep_jax.model import LAYER_INDEX_FIELDS, LAYER_VALUE_FIELDS, HybridModel, ModelConfig
 
 # The parameter that ends each residual branch of an inserted block: zero = identity block.
@@ -35,8 +35,8 @@ def inserted_config(config: ModelConfig, positions: Sequence[int], kind: str, *,
     `no_mlp_layers`. A looped segment keeps its blocks; a block inserted inside it or at either of
     its ends joins it (inserted blocks carry fast weights, which is what sleep's passes refine).
     """
-    if kind not in BLOCKS:
-        raise ValueError(f"insert_blocks: kind={kind!r} must be one of {tuple(BLOCKS)}")
+    if kind not in KINDS:
+        raise ValueError(f"insert_blocks: kind={kind!r} must be one of {tuple(KINDS)}")
     old_count = len(config.pattern)
     new_count = old_count + len(positions)
     inserted = sorted(int(p) for p in positions)
@@ -79,7 +79,7 @@ def insert_blocks(model: HybridModel, positions: Sequence[int], kind: str, *,
     inserted = sorted(int(p) for p in positions)
     old_index = {j: i for i, j in enumerate(j for j in range(len(config.pattern)) if j not in inserted)}
     rngs = nnx.Rngs(seed)
-    fresh = {j: BLOCKS[kind](config, j, rngs=rngs) for j in inserted}
+    fresh = {j: Block(config, j, rngs=rngs) for j in inserted}
     for block in fresh.values():
         for path in OUTPUT_PROJECTIONS:
             try:

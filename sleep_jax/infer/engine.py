@@ -28,11 +28,7 @@ Every jitted function is pure: (params, inputs, slots) -> slots (or (outputs, sl
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
-import json
-import os
 import time
 from typing import Callable, Sequence
 
@@ -40,15 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
-from safetensors.numpy import save_file
-
-from sleep_jax.files import write_atomic
+from sleep_jax.infer import snapshot as snapshot_lib
 from sleep_jax.infer.sampling import Sampling, sample_tokens
-from sleep_jax.sleep import SleepConfig, consolidate, initial_past
-
-SNAPSHOT_FORMAT = "sleep_jax.infer.slot/1"
-
+from sleep_jax import windows
+from sleep_jax.sleep import SleepConfig, consolidate, initial_past, require_sleep_config
 
 # ---- pure functions over the slots pytree --------------------------------------------------
 
@@ -74,8 +65,8 @@ def wake(model, window: int, eviction: str, tokens, active, rows: dict) -> dict:
     """One wake pass: the rows where active [b] read tokens int32 [b] at their own positions."""
     logits, recurrent, cache = model.decode_step(tokens, rows["position"], rows["recurrent"], rows["cache"],
                                                  window=window, eviction=eviction)
-    offset = rows["position"] % window
-    window_tokens = jnp.where(jnp.arange(window) == offset[:, None], tokens[:, None], rows["window_tokens"])
+    written = windows.ring_slots(rows["position"], window)
+    window_tokens = jnp.where(written, tokens[:, None], rows["window_tokens"])
     new = {**rows, "recurrent": recurrent, "cache": cache, "window_tokens": window_tokens, "logits": logits,
            "position": rows["position"] + 1}
     return _select_rows(active, new, rows)
@@ -85,12 +76,8 @@ def sleep_row(model, sleep: SleepConfig, row: dict) -> dict:
     """Sleep on one slot's full window (row: batch 1), then evict."""
     window_index = row["position"][0] // sleep.window - 1
     state, kv = consolidate(model, row["window_tokens"], window_index, row["entry"], row["past"], sleep=sleep)
-    row = {**row, "recurrent": state, "entry": state}
-    if sleep.eviction == "sliding":   # the next window attends to this one's last-pass keys/values
-        positions = window_index * sleep.window + jnp.arange(sleep.window, dtype=jnp.int32)
-        layers = jax.tree.map(lambda new, old: new.astype(old.dtype), kv, row["cache"]["layers"])
-        return {**row, "cache": {"positions": positions[None], "layers": layers}, "past": kv}
-    return {**row, "cache": {**row["cache"], "positions": jnp.full_like(row["cache"]["positions"], -1)}}
+    cache = windows.evicted_cache(row["cache"], kv, window_index, sleep.window, sleep.eviction)
+    return {**row, "recurrent": state, "entry": state, "cache": cache, "past": kv}
 
 
 def take_row(slots: dict, slot) -> dict:
@@ -148,15 +135,6 @@ def _empty_slots(params, *, graphdef, sleep, count):
 _put_row = jax.jit(put_row, donate_argnums=0)
 
 
-def _leaf_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
-def named_leaves(tree) -> dict:
-    """{"recurrent/layer1/S": leaf, ...} for a pytree of dicts."""
-    return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 # ---- the engine ----------------------------------------------------------------------------
 
 class Engine:
@@ -170,8 +148,7 @@ class Engine:
 
     def __init__(self, model, sleep: SleepConfig, *, slots: int,
                  on_sleep: Callable[[int, int, float], None] | None = None):
-        if not isinstance(sleep, SleepConfig):
-            raise ValueError(f"sleep must be a SleepConfig, got {type(sleep).__name__}")
+        require_sleep_config(sleep)
         if int(slots) < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.model_config = model.config
@@ -305,57 +282,25 @@ class Engine:
 
     # ---- snapshots -------------------------------------------------------------------------
 
-    def _metadata(self) -> dict:
+    def _snapshot_metadata(self) -> dict:
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for name, leaf in sorted(named_leaves(nnx.to_pure_dict(self._params)).items()):
-                digest.update(name.encode())
-                digest.update(np.asarray(leaf).tobytes())
-            self._fingerprint = digest.hexdigest()
-        sleep = {"passes": self.sleep.passes, "window": self.sleep.window, "eviction": self.sleep.eviction}
-        return {"format": SNAPSHOT_FORMAT,
-                "model": json.dumps(dataclasses.asdict(self.model_config), sort_keys=True),
-                "sleep": json.dumps(sleep, sort_keys=True),
-                "params_sha256": self._fingerprint}
+            self._fingerprint = snapshot_lib.fingerprint(self._params)
+        return snapshot_lib.metadata(self.model_config, self.sleep, self._fingerprint)
 
     def snapshot(self, slot: int, path: str) -> None:
         """Write slot `slot`'s session (state, cache, position) to the safetensors file `path`
         (atomically: a temporary file renamed into place)."""
         slot = self._check_slot(slot)
-        arrays = {name: np.asarray(leaf[slot]) for name, leaf in named_leaves(self._state).items()}
-        write_atomic(path, lambda temporary: save_file(arrays, temporary, metadata=self._metadata()))
+        arrays = {name: np.asarray(leaf[slot]) for name, leaf in snapshot_lib.named_leaves(self._state).items()}
+        snapshot_lib.write(path, arrays, self._snapshot_metadata())
 
     def restore(self, slot: int, path: str) -> None:
         """Load a session written by `snapshot` into slot `slot`, bit-exactly. The file must come
         from the same model (config and parameters) and sleep config; nothing changes otherwise."""
         slot = self._check_slot(slot)
-        if not os.path.isfile(path):
-            raise ValueError(f"snapshot {path!r} does not exist")
-        try:
-            with safe_open(path, "np") as f:
-                metadata = f.metadata() or {}
-                arrays = {name: f.get_tensor(name) for name in f.keys()}
-        except Exception as error:  # safetensors raises its own error types for bad headers
-            raise ValueError(f"snapshot {path!r} is not a safetensors file: {error}") from error
-        expected = self._metadata()
-        if metadata.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot {path!r}: format {metadata.get('format')!r} is not {SNAPSHOT_FORMAT!r}")
-        for block in ("model", "sleep"):
-            theirs, ours = json.loads(metadata.get(block, "{}")), json.loads(expected[block])
-            for key in sorted(set(theirs) | set(ours)):
-                if theirs.get(key) != ours.get(key):
-                    raise ValueError(f"snapshot {path!r} is from another {block} config: {block}.{key} is "
-                                     f"{theirs.get(key)!r} there, {ours.get(key)!r} here")
-        if metadata.get("params_sha256") != expected["params_sha256"]:
-            raise ValueError(f"snapshot {path!r} is from a model with other parameters (params_sha256 differs)")
-        ours = named_leaves(self._state)
-        if set(arrays) != set(ours):
-            raise ValueError(f"snapshot {path!r}: tensors {sorted(set(arrays) ^ set(ours))} do not match this engine")
-        for name, leaf in ours.items():
-            if arrays[name].shape != leaf.shape[1:] or arrays[name].dtype != leaf.dtype:
-                raise ValueError(f"snapshot {path!r}: {name} is {arrays[name].dtype}{list(arrays[name].shape)}, "
-                                 f"expected {leaf.dtype}{list(leaf.shape[1:])}")
-        treedef = jax.tree.structure(self._state)
-        row = jax.tree.unflatten(treedef, [arrays[name][None] for name in ours])
+        ours = snapshot_lib.named_leaves(self._state)
+        arrays = snapshot_lib.read(path, self._snapshot_metadata(),
+                                   {name: (leaf.shape[1:], leaf.dtype) for name, leaf in ours.items()})
+        row = jax.tree.unflatten(jax.tree.structure(self._state), [arrays[name][None] for name in ours])
         self._state = _put_row(self._state, slot, row)
         self._positions[slot] = int(arrays["position"])

@@ -1,63 +1,72 @@
-"""Grouped-query softmax attention with RoPE on absolute positions, and its eviction masks.
+"""Grouped-query softmax attention with RoPE on absolute positions: the mixer of kinds A, O and S.
 
-Which keys a query may see is a pure function of absolute positions (`attention_mask`), so the
-same code serves a window (with or without the previous window's keys), a whole sequence and a
+Which keys a query may see is a pure function of absolute positions (`windows.attention_mask`), so
+the same code serves a window (with or without the previous window's keys), a whole sequence and a
 one-token decode step against a ring-buffer KV cache.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sleep_jax import windows
 from sleep_jax.layers.common import dense_param, make_param
+from sleep_jax.layers.mixer import Fields, Mixer
 from sleep_jax.layers.norms import RMSNorm
 from sleep_jax.layers.rope import apply_rope
-
-EVICTIONS = ("hard", "sliding")
-
-
-def attention_mask(q_positions: jax.Array, k_positions: jax.Array, *, window: int | None,
-                   eviction: str = "hard", layer_window: int = 0) -> jax.Array:
-    """bool [Tq, Tk]: may the query at q_positions[i] attend to the key at k_positions[j].
-
-    Always causal; keys with a negative position are empty slots. `window=None`: full causal.
-    `hard`: only keys of the same window (positions // window equal). `sliding`: only the most
-    recent `window` tokens (q - k < window). `layer_window` > 0 is a layer's own sliding window
-    (q - k < layer_window), applied on top of the sleep window rule.
-    """
-    q = q_positions[:, None]
-    k = k_positions[None, :]
-    allowed = (k >= 0) & (k <= q)
-    if layer_window:
-        allowed = allowed & (q - k < layer_window)
-    if window is None:
-        return allowed
-    if eviction == "hard":
-        return allowed & (k // window == q // window)
-    if eviction == "sliding":
-        return allowed & (q - k < window)
-    raise ValueError(f"eviction={eviction!r} must be one of {EVICTIONS}")
-
 
 QK_NORMS = (None, "head", "full")
 
 
-class AttentionMixer(nnx.Module):
-    """GQA: `heads` query heads share `kv_heads` key/value heads (heads % kv_heads == 0).
+@dataclasses.dataclass(frozen=True)
+class AttentionFields(Fields):
+    """The attention mixer's `model.*` keys."""
+    attn_heads: int = 4
+    attn_kv_heads: int = 2
+    attn_head_dim: int = 32
+    attn_output_gate: bool = False
+    attn_bias: bool = False               # biases on the q, k, v projections
+    qk_norm: str | None = None            # None, "head" (RMSNorm per head, [Dh]) or "full" ([H*Dh]); True = "head"
+    rope_theta: float = 10000.0
+    rotary_fraction: float = 1.0          # RoPE on the first rotary_fraction * attn_head_dim channels
+    nope_layers: tuple[int, ...] = ()     # attention layers without RoPE
+    layer_windows: tuple[int, ...] = ()   # per layer: its own sliding window (0 = full); () = none
+    layer_index_fields = ("nope_layers",)
+    layer_value_fields = ("layer_windows",)
+
+    def __post_init__(self):
+        self._set("qk_norm", {True: "head", False: None}.get(self.qk_norm, self.qk_norm))
+        self._at_least_one("attn_heads", "attn_kv_heads", "attn_head_dim")
+        if self.attn_heads % self.attn_kv_heads:
+            raise ValueError(f"model.attn_heads ({self.attn_heads}) must be a multiple of "
+                             f"model.attn_kv_heads ({self.attn_kv_heads})")
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"model.qk_norm={self.qk_norm!r} must be one of {QK_NORMS} (True = 'head')")
+        rotary = self.attn_head_dim * self.rotary_fraction
+        if rotary != int(rotary) or int(rotary) % 2 or not 0 < rotary <= self.attn_head_dim:
+            raise ValueError(f"model.rotary_fraction={self.rotary_fraction} must give an even number of rotary "
+                             f"channels in (0, attn_head_dim={self.attn_head_dim}], got {rotary}")
+        if any(w < 0 for w in self.layer_windows):
+            raise ValueError(f"model.layer_windows={self.layer_windows} must be windows >= 0 (0 = none)")
+
+
+class AttentionMixer(Mixer):
+    """GQA: `heads` query heads share `kv_heads` key/value heads (heads % kv_heads == 0, checked
+    by `AttentionFields`).
 
     Options (all from the model config): q/k/v bias; a per-channel output gate
     `o * sigmoid(x W_g)`; RMSNorm of q and k before RoPE, per head (`qk_norm="head"`, [Dh]) or
     over the full projection width (`"full"`, [H*Dh] / [KVH*Dh]); RoPE on the first `rotary_dim`
     channels of each head (0 = NoPE); a layer-own sliding window `layer_window` (0 = none).
     """
+    fields = AttentionFields
+    has_kv = True
 
     def __init__(self, d_model: int, *, heads: int, kv_heads: int, head_dim: int, output_gate: bool,
                  qk_norm: str | None, rope_theta: float, norm_eps: float, dtype, param_dtype, rngs: nnx.Rngs,
                  bias: bool = False, rotary_dim: int | None = None, layer_window: int = 0,
                  norm_style: str = "plain"):
-        if heads % kv_heads:
-            raise ValueError(f"model.attn_heads ({heads}) must be a multiple of model.attn_kv_heads ({kv_heads})")
-        if qk_norm not in QK_NORMS:
-            raise ValueError(f"model.qk_norm={qk_norm!r} must be one of {QK_NORMS}")
         dense = lambda shape, axes, fan_in: dense_param(rngs, shape, axes, fan_in=fan_in, dtype=param_dtype)
         self.w_q = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
         self.w_k = dense((d_model, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), d_model)
@@ -80,8 +89,24 @@ class AttentionMixer(nnx.Module):
         self.rope_theta = rope_theta
         self.rotary_dim = head_dim if rotary_dim is None else rotary_dim
         self.layer_window = layer_window
-        self.head_dim = head_dim
+        self.kv_heads, self.head_dim = kv_heads, head_dim
         self.dtype = dtype
+
+    @classmethod
+    def from_config(cls, config, index: int, *, rngs: nnx.Rngs) -> "AttentionMixer":
+        """Layer `index`'s attention: its own rotary width (0 on `nope_layers`) and sliding window."""
+        rotary = 0 if index in config.nope_layers else int(config.attn_head_dim * config.rotary_fraction)
+        return cls(config.d_model, heads=config.attn_heads, kv_heads=config.attn_kv_heads,
+                   head_dim=config.attn_head_dim, output_gate=config.attn_output_gate, qk_norm=config.qk_norm,
+                   rope_theta=config.rope_theta, norm_eps=config.norm_eps, dtype=config.compute_dtype,
+                   param_dtype=config.parameter_dtype, rngs=rngs, bias=config.attn_bias, rotary_dim=rotary,
+                   layer_window=config.layer_windows[index] if config.layer_windows else 0,
+                   norm_style=config.norm_style)
+
+    def init_kv(self, batch: int, length: int) -> dict:
+        """Zero keys/values {"k", "v"}: [B, length, KVH, Dh] in the compute dtype."""
+        zeros = lambda: jnp.zeros((batch, length, self.kv_heads, self.head_dim), self.dtype)
+        return {"k": zeros(), "v": zeros()}
 
     def _w(self, p):
         return p[...].astype(self.dtype)
@@ -105,10 +130,10 @@ class AttentionMixer(nnx.Module):
             k = apply_rope(k, positions, self.rope_theta, self.rotary_dim)
         return q, k, v
 
-    def mask(self, q_positions, k_positions, *, window, eviction):
-        """`attention_mask` with this layer's own sliding window."""
-        return attention_mask(q_positions, k_positions, window=window, eviction=eviction,
-                              layer_window=self.layer_window)
+    def _mask(self, q_positions, k_positions, view):
+        """`windows.attention_mask` under `view`'s rule, with this layer's own sliding window."""
+        return windows.attention_mask(q_positions, k_positions, window=view.window, eviction=view.eviction,
+                                      layer_window=self.layer_window)
 
     def attend(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
         """Softmax attention of q [B,T,H,Dh] over k, v [B,S,KVH,Dh] where mask [T, S] (or per row
@@ -120,47 +145,36 @@ class AttentionMixer(nnx.Module):
             o = o * jax.nn.sigmoid(gate)
         return jnp.einsum("bthk,hkd->btd", o, self._w(self.w_o))
 
-    def __call__(self, x: jax.Array, positions: jax.Array, *, past: dict | None = None,
-                 past_positions: jax.Array | None = None, window: int | None, eviction: str = "hard"):
-        """Attention over the block's own tokens, plus retained keys/values of earlier tokens.
+    def span(self, x: jax.Array, state, past: dict | None, span: windows.Span):
+        """Attention over the span's own tokens, plus retained keys/values of earlier tokens.
 
         Args:
-          x: [B, T, D]; positions: [T] absolute positions of x.
-          past: None or {"k", "v"}: [B, S, KVH, Dh], keys/values kept from earlier tokens, whose
-            positions are past_positions [S] (negative = empty slot).
-          window, eviction: see `attention_mask`.
+          x: [B, T, D] at span.positions [T].
+          state: passed through (attention keeps no recurrent state).
+          past: None or {"k", "v"}: [B, S, KVH, Dh], keys/values kept from earlier tokens, at
+            span.past_positions [S] (negative = empty slot).
         Returns:
-          (y [B, T, D], {"k", "v"}: this call's own keys/values [B, T, KVH, Dh]).
+          (y [B, T, D], state, {"k", "v"}: this span's own keys/values [B, T, KVH, Dh]).
         """
-        q, k, v = self.project(x, positions)
+        q, k, v = self.project(x, span.positions)
         if past is None:
-            keys, values, key_positions = k, v, positions
+            keys, values, key_positions = k, v, span.positions
         else:
             keys = jnp.concatenate([past["k"].astype(k.dtype), k], axis=1)
             values = jnp.concatenate([past["v"].astype(v.dtype), v], axis=1)
-            key_positions = jnp.concatenate([past_positions, positions])
-        mask = self.mask(positions, key_positions, window=window, eviction=eviction)
-        return self.attend(x, q, keys, values, mask), {"k": k, "v": v}
+            key_positions = jnp.concatenate([span.past_positions, span.positions])
+        mask = self._mask(span.positions, key_positions, span)
+        return self.attend(x, q, keys, values, mask), state, {"k": k, "v": v}
 
-    def step(self, x: jax.Array, position: jax.Array, cache: dict, cache_positions: jax.Array, *,
-             window: int | None, eviction: str = "hard"):
-        """One token against a ring-buffer cache.
-
-        Args:
-          x: [B, D]; position: int32 [B], each row's token's absolute position.
-          cache: {"k", "v"}: [B, C, KVH, Dh]; cache_positions: [B, C] int32, the position held by
-            each slot (-1 = empty), already updated for this token (slot position % C holds it).
-        Returns:
-          (y [B, D], the updated cache).
-        """
-        capacity = cache["k"].shape[1]
+    def step(self, x: jax.Array, state, cache: dict, token: windows.Token):
+        """One token per row against its ring-buffer cache {"k", "v"}: [B, C, KVH, Dh]; the token's
+        key/value goes to the slot `token.written` -> (y [B, D], state, the updated cache)."""
         # RoPE per row: project each row's token at its own position.
-        q, k, v = jax.vmap(lambda x, p: self.project(x[None, None], p[None]))(x, position)
+        q, k, v = jax.vmap(lambda x, p: self.project(x[None, None], p[None]))(x, token.position)
         q, k, v = q[:, 0], k[:, 0], v[:, 0]                                            # [B, 1, heads, Dh]
-        written = (jnp.arange(capacity) == (position % capacity)[:, None])[:, :, None, None]
+        written = token.written[:, :, None, None]
         cache = {"k": jnp.where(written, k.astype(cache["k"].dtype), cache["k"]),
                  "v": jnp.where(written, v.astype(cache["v"].dtype), cache["v"])}
-        mask = jax.vmap(lambda q, k: self.mask(q[None], k, window=window, eviction=eviction))(
-            position, cache_positions)                                                # [B, 1, C]
+        mask = jax.vmap(lambda q, k: self._mask(q[None], k, token))(token.position, token.cache_positions)  # [B, 1, C]
         y = self.attend(x[:, None], q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask)
-        return y[:, 0], cache
+        return y[:, 0], state, cache

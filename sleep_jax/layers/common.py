@@ -1,9 +1,8 @@
 """Parameter construction shared by the layers.
 
-Every parameter is an `nnx.Param` whose Flax sharding metadata (`out_sharding`, what
-`nnx.with_partitioning` sets and `nnx.get_partition_spec` reads) holds one logical name (or None)
-per dimension, from `LOGICAL_AXES`; `logical_axes(variable)` reads it back. Flax's eager sharding
-is off (`eager_sharding=False`: parameters are built before any mesh exists);
+Every parameter is an `nnx.Param` whose Flax sharding metadata holds one logical name (or None)
+per dimension, from `sleep_jax.axes.LOGICAL_AXES` (`axes.logical_axes(variable)` reads it back).
+Flax's eager sharding is off (`eager_sharding=False`: parameters are built before any mesh exists);
 `sleep_jax.parallel.rules` maps the names to mesh axes, dropping a mesh axis that does not divide
 a dimension (the one rule Flax lacks).
 """
@@ -13,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "conv")
+from sleep_jax.axes import LOGICAL_AXES
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -32,13 +32,6 @@ def make_param(value: jax.Array, logical_axes: tuple) -> nnx.Param:
         if name is not None and name not in LOGICAL_AXES:
             raise ValueError(f"logical axis {name!r} is not one of {LOGICAL_AXES}")
     return nnx.Param(value, out_sharding=tuple(logical_axes), eager_sharding=False)
-
-
-def logical_axes(variable: nnx.Variable) -> tuple | None:
-    """The logical axis names of a parameter (or of an optimiser moment mirroring one), from its
-    Flax sharding metadata; None when it has none."""
-    names = variable.get_metadata().get("out_sharding")
-    return None if names is None else tuple(names)
 
 
 def dense_param(rngs: nnx.Rngs, shape: tuple, logical_axes: tuple, *, fan_in: int, dtype) -> nnx.Param:

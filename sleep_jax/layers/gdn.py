@@ -11,6 +11,7 @@
 The recurrent state of one GDN layer is {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C]}:
 the fast weights and the last kernel-1 conv inputs, C = 2*H*K + HV*V channels ordered q, k, v.
 """
+import dataclasses
 import math
 
 import jax
@@ -19,7 +20,27 @@ from flax import nnx
 
 from sleep_jax import ops
 from sleep_jax.layers.common import dense_param, make_param
+from sleep_jax.layers.mixer import Fields, Mixer
 from sleep_jax.layers.norms import RMSNorm, l2_normalize
+from sleep_jax.ops.common import IMPLS
+
+
+@dataclasses.dataclass(frozen=True)
+class GDNFields(Fields):
+    """The GDN mixer's `model.*` keys (also the sizes of the Hebbian "H" layers)."""
+    gdn_heads: int = 2                    # key heads
+    gdn_v_heads: int = 2                  # value heads, a multiple of gdn_heads
+    gdn_head_dim: int = 32                # K
+    gdn_v_head_dim: int = 32              # V
+    gdn_beta_scale: float = 1.0           # beta = scale * sigmoid(.); 2 allows negative eigenvalues (OLMo)
+    gdn_norm_eps: float | None = None     # eps of the GDN output norm (None = model.norm_eps)
+    conv_kernel: int = 4
+
+    def __post_init__(self):
+        self._at_least_one("gdn_heads", "gdn_v_heads", "gdn_head_dim", "gdn_v_head_dim", "conv_kernel")
+        if self.gdn_v_heads % self.gdn_heads:
+            raise ValueError(f"model.gdn_v_heads ({self.gdn_v_heads}) must be a multiple of "
+                             f"model.gdn_heads ({self.gdn_heads})")
 
 
 def causal_depthwise_conv(x: jax.Array, weight: jax.Array, tail: jax.Array):
@@ -45,12 +66,44 @@ def decay_params(rngs: nnx.Rngs, v_heads: int, param_dtype) -> tuple[nnx.Param, 
     return A_log, make_param((dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype), ("heads",))
 
 
-class DeltaRuleMixer(nnx.Module):
-    """What the GDN and JetBlock mixers share: the recurrent-state layout, the gates (beta, g) and
-    the gated output norm with W_o, and the window / one-token forms around the delta rule. A
-    subclass sets the parameters (w_beta, w_a, A_log, dt_bias, w_z, o_norm, w_o), the sizes,
-    `dtype`, `beta_scale` and `conv_channels`, and makes q, k, v in `_qkv(x [B, T, D], conv tail)
-    -> (q, k [B, T, H, K] L2-normalised, v [B, T, HV, V], new tail)`."""
+class DeltaRuleMixer(Mixer):
+    """What the fast-weight mixers (GDN, JetBlock, Hebbian) share: the parameter declarations (the
+    q/k/v/z projections, the gates' projections, A_log and dt_bias, the gated output norm, W_o), the
+    recurrent-state layout, the gates (beta, g), the gated output, and the span / one-token forms
+    around the fast-weight rule (`rule` / `rule_step`: the gated delta rule by default).
+
+    A subclass declares the parameters of its own input path in `_declare_inputs` (called between
+    the projections and the decay parameters, so the initialisation draws keep that order), sets
+    `conv_channels`, and makes q, k, v in `_qkv(x [B, T, D], conv tail) -> (q, k [B, T, H, K]
+    L2-normalised, v [B, T, HV, V], new tail)`.
+    """
+    has_state = True
+    impls = IMPLS
+    rule = staticmethod(ops.gated_delta_rule)
+    rule_step = staticmethod(ops.gated_delta_rule_step)
+
+    def __init__(self, d_model: int, *, heads: int, v_heads: int, head_dim: int, v_head_dim: int,
+                 conv_kernel: int, norm_eps: float, impl: str, chunk_size: int, dtype, param_dtype,
+                 rngs: nnx.Rngs, beta_scale: float = 1.0):
+        dense = lambda shape, axes, fan_in: dense_param(rngs, shape, axes, fan_in=fan_in, dtype=param_dtype)
+        self.w_q = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_k = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_v = dense((d_model, v_heads, v_head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_z = dense((d_model, v_heads, v_head_dim), ("embed", "heads", "head_dim"), d_model)
+        self.w_beta = dense((d_model, v_heads), ("embed", "heads"), d_model)
+        self.w_a = dense((d_model, v_heads), ("embed", "heads"), d_model)
+        self.w_o = dense((v_heads, v_head_dim, d_model), ("heads", "head_dim", "embed"), v_heads * v_head_dim)
+        self.heads, self.v_heads, self.head_dim, self.v_head_dim = heads, v_heads, head_dim, v_head_dim
+        self.conv_kernel = conv_kernel
+        self._declare_inputs(rngs, d_model, param_dtype)
+        self.A_log, self.dt_bias = decay_params(rngs, v_heads, param_dtype)
+        self.o_norm = RMSNorm(v_head_dim, logical_axis="head_dim", eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.beta_scale = beta_scale
+        self.impl, self.chunk_size = impl, chunk_size
+        self.dtype = dtype
+
+    def _declare_inputs(self, rngs: nnx.Rngs, d_model: int, param_dtype) -> None:
+        raise NotImplementedError
 
     def init_state(self, batch: int) -> dict:
         """Zero recurrent state: {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C] compute dtype}."""
@@ -74,58 +127,47 @@ class DeltaRuleMixer(nnx.Module):
         o = self.o_norm(o) * jax.nn.silu(z)
         return jnp.einsum("...hk,hkd->...d", o, self._w(self.w_o))
 
-    def __call__(self, x: jax.Array, state: dict):
-        """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state)."""
+    def span(self, x: jax.Array, state: dict, past=None, span=None):
+        """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state, None). `past` and `span`
+        (what attention reads) are not used."""
         x = x.astype(self.dtype)
         q, k, v, tail = self._qkv(x, state["conv"])
         g, beta = self._gates(x)
-        o, fast_weights = ops.gated_delta_rule(q, k, v, g, beta, initial_state=state["S"], output_final_state=True,
-                                               impl=self.impl, chunk_size=self.chunk_size)
-        return self._output(x, o), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)}
+        o, fast_weights = self.rule(q, k, v, g, beta, initial_state=state["S"], output_final_state=True,
+                                    impl=self.impl, chunk_size=self.chunk_size)
+        return self._output(x, o), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)}, None
 
-    def step(self, x: jax.Array, state: dict):
-        """One token: x [B, D], state {"S", "conv"} -> (y [B, D], new state)."""
+    def step(self, x: jax.Array, state: dict, cache=None, token=None):
+        """One token per row: x [B, D], state {"S", "conv"} -> (y [B, D], new state, cache)."""
         x = x.astype(self.dtype)
         q, k, v, tail = self._qkv(x[:, None], state["conv"])
         g, beta = self._gates(x)
-        o, fast_weights = ops.gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g, beta, state["S"],
-                                                    scale=self.head_dim ** -0.5)
-        return self._output(x, o.astype(self.dtype)), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)}
+        o, fast_weights = self.rule_step(q[:, 0], k[:, 0], v[:, 0], g, beta, state["S"], scale=self.head_dim ** -0.5)
+        return (self._output(x, o.astype(self.dtype)), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)},
+                cache)
 
 
 class GDNMixer(DeltaRuleMixer):
-    def __init__(self, d_model: int, *, heads: int, v_heads: int, head_dim: int, v_head_dim: int,
-                 conv_kernel: int, norm_eps: float, impl: str, chunk_size: int, dtype, param_dtype,
-                 rngs: nnx.Rngs, beta_scale: float = 1.0):
-        if v_heads % heads:
-            raise ValueError(f"model.gdn_v_heads ({v_heads}) must be a multiple of model.gdn_heads ({heads})")
-        if conv_kernel < 1:
-            raise ValueError(f"model.conv_kernel must be >= 1, got {conv_kernel}")
-        dense = lambda shape, axes, fan_in: dense_param(rngs, shape, axes, fan_in=fan_in, dtype=param_dtype)
-        self.w_q = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
-        self.w_k = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
-        self.w_v = dense((d_model, v_heads, v_head_dim), ("embed", "heads", "head_dim"), d_model)
-        self.w_z = dense((d_model, v_heads, v_head_dim), ("embed", "heads", "head_dim"), d_model)
-        self.w_beta = dense((d_model, v_heads), ("embed", "heads"), d_model)
-        self.w_a = dense((d_model, v_heads), ("embed", "heads"), d_model)
-        self.w_o = dense((v_heads, v_head_dim, d_model), ("heads", "head_dim", "embed"), v_heads * v_head_dim)
+    """Gated DeltaNet: q, k, v through a depthwise causal conv (kernel `conv_kernel`) + SiLU."""
+    fields = GDNFields
 
+    @classmethod
+    def from_config(cls, config, index: int, *, rngs: nnx.Rngs) -> "GDNMixer":
+        return cls(config.d_model, heads=config.gdn_heads, v_heads=config.gdn_v_heads,
+                   head_dim=config.gdn_head_dim, v_head_dim=config.gdn_v_head_dim, conv_kernel=config.conv_kernel,
+                   norm_eps=config.norm_eps if config.gdn_norm_eps is None else config.gdn_norm_eps,
+                   impl=config.delta_rule_impl, chunk_size=config.chunk_size, dtype=config.compute_dtype,
+                   param_dtype=config.parameter_dtype, beta_scale=config.gdn_beta_scale, rngs=rngs)
+
+    def _declare_inputs(self, rngs: nnx.Rngs, d_model: int, param_dtype) -> None:
+        """The depthwise conv weights [kernel, heads, dim] of q, k and v."""
         def conv(shape):  # PyTorch Conv1d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = kernel
-            bound = 1.0 / math.sqrt(conv_kernel)
+            bound = 1.0 / math.sqrt(self.conv_kernel)
             value = jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
             return make_param(value.astype(param_dtype), ("conv", "heads", "head_dim"))
-        self.conv_q = conv((conv_kernel, heads, head_dim))
-        self.conv_k = conv((conv_kernel, heads, head_dim))
-        self.conv_v = conv((conv_kernel, v_heads, v_head_dim))
-
-        self.A_log, self.dt_bias = decay_params(rngs, v_heads, param_dtype)
-
-        self.o_norm = RMSNorm(v_head_dim, logical_axis="head_dim", eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.heads, self.v_heads, self.head_dim, self.v_head_dim = heads, v_heads, head_dim, v_head_dim
-        self.conv_kernel = conv_kernel
-        self.beta_scale = beta_scale
-        self.impl, self.chunk_size = impl, chunk_size
-        self.dtype = dtype
+        self.conv_q = conv((self.conv_kernel, self.heads, self.head_dim))
+        self.conv_k = conv((self.conv_kernel, self.heads, self.head_dim))
+        self.conv_v = conv((self.conv_kernel, self.v_heads, self.v_head_dim))
 
     @property
     def conv_channels(self) -> int:

@@ -16,6 +16,7 @@ crosses windows and passes exactly as a GDN layer's does. Every span, not only t
 the tail it is given (the published `_forward_naive` ignores an existing cache; its Triton cache
 path does not), so a sequence read in pieces equals the sequence read whole.
 """
+import dataclasses
 import math
 
 import jax
@@ -23,8 +24,29 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleep_jax.layers.common import dense_param, make_param
-from sleep_jax.layers.gdn import DeltaRuleMixer, decay_params
-from sleep_jax.layers.norms import RMSNorm, l2_normalize
+from sleep_jax.layers.gdn import DeltaRuleMixer
+from sleep_jax.layers.mixer import Fields
+from sleep_jax.layers.norms import l2_normalize
+
+
+@dataclasses.dataclass(frozen=True)
+class JetFields(Fields):
+    """The JetBlock mixer's `model.*` keys: H key = value heads, K, V, dynamic-conv taps W, generator
+    width H*V // reduction, output-norm eps."""
+    jet_heads: int = 2
+    jet_head_dim: int = 32
+    jet_v_head_dim: int = 64
+    jet_conv_kernel: int = 4
+    jet_generator_reduction: int = 8
+    jet_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        self._at_least_one("jet_heads", "jet_head_dim", "jet_v_head_dim", "jet_conv_kernel", "jet_generator_reduction")
+        if self.jet_heads * self.jet_v_head_dim < self.jet_generator_reduction:
+            raise ValueError(f"model.jet_generator_reduction={self.jet_generator_reduction} must be <= jet_heads * "
+                             f"jet_v_head_dim = {self.jet_heads * self.jet_v_head_dim} (the generator width)")
+        if not self.jet_norm_eps > 0:
+            raise ValueError(f"model.jet_norm_eps must be > 0, got {self.jet_norm_eps}")
 
 
 def dynamic_causal_conv(x: jax.Array, kernels: jax.Array, tail: jax.Array):
@@ -41,41 +63,41 @@ def dynamic_causal_conv(x: jax.Array, kernels: jax.Array, tail: jax.Array):
 
 
 class JetMixer(DeltaRuleMixer):
-    """JetBlock mixer; shares GDN's state layout, gates, gated output norm and the window / one-token
-    forms (`DeltaRuleMixer`); its own part is `_qkv`.
+    """JetBlock mixer; shares GDN's parameter declarations, state layout, gates, gated output norm
+    and the span / one-token forms (`DeltaRuleMixer`); its own part is the dynamic conv (`_qkv`).
 
     `heads` key and value heads (as published: HV = H), `head_dim` K, `v_head_dim` V,
     `conv_kernel` W taps, generator hidden width R = H*V // generator_reduction.
     """
+    fields = JetFields
 
     def __init__(self, d_model: int, *, heads: int, head_dim: int, v_head_dim: int, conv_kernel: int,
                  generator_reduction: int, norm_eps: float, impl: str, chunk_size: int, dtype, param_dtype,
                  rngs: nnx.Rngs):
-        channels = heads * v_head_dim
-        hidden = channels // generator_reduction      # >= 1: checked by ModelConfig
-        dense = lambda shape, axes, fan_in: dense_param(rngs, shape, axes, fan_in=fan_in, dtype=param_dtype)
-        self.w_q = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
-        self.w_k = dense((d_model, heads, head_dim), ("embed", "heads", "head_dim"), d_model)
-        self.w_v = dense((d_model, heads, v_head_dim), ("embed", "heads", "head_dim"), d_model)
-        self.w_z = dense((d_model, heads, v_head_dim), ("embed", "heads", "head_dim"), d_model)
-        self.w_beta = dense((d_model, heads), ("embed", "heads"), d_model)
-        self.w_a = dense((d_model, heads), ("embed", "heads"), d_model)
-        self.w_o = dense((heads, v_head_dim, d_model), ("heads", "head_dim", "embed"), channels)
-        # The generator starts as a static conv (W_gen2 = 0, b_gen2 drawn like GDN's conv weights):
-        # W_gen2 gets a gradient at once, W_gen1 from the next step.
-        self.w_gen1 = dense((d_model, hidden), ("embed", "mlp"), d_model)
-        self.w_gen2 = make_param(jnp.zeros((hidden, heads, v_head_dim, conv_kernel), param_dtype),
+        self.generator_reduction = generator_reduction
+        super().__init__(d_model, heads=heads, v_heads=heads, head_dim=head_dim, v_head_dim=v_head_dim,
+                         conv_kernel=conv_kernel, norm_eps=norm_eps, impl=impl, chunk_size=chunk_size, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+
+    @classmethod
+    def from_config(cls, config, index: int, *, rngs: nnx.Rngs) -> "JetMixer":
+        return cls(config.d_model, heads=config.jet_heads, head_dim=config.jet_head_dim,
+                   v_head_dim=config.jet_v_head_dim, conv_kernel=config.jet_conv_kernel,
+                   generator_reduction=config.jet_generator_reduction, norm_eps=config.jet_norm_eps,
+                   impl=config.delta_rule_impl, chunk_size=config.chunk_size, dtype=config.compute_dtype,
+                   param_dtype=config.parameter_dtype, rngs=rngs)
+
+    def _declare_inputs(self, rngs: nnx.Rngs, d_model: int, param_dtype) -> None:
+        """The kernel generator. It starts as a static conv (W_gen2 = 0, b_gen2 drawn like GDN's conv
+        weights): W_gen2 gets a gradient at once, W_gen1 from the next step."""
+        hidden = self.conv_channels // self.generator_reduction      # >= 1: checked by JetFields
+        self.w_gen1 = dense_param(rngs, (d_model, hidden), ("embed", "mlp"), fan_in=d_model, dtype=param_dtype)
+        self.w_gen2 = make_param(jnp.zeros((hidden, self.heads, self.v_head_dim, self.conv_kernel), param_dtype),
                                  ("mlp", "heads", "head_dim", "conv"))
-        bound = 1.0 / math.sqrt(conv_kernel)
-        static = jax.random.uniform(rngs.params(), (heads, v_head_dim, conv_kernel), jnp.float32, -bound, bound)
+        bound = 1.0 / math.sqrt(self.conv_kernel)
+        static = jax.random.uniform(rngs.params(), (self.heads, self.v_head_dim, self.conv_kernel), jnp.float32,
+                                    -bound, bound)
         self.b_gen2 = make_param(static.astype(param_dtype), ("heads", "head_dim", "conv"))
-        self.A_log, self.dt_bias = decay_params(rngs, heads, param_dtype)
-        self.o_norm = RMSNorm(v_head_dim, logical_axis="head_dim", eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.heads, self.v_heads, self.head_dim, self.v_head_dim = heads, heads, head_dim, v_head_dim
-        self.conv_kernel = conv_kernel
-        self.beta_scale = 1.0
-        self.impl, self.chunk_size = impl, chunk_size
-        self.dtype = dtype
 
     @property
     def conv_channels(self) -> int:

@@ -1,9 +1,10 @@
 """Logical axis names -> mesh axes -> ``NamedSharding``s.
 
 Every parameter carries Flax sharding metadata naming one logical axis (or ``None``) per
-dimension (``sleep_jax.layers.common.make_param``; read with ``logical_axes``). A *rule* maps a logical name to a mesh axis, a tuple of mesh axes, or ``None``
-(replicated). When a dimension is not divisible by the size of a mesh axis, that mesh axis is
-dropped for that dimension (the dimension is replicated over it), so any model fits any mesh.
+dimension (names from ``sleep_jax.axes``, read with ``logical_axes``). A *rule* maps a logical
+name to a mesh axis, a tuple of mesh axes, or ``None`` (replicated). When a dimension is not
+divisible by the size of a mesh axis, that mesh axis is dropped for that dimension (the dimension
+is replicated over it), so any model fits any mesh.
 A mesh axis is used at most once per array (the first dimension that claims it gets it).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sleep_jax.layers.common import logical_axes
+from sleep_jax.axes import logical_axes
 
 MeshAxes = str | tuple[str, ...] | None
 

@@ -14,34 +14,26 @@ A config (``configs/<task>.py``) is an ``ml_collections.ConfigDict`` with exactl
 - ``stages``: the training stages, one tuple entry per stage (``STAGE_KEYS``); all empty = one
   stage from the ``train`` and ``sleep`` blocks. See ``Stage`` and ``stage_plan``.
 
-``resolve`` turns a config into the run's config: with ``init.hf_dir`` the ``model`` block
-becomes the checkpoint's architecture (plus the run's own choices, ``RUN_MODEL_KEYS``), the
-task's tokenizer becomes the checkpoint's. Once the task is built, ``with_total_steps`` makes
-``train.steps`` the stages' total (``train.loop.setup_stages`` builds each window's task once).
-
 ``validate`` checks a config against the task and the devices before anything is built, and
 raises ``ConfigError`` (a ``ValueError``), one line starting with the key at fault. Each rule
 lives in one place: the typed configs (``TrainConfig`` here, ``ModelConfig``, ``SleepConfig``,
 the task's ``make``) check their own values; ``validate`` adds only what needs two blocks, the
 task or the devices.
 
-The run directory keeps the run's record, ``<workdir>/config.json`` (``write_run_config``,
-``load_run_config``); ``check_resume`` compares a resumed run's config with it and
-``eval_tag`` names an eval whose settings differ from it.
+The run's record (``<workdir>/config.json``, resuming) is ``sleep_jax.train.record``; running the
+stages and fine-tuning from a pretrained checkpoint (``resolve``) is ``sleep_jax.train.stages``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from typing import Any
 
 import ml_collections
 
-from sleep_jax.files import write_text_atomic
 from sleep_jax.parallel.mesh import MESH_AXES, mesh_shape
 from sleep_jax.train.errors import ConfigError
+from sleep_jax.windows import check_eviction
 
 BLOCKS = ("model", "sleep", "task", "train", "mesh", "init", "stages")
 
@@ -50,11 +42,6 @@ BLOCKS = ("model", "sleep", "task", "train", "mesh", "init", "stages")
 INIT_DEFAULTS = {"hf_dir": "", "insert_positions": (), "insert_kind": "", "insert_mlp": False}
 # One tuple entry per stage; all empty: one stage from the train and sleep blocks.
 STAGE_KEYS = ("steps", "epochs", "trainable", "eviction", "window", "muon_lr", "adamw_lr")
-# Model keys a fine-tuning run chooses itself; every other model key comes from init.hf_dir.
-RUN_MODEL_KEYS = ("loop", "dtype", "param_dtype", "delta_rule_impl", "chunk_size")
-# Model keys that shape an inserted block of a kind the checkpoint has none of: the run chooses
-# them (e.g. model.jet_heads for JetBlocks inserted into Ouro).
-INSERTED_KIND_KEYS = {"J": "jet_"}
 # In stages.trainable: the blocks inserted by init.insert_positions.
 INSERTED = "@inserted"
 
@@ -131,13 +118,6 @@ def _defaults(cls) -> dict[str, Any]:
 
 
 TRAIN_DEFAULTS = _defaults(TrainConfig)
-
-# Keys a resumed run may change: they touch neither the model, the task, the sleep nor the
-# optimiser state (``train.steps`` moves the end of the LR schedule; that is what extending a run
-# means). Every other key must equal the run's config.json.
-RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.eval_batch_size",
-                  "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
 def base_config(task_name: str, task_size: str = "paper") -> ml_collections.ConfigDict:
@@ -301,119 +281,7 @@ def sleep_config(config: ml_collections.ConfigDict):
 
 
 # ----------------------------------------------------------------------------------------------
-# The run's record: <workdir>/config.json
-
-RUN_CONFIG = "config.json"
-
-
-def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
-    """``{"block.key": value}`` with tuples as lists (as they come back from JSON)."""
-    def plain(value):
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-    out = {}
-    for block, keys in tree.items():
-        for key, value in keys.items():
-            out[f"{block}.{key}"] = plain(value)
-    return out
-
-
-def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes ``<workdir>/config.json`` atomically (a crash leaves the old one whole)."""
-    write_text_atomic(os.path.join(workdir, RUN_CONFIG), config.to_json_best_effort(indent=1, sort_keys=True))
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict | None:
-    """The run's ``config.json`` (lists back to tuples), or None if the run has none yet."""
-    path = os.path.join(workdir, RUN_CONFIG)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            tree = json.load(f)
-    except ValueError as error:
-        raise ConfigError(f"{path}: not a readable config ({error})") from None
-
-    def typed(value):
-        if isinstance(value, list):
-            return tuple(typed(v) for v in value)
-        return value
-
-    record = {block: {key: typed(value) for key, value in keys.items()} for block, keys in tree.items()}
-    # A record written before a key existed: the run ran with that key's default.
-    for block, defaults in _record_defaults().items():
-        record[block] = {**defaults, **record.get(block, {})}
-    return ml_collections.ConfigDict(record)
-
-
-def _record_defaults() -> dict[str, dict[str, Any]]:
-    """{block: {key: default}} of the blocks whose keys have defaults (not ``task``: its defaults
-    depend on the task and size)."""
-    from sleep_jax.model import ModelConfig
-    from sleep_jax.sleep import SleepConfig
-
-    return {"model": _defaults(ModelConfig), "sleep": _defaults(SleepConfig), "train": dict(TRAIN_DEFAULTS),
-            "init": dict(INIT_DEFAULTS), "stages": {key: () for key in STAGE_KEYS}}
-
-
-def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with ``{"block.key": value}`` set (a new key is kept, so that
-    ``validate`` names it)."""
-    out = ml_collections.ConfigDict(config.to_dict())
-    for path, value in overrides.items():
-        block, _, key = path.partition(".")
-        if block not in out:
-            out[block] = ml_collections.ConfigDict()
-        out[block][key] = value
-    return out
-
-
-def differences(stored: ml_collections.ConfigDict, given: ml_collections.ConfigDict
-                ) -> dict[str, tuple[Any, Any]]:
-    """``{"block.key": (stored value, given value)}`` for every key that differs (a key only one
-    side has reads ``<absent>`` on the other)."""
-    old, new = flatten(stored), flatten(given)
-    absent = "<absent>"
-    return {key: (old.get(key, absent), new.get(key, absent))
-            for key in sorted(set(old) | set(new)) if old.get(key, absent) != new.get(key, absent)}
-
-
-def check_resume(stored: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
-                 path: str) -> None:
-    """Raises ``ConfigError`` naming the first key outside ``RESUMABLE_KEYS`` whose value differs
-    from the run's record ``path`` (its config.json), with both values."""
-    for key, (old, new) in differences(stored, given).items():
-        if key not in RESUMABLE_KEYS:
-            raise ConfigError(
-                f"{key}={new!r}: the run in {os.path.dirname(path)} was trained with {key}={old!r} "
-                f"({path}); a resumed run may change only {', '.join(RESUMABLE_KEYS)}; use a new "
-                f"--workdir for a different run")
-
-
-# Keys that do not change what an eval computes: training-only settings and the mesh.
-def _changes_eval(key: str) -> bool:
-    if key.startswith("mesh."):
-        return False
-    if key.startswith("train."):
-        return key == "train.eval_seed"
-    return True
-
-
-def eval_tag(stored: ml_collections.ConfigDict | None, given: ml_collections.ConfigDict) -> str | None:
-    """``"sleep.passes=2"`` (``,``-joined) naming the eval settings that differ from the run's
-    record, or None when the eval is the run's own (then it writes eval.json)."""
-    if stored is None:
-        return None
-    changed = [f"{key}={new}".replace(" ", "").replace("/", "_")
-               for key, (_, new) in differences(stored, given).items() if _changes_eval(key)]
-    return ",".join(changed) or None
-
-
-# ----------------------------------------------------------------------------------------------
-# Stages and fine-tuning from a pretrained checkpoint
+# The stages block: the run's stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,10 +360,10 @@ def stage_plan(config: ml_collections.ConfigDict, task: Any) -> tuple[Stage, ...
                                   "the inserted blocks, but init.insert_positions is empty")
             trainable = tuple(p for p in trainable if p != INSERTED) + tuple(
                 f"blocks/{position}/*" for position in positions)
-        from sleep_jax.sleep import EVICTIONS
-        if columns["eviction"][i] not in EVICTIONS:
-            raise ConfigError(f"stages.eviction={columns['eviction']!r}: entry {i} must be one of "
-                              f"{EVICTIONS}")
+        try:
+            check_eviction(columns["eviction"][i], f"stages.eviction={columns['eviction']!r}: entry {i}")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         for key in ("window", "muon_lr", "adamw_lr"):
             value = columns[key][i]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or \
@@ -514,143 +382,3 @@ def stage_plan(config: ml_collections.ConfigDict, task: Any) -> tuple[Stage, ...
         raise ConfigError(f"stages.eviction={columns['eviction']!r}: the last stage's eviction must "
                           f"be sleep.eviction={config.sleep.eviction!r}, the run's evaluation setting")
     return tuple(stages)
-
-
-def stage_tasks(config: ml_collections.ConfigDict, stages: tuple[Stage, ...],
-                task: Any) -> dict[int, Any]:
-    """The task of every window the ``stages`` use, by window: ``task`` (built from the ``task``
-    block) for its own window, and each other window's built once (the ``task`` block with that
-    window; its errors name ``stages.window``)."""
-    tasks = {task.layout.window: task}
-    for stage in stages:
-        if stage.window in tasks:
-            continue
-        task_config = ml_collections.ConfigDict(config.task.to_dict())
-        task_config.window = stage.window
-        try:
-            tasks[stage.window] = make_task(ml_collections.ConfigDict({"task": task_config}))
-        except ConfigError as error:
-            raise ConfigError(f"stages.window={tuple(config.stages.window)!r}: stage "
-                              f"{stage.index}: {error}") from None
-    return tasks
-
-
-def with_total_steps(config: ml_collections.ConfigDict,
-                     stages: tuple[Stage, ...]) -> ml_collections.ConfigDict:
-    """``config`` with ``train.steps`` the ``stages``' total (and ``train.warmup_steps`` at most
-    that): the run's record. ``config`` itself when it has no ``stages`` block (one stage of
-    ``train.steps``)."""
-    if not tuple(config.stages.trainable or ()):
-        return config
-    out = ml_collections.ConfigDict(config.to_dict())
-    out.train.steps = stages[-1].last_step
-    out.train.warmup_steps = min(out.train.warmup_steps, out.train.steps)
-    return out
-
-
-def stage_train_config(train: TrainConfig, stage: Stage) -> TrainConfig:
-    """The ``TrainConfig`` of one stage: its steps and learning rates (its own warmup and
-    schedule, over at most its steps)."""
-    return dataclasses.replace(train, steps=stage.steps, muon_lr=stage.muon_lr,
-                               adamw_lr=stage.adamw_lr,
-                               warmup_steps=min(train.warmup_steps, stage.steps))
-
-
-def stage_sleep_config(config: ml_collections.ConfigDict, stage: Stage):
-    """The ``SleepConfig`` of one stage: the ``sleep`` block with its window and eviction."""
-    from sleep_jax.sleep import SleepConfig
-
-    return SleepConfig(**dict(config.sleep.to_dict(), window=stage.window, eviction=stage.eviction))
-
-
-def pretrained_dir_kind(hf_dir: str) -> str:
-    """What ``init.hf_dir`` is: ``"hub"`` (a Hugging Face directory: config.json) or ``"run"``
-    (a run directory of ``sleep_jax.convert``: model.json); ``ConfigError`` if neither."""
-    from sleep_jax import convert, hf
-
-    if os.path.exists(os.path.join(hf_dir, hf.CONFIG_FILE)):
-        return "hub"
-    if os.path.exists(os.path.join(hf_dir, convert.MODEL_FILE)):
-        return "run"
-    raise ConfigError(f"init.hf_dir={hf_dir!r}: no config.json (a Hugging Face directory) or "
-                      f"model.json (a run directory of sleep_jax.convert) there")
-
-
-def pretrained_dir_config(hf_dir: str):
-    """The ``ModelConfig`` of ``init.hf_dir`` (see ``pretrained_dir_kind``)."""
-    from sleep_jax import convert, hf
-    from sleep_jax.model import ModelConfig
-
-    kind = pretrained_dir_kind(hf_dir)
-    try:
-        if kind == "hub":
-            return hf.model_config(hf.read_hub_config(hf_dir))
-        with open(os.path.join(hf_dir, convert.MODEL_FILE)) as f:
-            return ModelConfig(**json.load(f))
-    except (ValueError, TypeError, KeyError) as error:
-        raise ConfigError(f"init.hf_dir={hf_dir!r}: {error}") from None
-
-
-def tokenizer_dir(hf_dir: str) -> str:
-    """Where ``init.hf_dir``'s tokenizer.json is: the directory itself, or a run directory's hub/."""
-    for candidate in (hf_dir, os.path.join(hf_dir, "hub")):
-        if os.path.exists(os.path.join(candidate, "tokenizer.json")):
-            return candidate
-    raise ConfigError(f"init.hf_dir={hf_dir!r}: no tokenizer.json (nor hub/tokenizer.json) there; "
-                      "the fine-tuning data is tokenized with the checkpoint's tokenizer")
-
-
-def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -> ml_collections.ConfigDict:
-    """The run's config: a copy of ``config`` where, with ``init.hf_dir`` set, the ``model``
-    block is the checkpoint's architecture after ``init.insert_*`` (keeping the given
-    ``RUN_MODEL_KEYS``, and the keys of an inserted kind new to the checkpoint,
-    ``INSERTED_KIND_KEYS``; ``model.loop`` counts the layers after insertion) and an empty
-    ``task.tokenizer`` is the checkpoint's (the stages' total steps need the task built:
-    ``with_total_steps``). ``ConfigError`` for a model key set to a value the checkpoint contradicts.
-    ``need_tokenizer=False`` (``bench.memory``: shapes only) leaves the character vocabulary when
-    the directory has no tokenizer.json; the layout (T, windows) is the same."""
-    check_structure(config)
-    out = ml_collections.ConfigDict(config.to_dict())
-    init = config.init
-    if init.hf_dir:
-        from sleep_jax.hf.insert import inserted_config
-
-        pretrained = pretrained_dir_config(init.hf_dir)
-        run_keys = RUN_MODEL_KEYS
-        prefix = INSERTED_KIND_KEYS.get(init.insert_kind)
-        if init.insert_positions and prefix and init.insert_kind not in pretrained.pattern:
-            run_keys += tuple(f.name for f in dataclasses.fields(pretrained) if f.name.startswith(prefix))
-            pretrained = dataclasses.replace(pretrained, **{k: config.model[k] for k in run_keys
-                                                            if k.startswith(prefix)})
-        if init.insert_positions:
-            try:
-                pretrained = inserted_config(pretrained, tuple(init.insert_positions),
-                                             init.insert_kind, mlp=bool(init.insert_mlp))
-            except ValueError as error:
-                raise ConfigError(f"init.insert_positions={tuple(init.insert_positions)}: "
-                                  f"{error}") from None
-        defaults = model_block()
-        given = config.model.to_dict()
-        fields = dataclasses.asdict(pretrained)
-        for key, value in given.items():
-            if key in run_keys:
-                fields[key] = value
-            elif value != defaults[key] and _plain(value) != _plain(fields[key]):
-                raise ConfigError(f"model.{key}={value!r}: init.hf_dir={init.hf_dir!r} fixes the "
-                                  f"architecture ({key}={fields[key]!r}); leave model.{key} at "
-                                  f"its default, or change only {', '.join(RUN_MODEL_KEYS)}")
-        out.model = model_block(**{k: v for k, v in fields.items()})
-        if "tokenizer" in out.task and not out.task.tokenizer:
-            try:
-                out.task.tokenizer = tokenizer_dir(init.hf_dir)
-            except ConfigError:
-                if need_tokenizer:
-                    raise
-    elif init.insert_positions:
-        raise ConfigError(f"init.insert_positions={tuple(init.insert_positions)}: blocks are "
-                          "inserted into a pretrained model; set init.hf_dir")
-    return out
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value

@@ -28,8 +28,13 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
+from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.parallel import batch_sharding, make_mesh
+from sleep_jax.sleep import SleepConfig
+from sleep_jax.tasks.task import Task
 from sleep_jax.train import config as config_lib
+from sleep_jax.train import record as record_lib
+from sleep_jax.train import stages as stages_lib
 from sleep_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from sleep_jax.train.data import to_global, train_iterator
 from sleep_jax.train.evaluation import evaluate, write_eval
@@ -46,10 +51,10 @@ class Experiment:
     """Everything built from a validated config for one stage, before any array is allocated."""
     config: ml_collections.ConfigDict  # resolved; train.steps the stages' total
     train: config_lib.TrainConfig      # this stage's: its steps and learning rates
-    task: Any                          # this stage's window
+    task: Task                         # this stage's window
     mesh: jax.sharding.Mesh
-    model_config: Any
-    sleep: Any                         # this stage's window and eviction
+    model_config: ModelConfig
+    sleep: SleepConfig                 # this stage's window and eviction
     graphdef: nnx.GraphDef
     create_params: Callable[[], nnx.State]   # random init (also what abstract shapes come from)
     initial_params: Callable[[], nnx.State] | None   # the pretrained parameters (init.hf_dir)
@@ -69,31 +74,27 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
 
 
 def setup_stages(config: ml_collections.ConfigDict) -> list[Experiment]:
-    """Validates a resolved ``config`` (``config_lib.resolve``; raising ``ConfigError`` naming
+    """Validates a resolved ``config`` (``stages_lib.resolve``; raising ``ConfigError`` naming
     the bad key) and builds the pieces of every stage, in order (every stage's config checked
     before any runs). Each window's task is built once (a dataset is tokenized once per window),
     the model's shapes once. Every experiment's ``config`` is ``config`` with ``train.steps`` the
-    stages' total (``config_lib.with_total_steps``): the run's record."""
-    from sleep_jax.model import HybridModel
-
+    stages' total (``stages_lib.with_total_steps``): the run's record."""
     config_lib.check_structure(config)
     task = config_lib.make_task(config)
     stages = config_lib.validate(config, task, jax.device_count())
-    config = config_lib.with_total_steps(config, stages)
-    tasks = config_lib.stage_tasks(config, stages, task)
+    config = stages_lib.with_total_steps(config, stages)
+    tasks = stages_lib.stage_tasks(config, stages, task)
     model_config = config_lib.model_config(config, task)
     abstract = nnx.eval_shape(lambda: HybridModel(model_config, rngs=nnx.Rngs(config.train.seed)))
     return [_setup_stage(config, tasks[stage.window], stage, model_config, abstract)
             for stage in stages]
 
 
-def _setup_stage(config: ml_collections.ConfigDict, task: Any, stage: config_lib.Stage,
-                 model_config: Any, abstract: Any) -> Experiment:
+def _setup_stage(config: ml_collections.ConfigDict, task: Task, stage: config_lib.Stage,
+                 model_config: ModelConfig, abstract: HybridModel) -> Experiment:
     """The pieces of one ``stage`` of a validated ``config``: ``task`` at the stage's window,
     ``abstract`` the model (``nnx.eval_shape``) of ``model_config``."""
-    from sleep_jax.model import HybridModel
-
-    train = config_lib.stage_train_config(config_lib.train_config(config), stage)
+    train = stages_lib.stage_train_config(config_lib.train_config(config), stage)
     mesh = make_mesh(config.mesh)
 
     def create_params():
@@ -109,7 +110,7 @@ def _setup_stage(config: ml_collections.ConfigDict, task: Any, stage: config_lib
         def initial_params():
             return pretrained_params(config, abstract)
     return Experiment(config=config, train=train, task=task, mesh=mesh,
-                      model_config=model_config, sleep=config_lib.stage_sleep_config(config, stage),
+                      model_config=model_config, sleep=stages_lib.stage_sleep_config(config, stage),
                       graphdef=nnx.graphdef(abstract), create_params=create_params,
                       initial_params=initial_params,
                       optimizer=make_optimizer(train, stage.trainable), stage=stage,
@@ -125,7 +126,7 @@ def pretrained_params(config: ml_collections.ConfigDict, abstract: Any) -> nnx.S
     from sleep_jax.hf.insert import insert_blocks
 
     init = config.init
-    if config_lib.pretrained_dir_kind(init.hf_dir) == "hub":
+    if stages_lib.pretrained_dir_kind(init.hf_dir) == "hub":
         model = hf.from_pretrained(init.hf_dir)
     else:
         model = convert.load_run(init.hf_dir)
@@ -179,9 +180,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains through the config's stages (resuming from the newest readable checkpoint, in
     its stage), evaluates, writes eval.json.
 
-    ``config`` is resolved first (``config_lib.resolve``: the pretrained architecture and
+    ``config`` is resolved first (``stages_lib.resolve``: the pretrained architecture and
     tokenizer; ``setup_stages``: the stages' total steps). The run's ``config.json`` is compared
-    with it before any array is built (a key outside ``config_lib.RESUMABLE_KEYS`` that differs stops the run)
+    with it before any array is built (a key outside ``record_lib.RESUMABLE_KEYS`` that differs stops the run)
     and written only once the config has validated and any restore has succeeded. The step
     counter runs on across stages; each stage ends with a saved checkpoint, and the next starts
     a fresh optimiser (its own trainable set, learning rates and schedule) and data iterator
@@ -189,11 +190,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ``ConfigError`` (bad config) or ``RunStopped`` (divergence, no readable checkpoint, a
     failed save).
     """
-    exps = setup_stages(config_lib.resolve(config))
+    exps = setup_stages(stages_lib.resolve(config))
     config = exps[0].config  # with the stages' total steps: the run's record
-    stored = config_lib.load_run_config(workdir)
+    stored = record_lib.load_run_config(workdir)
     if stored is not None:
-        config_lib.check_resume(stored, config, os.path.join(workdir, config_lib.RUN_CONFIG))
+        record_lib.check_resume(stored, config, os.path.join(workdir, record_lib.RUN_CONFIG))
     first = exps[0]
     train_cfg = config_lib.train_config(config)
     is_main = jax.process_index() == 0
@@ -213,7 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         state, _ = init_train_state(first.create_params, first.optimizer, first.mesh)
     if is_main:
-        config_lib.write_run_config(workdir, config)
+        record_lib.write_run_config(workdir, config)
     writer = MetricsWriter(workdir, enabled=is_main)
     progress = Progress(train_cfg.steps)
     step = int(jax.device_get(state["step"]))
@@ -311,13 +312,13 @@ def eval_config(workdir: str, given: ml_collections.ConfigDict | None,
     """The config ``--mode=eval`` uses: the run's config.json with the command line's
     ``--config.<block>.<key>`` ``overrides``; ``given`` (the whole ``--config``) only for a run
     directory without a config.json."""
-    stored = config_lib.load_run_config(workdir)
+    stored = record_lib.load_run_config(workdir)
     if stored is not None:
-        return config_lib.with_overrides(stored, overrides)
+        return record_lib.with_overrides(stored, overrides)
     if given is None:
-        raise ConfigError(f"--config: {os.path.join(workdir, config_lib.RUN_CONFIG)} does not "
+        raise ConfigError(f"--config: {os.path.join(workdir, record_lib.RUN_CONFIG)} does not "
                           f"exist, so --mode=eval needs the run's --config")
-    return config_lib.resolve(given)
+    return stages_lib.resolve(given)
 
 
 def restore_newest(exps: list[Experiment], workdir: str) -> tuple[int, dict, dict]:
@@ -345,7 +346,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     ``eval-sleep.passes=2.json``), never over the run's own."""
     exps = setup_stages(config)
     exp = exps[-1]
-    tag = config_lib.eval_tag(config_lib.load_run_config(workdir), config)
+    tag = record_lib.eval_tag(record_lib.load_run_config(workdir), config)
     step, state, shardings = restore_newest(exps, workdir)
     predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
                                 exp.mesh, shardings["params"])

@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from optax.contrib import MuonDimensionNumbers
 
-from sleep_jax.layers.common import logical_axes as variable_axes
+from sleep_jax.axes import logical_axes as variable_axes
 from sleep_jax.train.config import TrainConfig
 
 LABELS = ("muon", "adamw")

@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sleep_jax.parallel.rules import batch_sharding, tree_shardings
+from sleep_jax.sleep import SleepConfig, sequence_loss, sequence_scores
 from sleep_jax.train.optimizer import learning_rates
 
 LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
@@ -133,7 +134,7 @@ def _on_mesh(mesh: jax.sharding.Mesh, jitted: Callable) -> Callable:
     return call
 
 
-def _on_model(sequence_fn: Callable, graphdef: nnx.GraphDef, sleep: Any, kinds: str) -> Callable:
+def _on_model(sequence_fn: Callable, graphdef: nnx.GraphDef, sleep: SleepConfig, kinds: str) -> Callable:
     """``(params, batch) -> sequence_fn(model, tokens, loss_mask, sleep=sleep, kinds=kinds)``, the
     model merged from ``graphdef`` and ``params``."""
     def fn(params, batch_arrays):
@@ -143,16 +144,12 @@ def _on_model(sequence_fn: Callable, graphdef: nnx.GraphDef, sleep: Any, kinds: 
     return fn
 
 
-def model_loss_fn(graphdef: nnx.GraphDef, *, sleep: Any, kinds: str) -> LossFn:
+def model_loss_fn(graphdef: nnx.GraphDef, *, sleep: SleepConfig, kinds: str) -> LossFn:
     """``(params, batch) -> (loss, metrics)`` for the hybrid model through ``sleep.sequence_loss``."""
-    from sleep_jax.sleep import sequence_loss
-
     return _on_model(sequence_loss, graphdef, sleep, kinds)
 
 
-def model_predict_fn(graphdef: nnx.GraphDef, *, sleep: Any, kinds: str) -> Callable:
+def model_predict_fn(graphdef: nnx.GraphDef, *, sleep: SleepConfig, kinds: str) -> Callable:
     """``(params, batch) -> {"predictions": int32 [B, T], "nll": float32 [B, T]}`` through
     ``sleep.sequence_scores``."""
-    from sleep_jax.sleep import sequence_scores
-
     return _on_model(sequence_scores, graphdef, sleep, kinds)

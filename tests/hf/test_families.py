@@ -9,6 +9,7 @@ import transformers
 from flax import nnx
 
 from sleep_jax import hf
+from sleep_jax.windows import Span
 
 STEPS, NEW_TOKENS, VOCAB = 150, 16, 97
 
@@ -95,7 +96,7 @@ def test_logits_and_states_match_transformers(pair):
     ours, state = jax.jit(lambda m, t: m(t, window=None))(model, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(ours), out.logits.numpy(), rtol=0, atol=1e-4)
     cache = out.past_key_values
-    for name in model.gdn_layers():
+    for name in model.stateful_layers():
         index = int(name.removeprefix("layer"))
         want_s = cache.get_recurrent_state(index).numpy()           # [B, HV, K, V]
         want_conv = cache.get_conv_state(index).numpy()[:, :, 1:]   # [B, C, W]: the last W inputs
@@ -108,8 +109,8 @@ def greedy(model, prompt, new_tokens):
     """Greedy continuation: prefill with the plain forward, then `decode_step` token by token."""
     batch, steps = prompt.shape
     positions = jnp.arange(steps, dtype=jnp.int32)
-    prefill = jax.jit(lambda m, t: m.apply_blocks(m.embed(t), positions, m.init_state(batch), range(len(m.blocks)),
-                                                  window=None))
+    prefill = jax.jit(lambda m, t: m.apply_blocks(m.embed(t), Span(positions), m.init_state(batch),
+                                                  range(len(m.blocks))))
     hidden, state, kv = prefill(model, prompt)
     cache = model.init_cache(batch, steps + new_tokens)
     cache["positions"] = cache["positions"].at[:, :steps].set(positions)  # [B, C]: one ring buffer per row

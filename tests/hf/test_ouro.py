@@ -16,6 +16,7 @@ from torch import nn
 
 from sleep_jax import convert, hf
 from sleep_jax.hf.insert import insert_blocks
+from sleep_jax.windows import Span
 from sleep_jax.sleep import SleepConfig, sequence_logits, sequence_loss
 
 VOCAB, STEPS, NEW_TOKENS = 61, 12, 16
@@ -164,7 +165,7 @@ def test_logits_match_the_reference_last_step_expected_and_threshold(tiny):
         np.testing.assert_allclose(np.asarray(got), logits.numpy(), rtol=0, atol=1e-4, err_msg=exit_rule)
     assert 0 < float((pdf.cumsum(0) >= 0.4).float().argmax(0).float().mean()) < 2   # the threshold picks vary
     exits = []
-    model.apply_blocks(model.embed(jnp.asarray(x)), jnp.arange(STEPS), {}, range(len(model.blocks)), exits=exits)
+    model.apply_blocks(model.embed(jnp.asarray(x)), Span(jnp.arange(STEPS)), {}, range(len(model.blocks)), exits=exits)
     np.testing.assert_allclose(np.asarray(model.exit_probabilities(exits)), pdf.numpy(), atol=1e-5)
 
 

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sleep_jax.layers import AttentionMixer, attention_mask
+from sleep_jax.layers import AttentionMixer
+from sleep_jax.layers.attention import AttentionFields
+from sleep_jax.windows import Span, attention_mask
+
+
+def attend(mixer, x, positions, past=None, past_positions=None, **rule):
+    """The mixer's span form over x at positions: (y, this span's keys/values)."""
+    y, _, kv = mixer.span(x, None, past, Span(positions, past_positions=past_positions, **rule))
+    return y, kv
 
 
 def test_hard_mask_is_block_diagonal_causal():
@@ -45,7 +53,7 @@ def test_gqa_with_gate_and_qk_norm_equals_explicit_softmax():
                            norm_eps=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 6, 16))
     positions = jnp.arange(10, 16)  # absolute positions need not start at 0
-    y, kv, (q, k, v) = jax.jit(lambda x: (*mixer(x, positions, window=None), mixer.project(x, positions)))(x)
+    y, kv, (q, k, v) = jax.jit(lambda x: (*attend(mixer, x, positions), mixer.project(x, positions)))(x)
     k, v = jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(8.0)
     scores = jnp.where(jnp.tril(jnp.ones((6, 6), bool)), scores, -jnp.inf)
@@ -63,10 +71,10 @@ def test_past_keys_extend_the_context():
 
     @jax.jit
     def run(x):
-        whole, _ = mixer(x, jnp.arange(8), window=4, eviction="sliding")
-        _, past = mixer(x[:, :4], jnp.arange(4), window=4, eviction="sliding")
-        second, _ = mixer(x[:, 4:], jnp.arange(4, 8), past=past, past_positions=jnp.arange(4), window=4,
-                          eviction="sliding")
+        whole, _ = attend(mixer, x, jnp.arange(8), window=4, eviction="sliding")
+        _, past = attend(mixer, x[:, :4], jnp.arange(4), window=4, eviction="sliding")
+        second, _ = attend(mixer, x[:, 4:], jnp.arange(4, 8), past=past, past_positions=jnp.arange(4), window=4,
+                           eviction="sliding")
         return whole, second
 
     whole, second = run(x)
@@ -75,5 +83,4 @@ def test_past_keys_extend_the_context():
 
 def test_rejects_bad_head_grouping():
     with pytest.raises(ValueError, match="attn_kv_heads"):
-        AttentionMixer(16, heads=3, kv_heads=2, head_dim=8, output_gate=False, qk_norm=None, rope_theta=1e4,
-                       norm_eps=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+        AttentionFields(attn_heads=3, attn_kv_heads=2, attn_head_dim=8)

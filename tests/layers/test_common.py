@@ -1,7 +1,8 @@
 import jax.numpy as jnp
 import pytest
 
-from sleep_jax.layers.common import dtype_from_name, logical_axes, make_param
+from sleep_jax.axes import logical_axes
+from sleep_jax.layers.common import dtype_from_name, make_param
 
 
 def test_make_param_checks_logical_axes():

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from sleep_jax.layers import GDNMixer, causal_depthwise_conv
-from sleep_jax.layers.common import logical_axes
+from sleep_jax.axes import logical_axes
+from sleep_jax.layers.gdn import GDNFields
 
 
 def mixer(**overrides):
@@ -31,7 +32,7 @@ def test_causal_conv_matches_a_direct_loop_and_keeps_its_tail():
 
 def test_split_sequence_with_carried_state_equals_whole():
     m = mixer()
-    run = jax.jit(lambda x, state: m(x, state))
+    run = jax.jit(lambda x, state: m.span(x, state)[:2])
     x = jax.random.normal(jax.random.key(3), (2, 9, 16))
     whole, final = run(x, m.init_state(2))
     first, state = run(x[:, :5], m.init_state(2))
@@ -44,8 +45,8 @@ def test_split_sequence_with_carried_state_equals_whole():
 def test_step_by_step_equals_sequence():
     m = mixer()
     x = jax.random.normal(jax.random.key(4), (2, 6, 16))
-    whole, final = jax.jit(lambda x, state: m(x, state))(x, m.init_state(2))
-    step = jax.jit(lambda x, state: m.step(x, state))
+    whole, final = jax.jit(lambda x, state: m.span(x, state)[:2])(x, m.init_state(2))
+    step = jax.jit(lambda x, state: m.step(x, state)[:2])
     state, ys = m.init_state(2), []
     for t in range(6):
         y, state = step(x[:, t], state)
@@ -76,4 +77,4 @@ def test_forget_gate_is_in_zero_one_and_write_strength_too():
 
 def test_rejects_bad_value_head_grouping():
     with pytest.raises(ValueError, match="gdn_v_heads"):
-        mixer(heads=2, v_heads=3)
+        GDNFields(gdn_heads=2, gdn_v_heads=3)

@@ -135,12 +135,12 @@ def test_window_and_steps_match_the_reference(impl):
     x = np.random.default_rng(0).standard_normal((2, 73, D)).astype(np.float32)
     with torch.no_grad():
         want, ref_state = block(torch.tensor(x[:, :70]))
-    got, state = jax.jit(lambda x, s: m(x, s))(jnp.asarray(x[:, :70]), m.init_state(2))
+    got, state = jax.jit(lambda x, s: m.span(x, s)[:2])(jnp.asarray(x[:, :70]), m.init_state(2))
     np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=0, atol=1e-5)
     assert rel(state["S"], ref_state["S"].numpy()) < 1e-4
     # the published cache keeps the last W inputs; the state keeps the W-1 the next token reads
     assert rel(state["conv"], ref_state["conv"].numpy()[:, :, 1:].transpose(0, 2, 1)) < 1e-4
-    step = jax.jit(lambda x, s: m.step(x, s))
+    step = jax.jit(lambda x, s: m.step(x, s)[:2])
     for t in range(70, 73):
         with torch.no_grad():
             want, ref_state = block(torch.tensor(x[:, t:t + 1]), ref_state)
@@ -152,14 +152,14 @@ def test_window_and_steps_match_the_reference(impl):
 def test_split_sequence_and_steps_equal_the_whole_window():
     m = mixer_from(reference_block(1))
     x = jax.random.normal(jax.random.key(0), (2, 9, D))
-    run = jax.jit(lambda x, s: m(x, s))
+    run = jax.jit(lambda x, s: m.span(x, s)[:2])
     whole, final = run(x, m.init_state(2))
     first, state = run(x[:, :2], m.init_state(2))             # shorter than the conv tail
     second, state = run(x[:, 2:], state)
     np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole, atol=1e-5)
     np.testing.assert_allclose(state["S"], final["S"], atol=1e-5)
     np.testing.assert_array_equal(state["conv"], final["conv"])
-    step, state, ys = jax.jit(lambda x, s: m.step(x, s)), m.init_state(2), []
+    step, state, ys = jax.jit(lambda x, s: m.step(x, s)[:2]), m.init_state(2), []
     for t in range(9):
         y, state = step(x[:, t], state)
         ys.append(y)

@@ -4,7 +4,7 @@ import numpy as np
 from flax import nnx
 
 from sleep_jax.layers import SwiGLU
-from sleep_jax.layers.common import logical_axes
+from sleep_jax.axes import logical_axes
 
 
 def test_swiglu_formula_and_axes():

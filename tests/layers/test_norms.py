@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_jax.layers import RMSNorm, l2_normalize, rms_normalize
-from sleep_jax.layers.common import logical_axes
+from sleep_jax.axes import logical_axes
 
 
 def test_rms_normalize_gives_unit_rms():

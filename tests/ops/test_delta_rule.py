@@ -13,29 +13,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule, gated_delta_rule_step
 from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule
+from tests.ops.util import random_inputs
 
 GOLDEN = np.load(pathlib.Path(__file__).parents[2] / "third_party/golden/gated_delta_rule.npz")
 NUM_CASES = 4
 INPUTS = ("q", "k", "v", "g", "beta", "initial_state")
 IMPLS = ("recurrent", "chunked")
-
-
-def random_inputs(seed, B, T, H, K, V, HV=None):
-    """float32 q, k (L2-normalised, like the model's), v, g in [-2, 0], beta in (0, 1), initial state.
-
-    numpy, not jax.random: eager jax ops would compile once per new shape.
-    """
-    HV = HV or H
-    rng = np.random.default_rng(seed)
-    k = rng.standard_normal((B, T, H, K))
-    inputs = dict(
-        q=rng.standard_normal((B, T, H, K)),
-        k=k / np.linalg.norm(k, axis=-1, keepdims=True),
-        v=rng.standard_normal((B, T, HV, V)),
-        g=-2.0 * rng.uniform(size=(B, T, HV)),
-        beta=1.0 / (1.0 + np.exp(-rng.standard_normal((B, T, HV)))),
-        initial_state=rng.standard_normal((B, HV, K, V)))
-    return {name: jnp.asarray(x, jnp.float32) for name, x in inputs.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("impl", "chunk_size"))

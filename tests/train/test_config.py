@@ -7,9 +7,11 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from sleep_jax import tasks
+from sleep_jax import flat, tasks
 from sleep_jax.parallel.mesh import mesh_shape
 from sleep_jax.train import config as config_lib
+from sleep_jax.train import record as record_lib
+from sleep_jax.train import stages as stages_lib
 from sleep_jax.train.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,7 +37,7 @@ def test_every_shipped_config_validates_against_its_task(spec):
     stages = config_lib.validate(config, task, device_count=8)
     assert mesh_shape(dict(config.mesh), 8) == (8, 1, 1)
     assert stages[-1].window == task.layout.window and stages[-1].last_step == \
-        config_lib.with_total_steps(config, stages).train.steps
+        stages_lib.with_total_steps(config, stages).train.steps
     model = config_lib.model_config(config, task)
     assert model.vocab_size == task.vocab.size
     assert config_lib.sleep_config(config).window == task.layout.window
@@ -135,48 +137,48 @@ def test_model_rules_come_from_the_model_config():
 
 
 def _record(tmp_path, config):
-    config_lib.write_run_config(str(tmp_path), config)
-    return config_lib.load_run_config(str(tmp_path))
+    record_lib.write_run_config(str(tmp_path), config)
+    return record_lib.load_run_config(str(tmp_path))
 
 
 def test_run_record_round_trips_and_a_resume_may_change_only_the_listed_keys(tmp_path):
     config = rule110_tiny()
     stored = _record(tmp_path, config)
-    assert config_lib.differences(stored, config) == {}  # tuples come back as tuples
+    assert record_lib.differences(stored, config) == {}  # tuples come back as tuples
     assert stored.task.steps == (0,)
     resumed = rule110_tiny()
     resumed.train.update(steps=600, log_every=5, eval_every=100, checkpoint_every=50,
                          keep_checkpoints=1)
-    config_lib.check_resume(stored, resumed, "run/config.json")
+    record_lib.check_resume(stored, resumed, "run/config.json")
     for key, value in [("sleep.passes", 3), ("model.d_model", 128), ("train.muon_lr", 1e-3),
                        ("task.steps", (1,))]:
-        changed = config_lib.with_overrides(config, {key: value})
+        changed = record_lib.with_overrides(config, {key: value})
         with pytest.raises(ConfigError) as info:
-            config_lib.check_resume(stored, changed, "run/config.json")
-        old = config_lib.flatten(config)[key]
+            record_lib.check_resume(stored, changed, "run/config.json")
+        old = flat.flatten(config)[key]
         assert str(info.value).startswith(f"{key}={value if key != 'task.steps' else [1]!r}: "
                                           f"the run in run was trained with {key}={old!r}")
 
 
 def test_a_record_written_before_a_key_existed_reads_its_default(tmp_path):
     config = rule110_tiny()
-    config_lib.write_run_config(str(tmp_path), config)
-    path = tmp_path / config_lib.RUN_CONFIG
+    record_lib.write_run_config(str(tmp_path), config)
+    path = tmp_path / record_lib.RUN_CONFIG
     tree = json.loads(path.read_text())
     del tree["init"], tree["stages"], tree["model"]["ut_steps"], tree["sleep"]["truncate_passes"]
     path.write_text(json.dumps(tree))
-    stored = config_lib.load_run_config(str(tmp_path))
-    assert config_lib.differences(stored, config) == {}
-    config_lib.check_resume(stored, config, str(path))
+    stored = record_lib.load_run_config(str(tmp_path))
+    assert record_lib.differences(stored, config) == {}
+    record_lib.check_resume(stored, config, str(path))
 
 
 def test_eval_tag_names_the_settings_that_change_the_eval(tmp_path):
     stored = _record(tmp_path, rule110_tiny())
-    assert config_lib.eval_tag(stored, stored) is None
-    assert config_lib.eval_tag(None, stored) is None
-    assert config_lib.eval_tag(stored, config_lib.with_overrides(
+    assert record_lib.eval_tag(stored, stored) is None
+    assert record_lib.eval_tag(None, stored) is None
+    assert record_lib.eval_tag(stored, record_lib.with_overrides(
         stored, {"sleep.passes": 2, "train.eval_batch_size": 64})) == "sleep.passes=2"
-    assert config_lib.eval_tag(stored, config_lib.with_overrides(
+    assert record_lib.eval_tag(stored, record_lib.with_overrides(
         stored, {"task.eval_steps": (1, 2)})) == "task.eval_steps=[1,2]"
 
 

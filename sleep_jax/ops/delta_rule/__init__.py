@@ -1,25 +1,23 @@
-"""Public entry point of the gated delta rule: argument checks and impl dispatch.
+"""Public entry point of the gated delta rule: its forms, behind the shared entry frame.
 
-Every impl takes q, k with H key heads and v, g, beta with HV value heads (HV a multiple of H) and
+Every form takes q, k with H key heads and v, g, beta with HV value heads (HV a multiple of H) and
 maps value head h to key head h // (HV // H) itself, by a group axis or an index map, so q and k
 are never copied per value head."""
-import jax.numpy as jnp
-
-from sleep_jax.ops.checks import CHUNK_SIZES, IMPLS, check_options, check_sequence
+from sleep_jax.ops.common import CHUNK_SIZES, IMPLS, apply_rule
 from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule
 from sleep_jax.ops.delta_rule.reference import gated_delta_rule_step, recurrent_gated_delta_rule
 
 
-def _check(q, k, v, g, beta, initial_state, impl, chunk_size):
-    check_options(impl, chunk_size)
-    check_sequence("gated_delta_rule", q, k, v, g, beta, initial_state)
+def _pallas(q, k, v, g, beta, *, scale, initial_state, chunk_size):
+    """The kernels; on CPU they run in the Pallas interpreter (interpret=True), elsewhere compiled.
+    Under a multi-device mesh set with jax.set_mesh they run in a shard_map over batch and heads.
+    Imported on first use: loading Pallas and its lowerings costs ~0.7 s that other forms never need."""
+    from sleep_jax.ops.delta_rule.pallas import on_ambient_mesh
+    return on_ambient_mesh(q, k, v, g, beta, scale=scale, initial_state=initial_state, chunk_size=chunk_size)
 
 
-def resolve_impl(impl: str) -> str:
-    """The impl that `auto` stands for on the default backend."""
-    if impl != "auto":
-        return impl
-    return "chunked"
+FORMS = {"recurrent": recurrent_gated_delta_rule, "chunked": chunked_gated_delta_rule, "pallas": _pallas}
+assert IMPLS == ("auto", *FORMS)   # the impls model.delta_rule_impl names
 
 
 def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
@@ -32,33 +30,14 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
       scale: multiplier of q; defaults to K ** -0.5.
       initial_state: [B, HV, K, V] or None (zeros).
       output_final_state: whether to return the final state.
-      impl: "recurrent" | "chunked" | "pallas" | "auto".
+      impl: "recurrent" | "chunked" | "pallas" | "auto" (= "chunked" on every backend until the
+        kernels are measured on hardware).
       chunk_size: 16, 32 or 64 (chunked and pallas forms).
     Returns:
       (o [B, T, HV, V] in v.dtype, final_state [B, HV, K, V] float32 or None).
     """
-    _check(q, k, v, g, beta, initial_state, impl, chunk_size)
-    B, T, H, K = q.shape
-    HV, V = v.shape[2], v.shape[3]
-    if scale is None:
-        scale = K ** -0.5
-    if initial_state is None:
-        initial_state = jnp.zeros((B, HV, K, V), jnp.float32)
-    impl = resolve_impl(impl)
-    if impl == "recurrent":
-        o, final_state = recurrent_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state)
-    elif impl == "chunked":
-        o, final_state = chunked_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                                                  chunk_size=chunk_size)
-    elif impl == "pallas":
-        # Kernels; on CPU they run in the Pallas interpreter (interpret=True), elsewhere compiled.
-        # Under a multi-device mesh set with jax.set_mesh they run in a shard_map over batch and heads.
-        from sleep_jax.ops.delta_rule.pallas import on_ambient_mesh
-        o, final_state = on_ambient_mesh(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                                         chunk_size=chunk_size)
-    else:
-        raise AssertionError(f"unhandled impl {impl!r}")  # _check admits only IMPLS
-    return o.astype(v.dtype), (final_state if output_final_state else None)
+    return apply_rule("gated_delta_rule", FORMS, q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                      output_final_state=output_final_state, impl=impl, chunk_size=chunk_size)
 
 
-__all__ = ["gated_delta_rule", "gated_delta_rule_step", "IMPLS", "CHUNK_SIZES", "resolve_impl"]
+__all__ = ["gated_delta_rule", "gated_delta_rule_step", "IMPLS", "CHUNK_SIZES", "FORMS"]

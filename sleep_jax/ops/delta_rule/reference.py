@@ -10,7 +10,14 @@ Per value head, with state S [K, V] in float32:
 import jax
 import jax.numpy as jnp
 
-_HIGHEST = jax.lax.Precision.HIGHEST
+from sleep_jax.ops.common import grouped_step, scan_over_time
+
+
+def _write(k, v, beta, state):
+    """The delta rule's write into the decayed state [B, H, G, K, V]: u = beta (v - S^T k), S + k u^T."""
+    predicted = jnp.einsum("bhk,bhgkv->bhgv", k, state, precision=jax.lax.Precision.HIGHEST)
+    u = beta[..., None] * (v - predicted)
+    return state + k[:, :, None, :, None] * u[..., None, :]
 
 
 def gated_delta_rule_step(q, k, v, g, beta, state, *, scale):
@@ -24,38 +31,17 @@ def gated_delta_rule_step(q, k, v, g, beta, state, *, scale):
     Returns:
       (o [B, HV, V] float32, new state [B, HV, K, V] float32).
     """
-    f32 = jnp.float32
-    batch, heads, dk = k.shape
-    value_heads, dv = v.shape[1], v.shape[2]
-    if value_heads % heads:
-        raise ValueError(f"gated_delta_rule_step: value heads of `v` ({value_heads}) must be a "
-                         f"multiple of the key heads of `q`/`k` ({heads})")
-    group = value_heads // heads
-    by_key_head = lambda x: x.astype(f32).reshape(batch, heads, group, *x.shape[2:])
-    q, k = q.astype(f32), k.astype(f32)
-    v, g, beta = by_key_head(v), by_key_head(g), by_key_head(beta)          # [B, H, G, ...]
-    state = by_key_head(state) * jnp.exp(g)[..., None, None]                 # [B, H, G, K, V]
-    predicted = jnp.einsum("bhk,bhgkv->bhgv", k, state, precision=_HIGHEST)
-    u = beta[..., None] * (v - predicted)
-    state = state + k[:, :, None, :, None] * u[..., None, :]
-    o = jnp.einsum("bhk,bhgkv->bhgv", q * scale, state, precision=_HIGHEST)
-    return o.reshape(batch, value_heads, dv), state.reshape(batch, value_heads, dk, dv)
+    return grouped_step("gated_delta_rule_step", _write, q, k, v, g, beta, state, scale=scale)
 
 
-def recurrent_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state):
+def recurrent_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_size=None):
     """The gated delta rule as a scan over time, one token per step (`gated_delta_rule_step`).
 
     Args:
       q, k: [B, T, H, K] key heads.  v: [B, T, HV, V], HV a multiple of H (value head h reads
         key head h // (HV // H)).  g, beta: [B, T, HV] (g <= 0: log forget gate).  Any float dtype.
-      scale: multiplier of q.  initial_state: [B, HV, K, V].
+      scale: multiplier of q.  initial_state: [B, HV, K, V].  chunk_size: not used (one token a step).
     Returns:
       (o [B, T, HV, V] float32, final state [B, HV, K, V] float32). All arithmetic is float32.
     """
-    def step(state, inputs):
-        o, state = gated_delta_rule_step(*inputs, state, scale=scale)
-        return state, o
-
-    time_major = [jnp.moveaxis(x, 1, 0) for x in (q, k, v, g, beta)]
-    final_state, o = jax.lax.scan(step, initial_state.astype(jnp.float32), time_major)
-    return jnp.moveaxis(o, 0, 1), final_state
+    return scan_over_time(gated_delta_rule_step, q, k, v, g, beta, scale=scale, initial_state=initial_state)

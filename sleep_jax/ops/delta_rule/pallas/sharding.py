@@ -15,6 +15,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sleep_jax.ops.delta_rule.pallas.api import pallas_gated_delta_rule
+from sleep_jax.parallel.rules import logical_to_spec
 
 
 def sharded(q, k, v, g, beta, *, scale, initial_state, mesh, batch_axis=None, head_axis=None,
@@ -57,8 +58,6 @@ def on_ambient_mesh(q, k, v, g, beta, *, scale, initial_state, chunk_size=64):
     if mesh.empty or mesh.size == 1:
         return pallas_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                                        chunk_size=chunk_size)
-    from sleep_jax.parallel.rules import logical_to_spec
-
     # Split heads only where the axis divides the key heads (then each device holds whole groups).
     batch_axis, _, head_axis, _ = logical_to_spec(("batch", None, "heads", None), q.shape, mesh)
     return sharded(q, k, v, g, beta, scale=scale, initial_state=initial_state, mesh=mesh,

@@ -1,0 +1,141 @@
+"""Window geometry and eviction, in one place: where a window's tokens sit, which keys a query may
+see, what survives an eviction, and the ring buffer a one-token step writes. Training (`sleep.py`),
+the model, the attention mixer and the engine all call these; none restates them.
+
+A sequence is cut into windows of L tokens from its first token: window w holds the absolute
+positions [w L, (w + 1) L). Positions keep counting across evictions (RoPE reads them).
+
+Eviction policies (DESIGN §4):
+- "hard": a token attends causally within its own window only; nothing survives an eviction.
+- "sliding": a token attends to the most recent L tokens; the next window may attend to the
+  evicted window's keys/values of its final pass, which is what survives.
+
+No project imports.
+"""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+EVICTIONS = ("hard", "sliding")
+
+
+def check_eviction(eviction, key: str = "eviction") -> None:
+    """The one eviction rule: `eviction` is one of EVICTIONS (the error starts with `key`)."""
+    if eviction not in EVICTIONS:
+        raise ValueError(f"{key}={eviction!r} must be one of {EVICTIONS}")
+
+
+def window_positions(index, length: int) -> jax.Array:
+    """Absolute positions [L] int32 of window `index` (a Python or traced int) of `length` L."""
+    return index * length + jnp.arange(length, dtype=jnp.int32)
+
+
+def attention_mask(q_positions: jax.Array, k_positions: jax.Array, *, window: int | None,
+                   eviction: str = "hard", layer_window: int = 0) -> jax.Array:
+    """bool [Tq, Tk]: may the query at q_positions[i] attend to the key at k_positions[j].
+
+    Always causal; keys with a negative position are empty slots. `window=None`: full causal.
+    `hard`: only keys of the same window (positions // window equal). `sliding`: only the most
+    recent `window` tokens (q - k < window). `layer_window` > 0 is a layer's own sliding window
+    (q - k < layer_window), applied on top of the sleep window rule.
+    """
+    q = q_positions[:, None]
+    k = k_positions[None, :]
+    allowed = (k >= 0) & (k <= q)
+    if layer_window:
+        allowed = allowed & (q - k < layer_window)
+    if window is None:
+        return allowed
+    check_eviction(eviction)
+    if eviction == "hard":
+        return allowed & (k // window == q // window)
+    return allowed & (q - k < window)
+
+
+def survivors(kv: dict, eviction: str) -> dict:
+    """What of a window's keys/values ({layer: {"k", "v"}}) the next window may attend to after
+    the eviction: all of them under sliding eviction, none ({}) under hard."""
+    return kv if eviction == "sliding" else {}
+
+
+# ---- what a span or a token may see -------------------------------------------------------
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["positions", "past_positions"],
+                   meta_fields=["window", "eviction"])
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """A span of tokens read at once, and what its queries may see (a pytree: the arrays are
+    its leaves, window and eviction static).
+
+    positions: [T] int32 absolute positions of the span's tokens.
+    window, eviction: the mask rule (`attention_mask`); window=None is full causal attention.
+    past_positions: [S] int32 positions of the retained keys/values a block is given beside the
+      span's own (`past`; negative = empty slot), or None when there are none.
+    """
+    positions: jax.Array
+    window: int | None = None
+    eviction: str = "hard"
+    past_positions: jax.Array | None = None
+
+
+def window_span(index, length: int, eviction: str) -> Span:
+    """The span of window `index`: its positions, and under sliding eviction the positions of the
+    window before it (whose final-pass keys/values it may attend to; negative for window 0)."""
+    positions = window_positions(index, length)
+    past = positions - length if eviction == "sliding" else None
+    return Span(positions, window=length, eviction=eviction, past_positions=past)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["position", "cache_positions", "written"],
+                   meta_fields=["window", "eviction"])
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """One token per row read against a ring-buffer cache (decoding).
+
+    position: [B] int32 each row's token's absolute position.
+    cache_positions: [B, C] int32 the position each cache slot holds (-1 = empty), already
+      updated for this token. written: bool [B, C], the slot this token is written to.
+    window, eviction: the mask rule, as for a span.
+    """
+    position: jax.Array
+    cache_positions: jax.Array
+    written: jax.Array
+    window: int | None = None
+    eviction: str = "hard"
+
+
+# ---- the ring buffer ----------------------------------------------------------------------
+
+def ring_slots(position: jax.Array, capacity: int) -> jax.Array:
+    """bool [B, C]: row b's token at absolute position position[b] goes to slot position % C."""
+    return jnp.arange(capacity) == (position % capacity)[:, None]
+
+
+def empty_positions(batch: int, capacity: int) -> jax.Array:
+    """[B, C] int32 positions of an empty ring buffer (-1 everywhere)."""
+    return jnp.full((batch, capacity), -1, jnp.int32)
+
+
+def ring_token(position: jax.Array, cache_positions: jax.Array, *, window: int | None,
+               eviction: str = "hard") -> Token:
+    """The `Token` for rows at `position` [B] against a ring buffer whose slots hold
+    `cache_positions` [B, C]: the slot each token is written to, and the positions after it."""
+    capacity = cache_positions.shape[1]
+    if window is not None and capacity < window:
+        raise ValueError(f"decode_step: cache capacity {capacity} must be >= window={window}")
+    written = ring_slots(position, capacity)
+    return Token(position, jnp.where(written, position[:, None], cache_positions), written,
+                 window=window, eviction=eviction)
+
+
+def evicted_cache(cache: dict, kv: dict, index, length: int, eviction: str) -> dict:
+    """A ring buffer {"positions": [B, L], "layers": {layer: {"k", "v"}}} after window `index` has
+    slept: empty under hard eviction; under sliding, holding `kv` (the final sleep pass's
+    keys/values, [B, L, KVH, Dh]) at the window's positions."""
+    if eviction != "sliding":
+        return {**cache, "positions": jnp.full_like(cache["positions"], -1)}
+    positions = jnp.broadcast_to(window_positions(index, length), cache["positions"].shape)
+    layers = jax.tree.map(lambda new, old: new.astype(old.dtype), kv, cache["layers"])
+    return {"positions": positions, "layers": layers}
