@@ -1,10 +1,13 @@
-"""The hybrid attention / Gated DeltaNet stack, and its recurrent-state and KV-cache pytrees.
+"""The hybrid attention / Gated DeltaNet stack, its config, and its recurrent-state and KV-cache pytrees.
+
+`ModelConfig` is the `model` block of a config: the stack's own fields (`StackFields`) and each
+block kind's config group (`layers.KINDS[*].mixer.fields`), under flat `model.*` names.
 
 `HybridModel` holds parameters only. Everything that changes while reading a sequence lives in
 explicit pytrees passed in and out:
 
 - recurrent state: {"layer{i}": {"S": [B, HV, K, V] float32, "conv": [B, kernel-1, C]}} for every
-  GDN block i (the fast weights and the conv tail);
+  stateful block i (GDN, JetBlock, Hebbian: the fast weights and the conv tail);
 - keys/values: {"layer{i}": {"k", "v": [B, S, KVH, Dh]}} for attention blocks i, with their
   absolute positions held beside them ([S] int32, negative = empty slot).
 

@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 from sleep_jax.model import HybridModel, ModelConfig
-from sleep_jax.windows import Span
 from sleep_jax.sleep import (SleepConfig, consolidate, consolidate_run, initial_past, kinds_from_mask, predict, scan_steps,
                              sequence_logits, sequence_loss, sequence_predictions, sqrt_group, window_runs)
+from sleep_jax.windows import Span
 
 WINDOW = 4
 

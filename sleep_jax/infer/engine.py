@@ -36,10 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from sleep_jax import windows
 from sleep_jax.infer import snapshot as snapshot_lib
 from sleep_jax.infer.sampling import Sampling, sample_tokens
-from sleep_jax import windows
 from sleep_jax.sleep import SleepConfig, consolidate, initial_past, require_sleep_config
+
 
 # ---- pure functions over the slots pytree --------------------------------------------------
 

@@ -27,6 +27,13 @@ def check_options(impl, chunk_size, *, impls=IMPLS, impl_key="`impl`", chunk_key
         raise ValueError(f"{where + ': ' if where else ''}{chunk_key}={chunk_size} must be one of {CHUNK_SIZES}")
 
 
+def check_grouping(where: str, value_heads: int, heads: int) -> None:
+    """Grouped value heads: HV a multiple of H (value head h reads key head h // (HV // H))."""
+    if value_heads % heads:
+        raise ValueError(f"{where}: value heads of `v` ({value_heads}) must be a multiple of the key heads of "
+                         f"`q`/`k` ({heads})")
+
+
 def check_sequence(where: str, q, k, v, g, beta, initial_state) -> None:
     """Shapes and dtypes of a fast-weight op over a sequence: q, k [B, T, H, K]; v [B, T, HV, V]
     with HV a multiple of H; g, beta [B, T, HV]; initial_state None or [B, HV, K, V]; all float.
@@ -47,8 +54,7 @@ def check_sequence(where: str, q, k, v, g, beta, initial_state) -> None:
     if v.ndim != 4 or v.shape[:2] != (B, T):
         raise ValueError(f"{where}: `v` must be [B={B}, T={T}, HV, V], got shape {v.shape}")
     HV, V = v.shape[2], v.shape[3]
-    if HV % H:
-        raise ValueError(f"{where}: value heads of `v` ({HV}) must be a multiple of the key heads of `q`/`k` ({H})")
+    check_grouping(where, HV, H)
     for name, x in (("g", g), ("beta", beta)):
         if x.shape != (B, T, HV):
             raise ValueError(f"{where}: `{name}` must be [B, T, HV]={(B, T, HV)}, got shape {x.shape}")
@@ -95,9 +101,7 @@ def grouped_step(where: str, write: Callable, q, k, v, g, beta, state, *, scale)
     f32 = jnp.float32
     batch, heads, dk = k.shape
     value_heads, dv = v.shape[1], v.shape[2]
-    if value_heads % heads:
-        raise ValueError(f"{where}: value heads of `v` ({value_heads}) must be a "
-                         f"multiple of the key heads of `q`/`k` ({heads})")
+    check_grouping(where, value_heads, heads)
     group = value_heads // heads
     by_key_head = lambda x: x.astype(f32).reshape(batch, heads, group, *x.shape[2:])
     q, k = q.astype(f32), k.astype(f32)
