@@ -17,18 +17,23 @@ Variants:
   for 1 epoch with hard eviction, stage 2 the whole model for 2 epochs with sliding eviction.
   Runs through both stages on the CPU in a few minutes.
 - ``paper``: Jet-Nemotron 2B (28 blocks): the middle 14 blocks looped (``model.loop=(7, 21)``),
-  hard eviction, L = 2000, problems of 2000-3300 tokens (T = 4000, kinds CP), Muon 1e-3 on
-  hidden matrices + AdamW 5e-5 on the rest; sweep ``sleep.passes`` over 1, 2, 4, 6.
+  hard eviction, L = 2000, problems of 2000-3300 tokens (T = 4000, kinds CP: the first 2000
+  tokens of every problem consolidated and evicted before its answer), batch 256 and 1,600 eval
+  problems (200 per op count), as the paper; Muon 1e-3 on hidden matrices + AdamW 5e-5 on the
+  rest; sweep ``sleep.passes`` over 1, 2, 4, 6.
 - ``paper_ouro``: Ouro 1.4B with 6 inserted MLP-free blocks (``init.insert_kind``; all blocks
   looped, ``model.loop`` None), the same task and optimiser; ``sleep.passes`` in 1, 2, 4.
-- ``paper_sliding``: the sliding-window setting, L = 512 (T = 3584, kinds CCCCCCP), with the
+- ``paper_sliding``: the sliding-window setting, L = 512 (T = 3584: a problem's answer starts in
+  window 3 to 6 by its length, kinds CCCP to CCCCCCP, a batch holding one of them), with the
   paper's warm-up: stage 1 trains only the inserted blocks for one epoch with hard eviction,
   stage 2 the whole model for two epochs with sliding eviction (Ouro's 6 inserted blocks).
 
+The batch of 256 sequences is accumulated over 32 micro-batches (``train.grad_accum_steps``:
+8 sequences per step, one per chip of an 8-chip slice; set it to 256 / (sequences per step) for
+another mesh: it must divide the batch into whole micro-batches over the data axes).
 Chosen here where the paper is silent (say so when comparing): the train set is 20,000
-generated problems (``task.train_examples``; one epoch = 20,000 / batch 64 = 313 steps), batch
-64, 5% warm-up capped at 100 steps then cosine decay to 10% per stage, gradient clip 1.0, the
-eval set 800 problems with op counts 1-8 (100 per count), bfloat16 compute with float32
+generated problems (``task.train_examples``; one epoch = 20,000 / batch 256 = 79 steps), 5%
+warm-up (8 steps) then cosine decay to 10% per stage, gradient clip 1.0, bfloat16 compute with float32
 parameters, remat ``pass``, and the insert positions of Ouro's blocks (after every 4th of its 24
 layers: 4, 9, 14, 19, 24, 29 in the new 30-layer list) and their shape (JetBlocks, "J", of 8
 heads with K = V = 128: 67,867,488 parameters in all at Ouro's d = 2048, 4.7% of Ouro-1.4B's
@@ -66,10 +71,10 @@ def get_config(variant: str = "tiny"):
 
     window = 512 if variant == "paper_sliding" else 2000
     config.task.update(window=window, target_tokens=(2000, 3300), train_examples=20000,
-                       eval_examples=800)
+                       eval_examples=1600)
     loop = (7, 21) if variant == "paper" else None
     config.model = model_block(loop=loop, dtype="bfloat16", param_dtype="float32")
-    config.train.update(batch_size=64, warmup_steps=100, log_every=10, checkpoint_every=100,
+    config.train.update(batch_size=256, grad_accum_steps=32, warmup_steps=8, log_every=5, checkpoint_every=20,
                         eval_batch_size=64, muon_lr=1e-3, adamw_lr=5e-5, grad_clip=1.0)
     if variant != "paper":
         config.init.update(insert_positions=OURO_INSERT, insert_kind="J")

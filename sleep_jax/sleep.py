@@ -47,7 +47,9 @@ that sum when the update is treated as a constant (as in truncated BPTT with a s
 Recurrent-state contract (generic over block kinds): each stateful block's state is a dict; its
 entry `FAST_WEIGHTS` ("S") is carried from pass to pass and window to window; every other entry
 (the conv tail, ...) is a tail of the token sequence, so each pass restarts from its value at
-window entry and only the final pass's value moves on.
+window entry. Across a window boundary only S crosses (`window_entry`: the next window's tails
+start from zeros, as the paper's Algorithm 1 passes only S), unless `sleep.carry_conv_tail`, when
+the final pass's tails move on too.
 """
 import dataclasses
 import math
@@ -55,7 +57,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from sleep_jax import windows
@@ -93,6 +94,9 @@ class SleepConfig:
     remat: str = "none"        # "none" | "pass" | "window" | "sqrt"
     truncate_passes: int = 0   # 0 (or >= N): differentiate every pass; 0 < k < N: only the last k of each
                                # window, the earlier ones entering straight-through (module docstring)
+    carry_conv_tail: bool = False  # False: only S crosses a window boundary (Algorithm 1), a window's conv
+                                   # starts from zeros; True: the conv tail crosses too (the reference
+                                   # models' streaming behaviour)
 
     def __post_init__(self):
         if int(self.passes) < 1:
@@ -104,6 +108,8 @@ class SleepConfig:
             raise ValueError(f"sleep.remat={self.remat!r} must be one of {REMATS}")
         if int(self.truncate_passes) < 0:
             raise ValueError(f"sleep.truncate_passes >= 0 required, got {self.truncate_passes}")
+        if not isinstance(self.carry_conv_tail, bool):
+            raise ValueError(f"sleep.carry_conv_tail must be True or False, got {self.carry_conv_tail!r}")
 
     @property
     def remat_plan(self) -> RematPlan:
@@ -113,15 +119,6 @@ class SleepConfig:
     def differentiated_passes(self) -> int:
         """Passes per consolidation window that the gradient goes through (the last ones)."""
         return self.truncate_passes if 0 < self.truncate_passes < self.passes else self.passes
-
-
-def kinds_from_mask(loss_mask, window: int) -> str:
-    """Host-side helper: "P" for each window where any row of loss_mask [B, T] is scored, else "C"."""
-    mask = np.asarray(loss_mask)
-    if mask.ndim != 2 or mask.shape[1] % window:
-        raise ValueError(f"loss_mask must be [B, T] with T a multiple of window={window}, got {mask.shape}")
-    scored = mask.reshape(mask.shape[0], -1, window).any(axis=(0, 2))
-    return "".join("P" if s else "C" for s in scored)
 
 
 def window_runs(kinds: str) -> list[tuple[str, int, int]]:
@@ -207,6 +204,18 @@ def initial_past(model, batch: int, sleep: SleepConfig) -> dict:
     return windows.survivors(model.init_kv(batch, sleep.window), sleep.eviction)
 
 
+def window_entry(state: dict, sleep: SleepConfig, names=None) -> dict:
+    """The recurrent state a window starts from, given what the previous window left (for the
+    blocks `names`, default all): the fast weights (`FAST_WEIGHTS`) always cross; the tails (conv
+    inputs) cross only with `sleep.carry_conv_tail`, else the window's conv starts from zeros, as in
+    the paper's Algorithm 1. Training, eval and the engine all enter windows through this."""
+    if sleep.carry_conv_tail:
+        return state
+    return {name: entry if names is not None and name not in names else
+            {key: value if key == FAST_WEIGHTS else jnp.zeros_like(value) for key, value in entry.items()}
+            for name, entry in state.items()}
+
+
 def require_sleep_config(sleep) -> None:
     """The one type check of a `sleep` argument (training path and engine)."""
     if not isinstance(sleep, SleepConfig):
@@ -223,9 +232,12 @@ def run_layers_once(model, hidden, first, layers, state: dict, past: dict, *, sl
     """
     if len(layers) == 0:
         return hidden, state, past
+    stateful = model.stateful_layers(layers)
+
     def one_window(carry, window):
         state, past = carry
         h, index = window
+        state = window_entry(state, sleep, stateful)
         h, state, kv = model.apply_blocks(h, _span(index, sleep), state, layers, past=_past(past, sleep))
         return (state, {**past, **windows.survivors(kv, sleep.eviction)}), h
 
@@ -316,7 +328,8 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
         hidden = jnp.where(window_start, jax.lax.dynamic_index_in_dim(entry, window, keepdims=False), carry.hidden)
         window_past = _tree_where(window_start, carry.latest_kv, carry.window_past)
         span = _span(first + window, sleep)
-        looped_state = carry.state
+        looped_state = _tree_where(window_start, window_entry(carry.state, sleep), carry.state)
+        entry_state = looped_state
         if undifferentiated:
             hidden, looped_state = jax.lax.cond(window_start, undifferentiated_passes,
                                                 lambda h, s, *_: (h, s), hidden, looped_state, window_past, span)
@@ -325,7 +338,7 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
         if outputs is not None:
             kept = jax.lax.dynamic_index_in_dim(outputs, window, keepdims=False)
             outputs = jax.lax.dynamic_update_index_in_dim(outputs, jnp.where(final_pass, hidden, kept), window, 0)
-        return SleepCarry(hidden=hidden, state=_restore_tails(new_state, carry.state, final_pass),
+        return SleepCarry(hidden=hidden, state=_restore_tails(new_state, entry_state, final_pass),
                           window_past=window_past, latest_kv=windows.survivors(kv, sleep.eviction), outputs=outputs)
 
     segment_past = {name: past[name] for name in model.attention_layers(segment)} if sliding else {}
@@ -378,8 +391,8 @@ def predict(model, tokens, window_index, state: dict, past: dict, *, sleep: Slee
     Arguments as in `consolidate`. Returns (logits float32 [B, L, vocab], recurrent state after
     the window, keys/values for the next window under sliding eviction, else {}).
     """
-    logits, state, kv = model.forward_span(model.embed(tokens), _span(window_index, sleep), state,
-                                           past=_past(past, sleep))
+    logits, state, kv = model.forward_span(model.embed(tokens), _span(window_index, sleep),
+                                           window_entry(state, sleep), past=_past(past, sleep))
     return logits, state, windows.survivors(kv, sleep.eviction)
 
 
@@ -396,8 +409,8 @@ def _check_sequence(tokens, loss_mask, sleep, kinds):
     steps = tokens.shape[1]
     if steps % sleep.window:
         raise ValueError(f"tokens length T={steps} must be a multiple of sleep.window={sleep.window}")
-    if not isinstance(kinds, str) or len(kinds) != steps // sleep.window:
-        raise ValueError(f"kinds={kinds!r}: its length must equal T / window = {steps} / {sleep.window} "
+    if not isinstance(kinds, str) or not 1 <= len(kinds) <= steps // sleep.window:
+        raise ValueError(f"kinds={kinds!r}: its length must be at most T / window = {steps} / {sleep.window} "
                          f"= {steps // sleep.window}")
     if any(k not in WINDOW_KINDS for k in kinds):
         raise ValueError(f"kinds={kinds!r} may only hold the letters {WINDOW_KINDS}")
@@ -407,7 +420,8 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
     """Read the windows in order; return score(logits, targets, mask) per prediction window.
 
     score maps (logits f32 [B, L, V], targets int32 [B, L], mask f32 [B, L]) to a pytree of [B, L]
-    arrays. Returns that pytree assembled to [B, T] (zeros in consolidation windows).
+    arrays. Returns that pytree assembled to [B, T] (zeros in consolidation windows, and in the
+    windows after the last of `kinds`, which are not read).
     """
     _check_sequence(tokens, loss_mask, sleep, kinds)
     batch, steps = tokens.shape
@@ -444,6 +458,8 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
         else:
             carry, scored = jax.lax.scan(prediction_window, carry, run)
             outputs.append(scored)
+    if len(kinds) < count:   # the windows after the last one read
+        outputs.append(jax.tree.map(lambda s: jnp.zeros((count - len(kinds), *s.shape), s.dtype), score_shape))
     stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *outputs)           # [W, B, L, ...]
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(batch, steps, *x.shape[3:]), stacked)
 
@@ -466,8 +482,9 @@ def sequence_loss(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str):
     Args:
       model: HybridModel. tokens: int [B, T]. loss_mask: [B, T]; 1 = the logits at i (predicting
         token i+1) are scored; the last position is never scored.
-      sleep: SleepConfig. kinds: static str, one letter per window ("C" consolidation, "P" prediction);
-        masks in consolidation windows are ignored.
+      sleep: SleepConfig. kinds: static str, one letter per window ("C" consolidation, "P" prediction)
+        from the first (`kinds_from_mask`); windows after the last letter are not read; masks
+        outside prediction windows are ignored.
     Returns:
       (loss, metrics) with metrics "loss", "token_accuracy" (over scored tokens), "sequence_accuracy"
       (rows with every scored token right, among rows with any), "scored" (number of scored tokens).

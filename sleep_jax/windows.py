@@ -3,7 +3,8 @@ see, what survives an eviction, and the ring buffer a one-token step writes. Tra
 the model, the attention mixer and the engine all call these; none restates them.
 
 A sequence is cut into windows of L tokens from its first token: window w holds the absolute
-positions [w L, (w + 1) L). Positions keep counting across evictions (RoPE reads them).
+positions [w L, (w + 1) L). Positions keep counting across evictions (RoPE reads them). A batch's
+window kinds ("C" consolidate, "P" predict) come from its loss mask (`kinds_from_mask`).
 
 Eviction policies (DESIGN §4):
 - "hard": a token attends causally within its own window only; nothing survives an eviction.
@@ -17,6 +18,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 EVICTIONS = ("hard", "sliding")
 
@@ -30,6 +32,31 @@ def check_eviction(eviction, key: str = "eviction") -> None:
 def window_positions(index, length: int) -> jax.Array:
     """Absolute positions [L] int32 of window `index` (a Python or traced int) of `length` L."""
     return index * length + jnp.arange(length, dtype=jnp.int32)
+
+
+def kinds_from_mask(loss_mask, window: int) -> str:
+    """Host-side: the window kinds of a batch from its loss_mask [B, T]: "P" for each window where
+    any row is scored, else "C", up to the last scored window (the windows after it follow every
+    scored position, so they are not read).
+
+    Windows are counted from each sequence's first token, so a row's first scored window is where
+    its own answer starts; every window before it must be a consolidation window for that row.
+    Rows with nothing scored (eval filler) do not count. ValueError when two rows start scoring in
+    different windows (such rows belong in different batches: `Task.batches` groups them)."""
+    mask = np.asarray(loss_mask)
+    if mask.ndim != 2 or mask.shape[1] % window:
+        raise ValueError(f"loss_mask must be [B, T] with T a multiple of window={window}, got {mask.shape}")
+    by_window = mask.reshape(mask.shape[0], -1, window).any(axis=2)                      # [B, W]
+    rows = np.flatnonzero(by_window.any(axis=1))
+    if rows.size == 0:
+        raise ValueError("loss_mask scores nothing: no window kinds to read")
+    first = by_window[rows].argmax(axis=1)
+    if (first != first[0]).any():
+        other = int(rows[np.flatnonzero(first != first[0])[0]])
+        raise ValueError(f"loss_mask rows {int(rows[0])} and {other} start scoring in windows {int(first[0])} and "
+                         f"{int(by_window[other].argmax())}: a batch's rows must share their consolidation windows")
+    scored = by_window.any(axis=0)
+    return "".join("P" if s else "C" for s in scored[:np.flatnonzero(scored)[-1] + 1])
 
 
 def attention_mask(q_positions: jax.Array, k_positions: jax.Array, *, window: int | None,

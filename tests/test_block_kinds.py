@@ -2,7 +2,8 @@
 for free): on a tiny stack mixing it with attention,
 
   (a) the span form equals reading token by token (`decode_step`);
-  (b) sleep with N = 1 equals the ordinary windowed forward;
+  (b) sleep with N = 1 equals the ordinary windowed forward (conv tails carried across windows or
+      not, `sleep.carry_conv_tail`);
   (c) the engine's logits equal the training path's at N = 2, hard and sliding eviction;
   (d) the gradient through N = 2 passes is finite and reaches the kind's mixer;
   (e) every hub family that holds the kind exports and re-imports it bit-exactly, and every family
@@ -20,6 +21,7 @@ from sleep_jax.infer import Engine
 from sleep_jax.layers import KINDS
 from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.sleep import SleepConfig, sequence_logits, sequence_loss
+from tests.windowed import windowed_forward
 
 WINDOW, VOCAB = 4, 13
 SIZES = dict(vocab_size=VOCAB, d_model=16, attn_heads=2, attn_kv_heads=1, attn_head_dim=8, gdn_heads=1,
@@ -61,12 +63,13 @@ def test_span_equals_token_by_token(kind):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("eviction", ["hard", "sliding"])
-def test_sleep_with_one_pass_is_the_windowed_forward(kind, eviction):
+@pytest.mark.parametrize("eviction, carry_conv_tail", [("hard", False), ("sliding", False), ("sliding", True)])
+def test_sleep_with_one_pass_is_the_windowed_forward(kind, eviction, carry_conv_tail):
     model = tiny_model(kind)
     x = jnp.asarray(stream(3 * WINDOW, seed=1))
-    sleep = SleepConfig(passes=1, window=WINDOW, eviction=eviction)
-    full = jax.jit(lambda x: model(x, window=WINDOW, eviction=eviction)[0])(x)
+    sleep = SleepConfig(passes=1, window=WINDOW, eviction=eviction, carry_conv_tail=carry_conv_tail)
+    full = jax.jit(lambda x: windowed_forward(model, x, window=WINDOW, eviction=eviction,
+                                              carry_conv_tail=carry_conv_tail))(x)
     slept = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds="CCP"))(x)
     np.testing.assert_allclose(slept[:, 2 * WINDOW:], full[:, 2 * WINDOW:], atol=1e-5, rtol=0)
 

@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 
 from sleep_jax.model import HybridModel, ModelConfig
-from sleep_jax.sleep import (SleepConfig, consolidate, consolidate_run, initial_past, kinds_from_mask, predict, scan_steps,
+from sleep_jax.sleep import (SleepConfig, consolidate, consolidate_run, initial_past, predict, scan_steps,
                              sequence_logits, sequence_loss, sequence_predictions, sqrt_group, window_runs)
-from sleep_jax.windows import Span
+from sleep_jax.windows import Span, kinds_from_mask
+from tests.windowed import windowed_forward, zero_tails
 
 WINDOW = 4
 
@@ -36,15 +37,18 @@ def scored_mask(kinds, batch=2):
     return jnp.asarray(np.repeat([[1.0 if k == "P" else 0.0 for k in kinds]], batch, 0).repeat(WINDOW, 1))
 
 
+@pytest.mark.parametrize("carry_conv_tail", [False, True])
 @pytest.mark.parametrize("eviction, impl", [("hard", "auto"), ("sliding", "recurrent")])
-def test_one_pass_equals_ordinary_forward_with_windowed_mask(eviction, impl):
+def test_one_pass_equals_ordinary_forward_with_windowed_mask(eviction, impl, carry_conv_tail):
     """N = 1 is a vanilla hybrid: one forward over the sequence with a block-diagonal (hard) or
-    banded (sliding) causal mask, GDN state and conv tails carried across windows."""
+    banded (sliding) causal mask, GDN state carried across windows, the conv tails too with
+    sleep.carry_conv_tail (else each window's conv starts from zeros)."""
     model = tiny_model(delta_rule_impl=impl)
     x = tokens(2, 16)
     kinds = "CPCP"
-    sleep = SleepConfig(passes=1, window=WINDOW, eviction=eviction)
-    full, _ = jax.jit(lambda x: model(x, window=WINDOW, eviction=eviction))(x)
+    sleep = SleepConfig(passes=1, window=WINDOW, eviction=eviction, carry_conv_tail=carry_conv_tail)
+    full = jax.jit(lambda x: windowed_forward(model, x, window=WINDOW, eviction=eviction,
+                                              carry_conv_tail=carry_conv_tail))(x)
     windowed = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds=kinds))(x)
     for w, kind in enumerate(kinds):
         span = slice(w * WINDOW, (w + 1) * WINDOW)
@@ -54,11 +58,13 @@ def test_one_pass_equals_ordinary_forward_with_windowed_mask(eviction, impl):
             assert not np.any(windowed[:, span])
 
 
-def test_looped_segment_one_pass_equals_ordinary_forward():
+@pytest.mark.parametrize("carry_conv_tail", [False, True])
+def test_looped_segment_one_pass_equals_ordinary_forward(carry_conv_tail):
     model = tiny_model(pattern="GAGAG", loop=(1, 4))
     x = tokens(2, 12, seed=1)
-    sleep = SleepConfig(passes=1, window=WINDOW)
-    full, _ = jax.jit(lambda x: model(x, window=WINDOW))(x)
+    sleep = SleepConfig(passes=1, window=WINDOW, carry_conv_tail=carry_conv_tail)
+    full = jax.jit(lambda x: windowed_forward(model, x, window=WINDOW, eviction="hard",
+                                              carry_conv_tail=carry_conv_tail))(x)
     windowed = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds="CCP"))(x)
     np.testing.assert_allclose(windowed[:, 8:], full[:, 8:], atol=1e-5)
 
@@ -186,6 +192,7 @@ def reference_logits(model, x, *, sleep, kinds):
                     past_positions=positions - sleep.window if sliding else None)
         kwargs = dict(past=past if sliding else None)
         hidden = model.embed(x[:, w * sleep.window:(w + 1) * sleep.window])
+        state = state if sleep.carry_conv_tail else zero_tails(state)
         if kind == "P":
             hidden, state, kv = model.apply_blocks(hidden, span, state, range(len(model.blocks)), **kwargs)
             outputs.append(model.logits(hidden))
@@ -202,15 +209,17 @@ def reference_logits(model, x, *, sleep, kinds):
     return jnp.concatenate(outputs, axis=1)
 
 
-def test_sleep_equals_the_plain_loop_over_windows_and_passes():
+@pytest.mark.parametrize("carry_conv_tail", [False, True])
+def test_sleep_equals_the_plain_loop_over_windows_and_passes(carry_conv_tail):
     """Prelude once, looped segment N times (conv tail restored, S carried), coda once, window
-    after window; under sliding eviction the next window sees the final pass's keys/values."""
+    after window (the conv tails zeroed at each window's entry unless carried); under sliding
+    eviction the next window sees the final pass's keys/values."""
     model = tiny_model(pattern="GAGAG", loop=(1, 4))
     x, kinds = tokens(2, 12, seed=2), "CCP"
-    sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding")
+    sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding", carry_conv_tail=carry_conv_tail)
     expected = jax.jit(lambda x: reference_logits(model, x, sleep=sleep, kinds=kinds))(x)
     for remat in ("pass", "window", "sqrt"):  # one flat (window, pass) scan; nested scans; grouped flat scan
-        sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding", remat=remat)
+        sleep = SleepConfig(passes=2, window=WINDOW, eviction="sliding", remat=remat, carry_conv_tail=carry_conv_tail)
         got = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds=kinds))(x)
         np.testing.assert_allclose(got, expected, atol=2e-5, err_msg=remat)
 
@@ -309,7 +318,7 @@ def test_sleep_config_rejects_bad_fields(fields, message):
 
 @pytest.mark.parametrize("steps, kinds, mask_shape, message", [
     (10, "CP", (2, 10), "multiple of sleep.window"),
-    (12, "CP", (2, 12), "T / window"),
+    (8, "CPP", (2, 8), "T / window"),   # more kinds than windows (fewer: the windows after are not read)
     (8, "CX", (2, 8), "letters"),
     (8, "CP", (2, 4), "loss_mask shape"),
 ])

@@ -21,7 +21,9 @@ target's devices) and compiled:
 One JSON line per (target, N, remat): ``param_bytes`` and ``optimizer_bytes`` per device (from the
 shardings: the shard shape of every array), ``activation_bytes`` (XLA's temp bytes: what the step
 holds besides its arguments and outputs), ``peak_bytes`` (argument + output - alias + temp), the
-mesh shape, compile seconds; or ``error``. A step that does not fit a TPU chip fails to compile
+mesh shape, ``batch`` (global rows per step), ``grad_accum_steps`` and ``micro_batch`` (rows of one
+micro-batch over all devices: ``batch / grad_accum_steps``, whose activations are what is live),
+compile seconds; or ``error``. A step that does not fit a TPU chip fails to compile
 (RESOURCE_EXHAUSTED); its row still has ``activation_bytes`` and the chip's ``hbm_bytes``, read
 from XLA:TPU's message, whose "G" are GiB (a v5p chip: 95.74 GiB = 102.8 GB).
 """
@@ -87,11 +89,14 @@ def step_memory(config, devices, *, estimate: bool) -> dict:
     abstract, shardings = abstract_train_state(exp.create_params, exp.optimizer, mesh)
     state = abstract_with_shardings(abstract, shardings)
     rows = (exp.train.batch_size, exp.task.layout.seq_len)
+    accum = exp.train.grad_accum_steps   # micro-batches of rows[0] // accum rows, one at a time
     tokens = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=batch_sharding(mesh, ndim=2))
-    step = make_train_step(model_loss_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
-                           exp.optimizer, mesh, shardings, trainable=exp.trainable)
+    step = make_train_step(model_loss_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.task.layout.kinds),
+                           exp.optimizer, mesh, shardings, trainable=exp.trainable,
+                           accum_steps=accum)
     row = dict(passes=exp.sleep.passes, remat=exp.sleep.remat, mesh=dict(zip(MESH_AXES, shape)),
-               batch=rows[0], seq_len=rows[1], window=exp.sleep.window, estimate=estimate,
+               batch=rows[0], grad_accum_steps=accum, micro_batch=rows[0] // accum,
+               seq_len=rows[1], window=exp.sleep.window, estimate=estimate,
                param_bytes=shard_bytes(state["params"]), optimizer_bytes=shard_bytes(state["opt_state"]))
     start = time.perf_counter()
     try:

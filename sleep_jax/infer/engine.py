@@ -40,7 +40,7 @@ from flax import nnx
 from sleep_jax import windows
 from sleep_jax.infer import snapshot as snapshot_lib
 from sleep_jax.infer.sampling import Sampling, sample_tokens
-from sleep_jax.sleep import SleepConfig, consolidate, initial_past, require_sleep_config
+from sleep_jax.sleep import SleepConfig, consolidate, initial_past, require_sleep_config, window_entry
 
 
 # ---- pure functions over the slots pytree --------------------------------------------------
@@ -78,6 +78,7 @@ def sleep_row(model, sleep: SleepConfig, row: dict) -> dict:
     """Sleep on one slot's full window (row: batch 1), then evict."""
     window_index = row["position"][0] // sleep.window - 1
     state, kv = consolidate(model, row["window_tokens"], window_index, row["entry"], row["past"], sleep=sleep)
+    state = window_entry(state, sleep)   # what the next window's wake starts from
     cache = windows.evicted_cache(row["cache"], kv, window_index, sleep.window, sleep.eviction)
     return {**row, "recurrent": state, "entry": state, "cache": cache, "past": kv}
 

@@ -44,7 +44,8 @@ def fingerprint(params) -> str:
 def metadata(model_config, sleep, params_sha256: str) -> dict:
     """The string metadata a snapshot carries: its format, the model and sleep configs (JSON), and
     the parameters' fingerprint."""
-    sleep = {"passes": sleep.passes, "window": sleep.window, "eviction": sleep.eviction}
+    sleep = {"passes": sleep.passes, "window": sleep.window, "eviction": sleep.eviction,
+             "carry_conv_tail": sleep.carry_conv_tail}
     return {"format": FORMAT, "model": json.dumps(dataclasses.asdict(model_config), sort_keys=True),
             "sleep": json.dumps(sleep, sort_keys=True), "params_sha256": params_sha256}
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from sleep_jax.tasks.evaluator import ExactMatchEvaluator
 from sleep_jax.tasks.vocab import Vocab
+from sleep_jax.windows import kinds_from_mask
 
 SPLITS = ("train", "eval")
 # The training split is index-addressable and, in practice, endless.
@@ -33,27 +34,41 @@ TRAIN_EXAMPLES = 2**40
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """The static window layout shared by every example of a task.
+    """The static window layout of a task's examples. Windows are counted from each sequence's
+    first token; padding, if any, follows the answer (Depo's left-padded cycle is part of its text).
 
     Attributes:
       seq_len: T, tokens per example, `window * len(kinds)`.
       window: L, tokens per window.
-      kinds: one letter per window: `C` (consolidation: loss mask all zero in every example) or
-        `P` (prediction: holds scored positions).
+      kinds: one letter per window for the example whose answer comes last: `C` (consolidation:
+        nothing scored) or `P` (prediction: holds scored positions). An example whose answer
+        starts in an earlier window has the kinds `sleep.kinds_from_mask` reads off its loss mask
+        (its windows after the answer are not read).
+      answer_windows: the windows an example's answer may start in (default: the first `P` of
+        `kinds`, the same for every example). A batch holds examples of one answer window.
     """
     seq_len: int
     window: int
     kinds: str
+    answer_windows: tuple[int, ...] = ()
 
     def __post_init__(self):
-        if self.seq_len != self.window * len(self.kinds) or set(self.kinds) - {"C", "P"}:
+        if self.seq_len != self.window * len(self.kinds) or set(self.kinds) - {"C", "P"} or "P" not in self.kinds:
             raise ValueError(f"layout seq_len={self.seq_len} must be window={self.window} times "
-                             f"len(kinds={self.kinds!r}), and kinds only C and P")
+                             f"len(kinds={self.kinds!r}), and kinds only C and P (at least one P)")
+        if not self.answer_windows:
+            object.__setattr__(self, "answer_windows", (self.kinds.index("P"),))
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of example `index` of `split`; a pure function of its arguments."""
     return np.random.default_rng([seed, SPLITS.index(split), index])
+
+
+def batch_rng(seed: int, split: str, batch: int) -> np.random.Generator:
+    """The generator of what global batch `batch` of `split` shares (e.g. its answer window); a
+    stream of its own, apart from every example's."""
+    return np.random.default_rng([seed, SPLITS.index(split), batch, 1])
 
 
 def eval_value(values, unit):
@@ -175,13 +190,20 @@ class Task(abc.ABC):
         return self.example("eval", seed, index) if index < self.eval_examples else self.empty_example()
 
     def check_layout(self) -> None:
-        """ValueError unless the first eval and train examples fit the layout and kinds."""
+        """ValueError unless the first eval and train examples fit the layout: with one answer
+        window, every C window of the layout unscored and every P window scored; with several,
+        an answer starting in one of `layout.answer_windows`."""
         window = self.layout.window
         for split in SPLITS:
-            example = self.example(split, 0, 0)
-            mask = example["loss_mask"].reshape(len(self.layout.kinds), window)
-            for w, kind in enumerate(self.layout.kinds):
-                if (kind == "C") == bool(mask[w].any()):
-                    raise ValueError(f"task.window={window} gives {self.name} window {w} of kind {kind} "
-                                     f"{int(mask[w].sum())} scored positions; choose a window that puts "
-                                     "answers in every P window and none in a C window")
+            mask = self.example(split, 0, 0)["loss_mask"]
+            if len(self.layout.answer_windows) == 1:
+                scored = mask.reshape(len(self.layout.kinds), window).sum(axis=1)
+                for w, kind in enumerate(self.layout.kinds):
+                    if (kind == "C") == bool(scored[w]):
+                        raise ValueError(f"task.window={window} gives {self.name} window {w} of kind {kind} "
+                                         f"{int(scored[w])} scored positions; choose a window that puts "
+                                         "answers in every P window and none in a C window")
+            elif kinds_from_mask(mask[None], window).index("P") not in self.layout.answer_windows:
+                raise ValueError(f"task.window={window} gives {self.name} an answer starting in window "
+                                 f"{kinds_from_mask(mask[None], window).index('P')}, outside the layout's "
+                                 f"{self.layout.answer_windows}")

@@ -56,6 +56,7 @@ class TrainConfig:
     """
     steps: int = 1000             # optimiser steps
     batch_size: int = 64          # global batch (sequences per step, over all processes)
+    grad_accum_steps: int = 1     # micro-batches per step (batch_size / this rows each), one update
     seed: int = 0                 # parameter init and training data
     muon_lr: float = 2e-3         # peak LR of Muon (hidden weight matrices)
     adamw_lr: float = 5e-5        # peak LR of AdamW (embeddings, unembedding, vectors)
@@ -75,7 +76,8 @@ class TrainConfig:
     eval_seed: int = 0            # seed of the eval split (fixed across runs: the same held-out set)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_batch_size", "keep_checkpoints"):
+        for name in ("steps", "batch_size", "grad_accum_steps", "eval_batch_size",
+                     "keep_checkpoints"):
             self._check_int(name, 1)
         for name in ("seed", "eval_seed", "warmup_steps", "log_every", "eval_every",
                      "checkpoint_every"):
@@ -239,10 +241,16 @@ def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
     except (ValueError, TypeError) as error:  # the typed configs' own checks
         raise ConfigError(str(error)) from None
     divisor = batch_divisor_fn(shape) if batch_divisor_fn else shape[0] * shape[1]
-    for key in ("batch_size", "eval_batch_size"):
-        if getattr(train, key) % divisor:
-            raise ConfigError(f"train.{key}={getattr(train, key)}: must be a multiple of "
-                              f"mesh.data x mesh.fsdp = {divisor}")
+    # Each of the grad_accum_steps micro-batches is split over the batch axes.
+    accum = train.grad_accum_steps
+    if train.batch_size % (accum * divisor):
+        split = (f"mesh.data x mesh.fsdp = {accum} x {shape[0]} x {shape[1]}"
+                 if batch_divisor_fn is None else f"the batch split = {accum} x {divisor}")
+        raise ConfigError(f"train.batch_size={train.batch_size}: must be a multiple of "
+                          f"train.grad_accum_steps x {split} = {accum * divisor}")
+    if train.eval_batch_size % divisor:
+        raise ConfigError(f"train.eval_batch_size={train.eval_batch_size}: must be a multiple of "
+                          f"mesh.data x mesh.fsdp = {divisor}")
     return stages
 
 

@@ -17,19 +17,22 @@ from jax.experimental import multihost_utils
 
 from sleep_jax.files import write_text_atomic
 from sleep_jax.plot import plot_runs
+from sleep_jax.windows import kinds_from_mask
 from sleep_jax.train.data import eval_batches, host_to_global
 
 
-def evaluate(predict: Callable, params: Any, task: Any, *, batch_size: int, seed: int,
+def evaluate(predicts: Callable[[str], Callable], params: Any, task: Any, *, batch_size: int, seed: int,
              batch_sharding: jax.sharding.NamedSharding) -> dict:
     """Scores the task's eval split; returns the evaluator's result dict.
 
     Args:
-      predict: jitted ``(params, {"tokens", "loss_mask"}) -> {"predictions": int32 [B, T],
-        "nll": float32 [B, T]}``.
+      predicts: ``kinds -> `` jitted ``(params, {"tokens", "loss_mask"}) -> {"predictions": int32
+        [B, T], "nll": float32 [B, T]}`` for batches of those window kinds (`sleep.kinds_from_mask`
+        of each batch: eval batches hold examples whose answers start in the same window).
     """
     evaluator = task.evaluator()
     for batch in eval_batches(task, batch_size=batch_size, seed=seed):
+        predict = predicts(kinds_from_mask(batch["loss_mask"], task.layout.window))
         scores = predict(params, host_to_global(batch, batch_sharding))
         if jax.process_count() > 1:
             scores = multihost_utils.process_allgather(scores, tiled=True)

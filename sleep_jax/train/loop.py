@@ -19,6 +19,7 @@ a failed save stops it at the next step; ``config.json`` is the run's record (se
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from flax import nnx
 from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.parallel import batch_sharding, make_mesh
 from sleep_jax.sleep import SleepConfig
+from sleep_jax.windows import kinds_from_mask
 from sleep_jax.tasks.task import Task
 from sleep_jax.train import config as config_lib
 from sleep_jax.train import record as record_lib
@@ -62,9 +64,21 @@ class Experiment:
     stage: config_lib.Stage
     trainable: Any                     # bool per parameter array (optimizer.trainable_mask)
 
-    @property
-    def kinds(self) -> str:
-        return self.task.layout.kinds
+    def train_steps(self, state_shardings: Any) -> Callable[[str], Callable]:
+        """``kinds -> step``: the jitted train step of batches whose window kinds are ``kinds``,
+        compiled on first use (a task whose answers sit in different windows has a few)."""
+        return functools.cache(lambda kinds: make_train_step(
+            model_loss_fn(self.graphdef, sleep=self.sleep, kinds=kinds), self.optimizer, self.mesh,
+            state_shardings, trainable=self.trainable, accum_steps=self.train.grad_accum_steps))
+
+    def predicts(self, param_shardings: Any) -> Callable[[str], Callable]:
+        """``kinds -> predict``: the jitted predict step per window kinds, as ``train_steps``."""
+        return functools.cache(lambda kinds: make_predict_step(
+            model_predict_fn(self.graphdef, sleep=self.sleep, kinds=kinds), self.mesh, param_shardings))
+
+    def batch_kinds(self, batch: dict) -> str:
+        """The window kinds of a (host) batch, from its loss mask (``sleep.kinds_from_mask``)."""
+        return kinds_from_mask(batch["loss_mask"], self.task.layout.window)
 
 
 def setup(config: ml_collections.ConfigDict) -> Experiment:
@@ -141,8 +155,8 @@ def pretrained_params(config: ml_collections.ConfigDict, abstract: Any) -> nnx.S
     return state
 
 
-def _run_eval(exp: Experiment, predict: Callable, params: Any) -> dict:
-    return evaluate(predict, params, exp.task, batch_size=exp.train.eval_batch_size,
+def _run_eval(exp: Experiment, predicts: Callable[[str], Callable], params: Any) -> dict:
+    return evaluate(predicts, params, exp.task, batch_size=exp.train.eval_batch_size,
                     seed=exp.train.eval_seed, batch_sharding=batch_sharding(exp.mesh))
 
 
@@ -230,8 +244,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                            exp.mesh, step)
                 data = train_iterator(exp.task, batch_size=train_cfg.batch_size,
                                       seed=train_cfg.seed)
-            state, predict = _train_stage(exp, state, shardings, data, checkpointer, writer,
-                                          progress, timer, step)
+            state, predicts = _train_stage(exp, state, shardings, data, checkpointer, writer,
+                                           progress, timer, step)
             step = exp.stage.last_step
         _check_finite(state, checkpointer)
     except BaseException as error:
@@ -243,7 +257,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise
     writer.flush()
     checkpointer.close()  # raises RunStopped if a background save failed
-    result = _run_eval(exp, predict, state["params"])
+    result = _run_eval(exp, predicts, state["params"])
     writer.write(step, _eval_metrics(result), split="eval")
     writer.close()
     return _finish(exp, workdir, result, step, name="eval")
@@ -253,18 +267,16 @@ def _train_stage(exp: Experiment, state: dict, shardings: Any, data: Any,
                  checkpointer: Checkpointer, writer: MetricsWriter, progress: Progress,
                  timer: StepTimer, step: int) -> tuple[dict, Callable]:
     """Steps from ``step`` to the stage's last step (saved, forced); returns the state and the
-    stage's predict function."""
+    stage's predict steps (``Experiment.predicts``)."""
     train_cfg, last_step = exp.train, exp.stage.last_step
     is_main = jax.process_index() == 0
-    train_step = make_train_step(model_loss_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
-                                 exp.optimizer, exp.mesh, shardings, trainable=exp.trainable)
-    predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
-                                exp.mesh, shardings["params"])
+    train_steps, predicts = exp.train_steps(shardings), exp.predicts(shardings["params"])
     inputs = batch_sharding(exp.mesh)
     tokens_per_step = train_cfg.batch_size * exp.task.layout.seq_len
     first_step = step
     while step < last_step:
-        state, metrics = train_step(state, to_global(next(data), inputs))
+        batch = next(data)
+        state, metrics = train_steps(exp.batch_kinds(batch))(state, to_global(batch, inputs))
         step += 1
         log_now = train_cfg.log_every and (step % train_cfg.log_every == 0 or step == last_step)
         if log_now or step == first_step + 1:  # the first lap is the compile step alone
@@ -288,12 +300,12 @@ def _train_stage(exp: Experiment, state: dict, shardings: Any, data: Any,
                              "rerun the same command to resume")
         if train_cfg.eval_every and step % train_cfg.eval_every == 0 and not final:
             _check_finite(state, checkpointer)
-            result = _run_eval(exp, predict, state["params"])
+            result = _run_eval(exp, predicts, state["params"])
             writer.write(step, _eval_metrics(result), split="eval")
             logging.info("eval at step %d: accuracy %.4f %s", step, result["accuracy"],
                          json.dumps(result["by_difficulty"]))
             timer.restart()  # eval time is not step time
-    return state, predict
+    return state, predicts
 
 
 def _finish(exp: Experiment, workdir: str, result: dict, step: int, name: str) -> dict:
@@ -348,7 +360,5 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     exp = exps[-1]
     tag = record_lib.eval_tag(record_lib.load_run_config(workdir), config)
     step, state, shardings = restore_newest(exps, workdir)
-    predict = make_predict_step(model_predict_fn(exp.graphdef, sleep=exp.sleep, kinds=exp.kinds),
-                                exp.mesh, shardings["params"])
-    result = _run_eval(exp, predict, state["params"])
+    result = _run_eval(exp, exp.predicts(shardings["params"]), state["params"])
     return _finish(exp, workdir, result, step, name=f"eval-{tag}" if tag else "eval")

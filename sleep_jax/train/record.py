@@ -19,12 +19,16 @@ from sleep_jax.train.errors import ConfigError
 
 # Keys a resumed run may change: they touch neither the model, the task, the sleep nor the
 # optimiser state (``train.steps`` moves the end of the LR schedule; that is what extending a run
-# means). Every other key must equal the run's config.json.
+# means; ``train.grad_accum_steps`` and the mesh change only how a step is laid out). Every other
+# key must equal the run's config.json.
 RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.eval_batch_size",
+                  "train.keep_checkpoints", "train.eval_batch_size", "train.grad_accum_steps",
                   "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 RUN_CONFIG = "config.json"
+# Keys added with a default that differs from what runs recorded before them did: the value a
+# record without the key stands for (the conv tail crossed windows before sleep.carry_conv_tail).
+BEFORE_THE_KEY = {"sleep": {"carry_conv_tail": True}}
 
 
 def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -49,7 +53,8 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict | None:
         return value
 
     record = {block: {key: typed(value) for key, value in keys.items()} for block, keys in tree.items()}
-    # A record written before a key existed: the run ran with that key's default.
+    # A record written before a key existed: the run ran with that key's default, or with the
+    # behaviour the code had before the key (BEFORE_THE_KEY).
     for block, defaults in _record_defaults().items():
         record[block] = {**defaults, **record.get(block, {})}
     return ml_collections.ConfigDict(record)
@@ -61,8 +66,8 @@ def _record_defaults() -> dict[str, dict[str, Any]]:
     from sleep_jax.model import ModelConfig
     from sleep_jax.sleep import SleepConfig
 
-    return {"model": _defaults(ModelConfig), "sleep": _defaults(SleepConfig), "train": dict(TRAIN_DEFAULTS),
-            "init": dict(INIT_DEFAULTS), "stages": {key: () for key in STAGE_KEYS}}
+    return {"model": _defaults(ModelConfig), "sleep": {**_defaults(SleepConfig), **BEFORE_THE_KEY["sleep"]},
+            "train": dict(TRAIN_DEFAULTS), "init": dict(INIT_DEFAULTS), "stages": {key: () for key in STAGE_KEYS}}
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:

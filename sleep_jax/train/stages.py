@@ -22,7 +22,8 @@ from sleep_jax.train.config import Stage, TrainConfig, check_structure, make_tas
 from sleep_jax.train.errors import ConfigError
 
 # Model keys a fine-tuning run chooses itself; every other model key comes from init.hf_dir.
-RUN_MODEL_KEYS = ("loop", "dtype", "param_dtype", "delta_rule_impl", "chunk_size")
+# ut_exit / ut_exit_threshold: a looped LM's readout, e.g. "expected" (Ouro's training loss).
+RUN_MODEL_KEYS = ("loop", "dtype", "param_dtype", "delta_rule_impl", "chunk_size", "ut_exit", "ut_exit_threshold")
 
 
 def stage_tasks(config: ml_collections.ConfigDict, stages: tuple[Stage, ...],

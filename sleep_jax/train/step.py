@@ -9,6 +9,9 @@ loop reads ``diverged_at_step`` whenever it syncs (logging, saving, evaluating) 
 Parameters and the optimiser moments that mirror them are sharded by their ``logical_axes``
 (``sleep_jax.parallel.rules``); the batch by the ``batch`` rule; scalars are replicated.
 The state argument is donated: its buffers are reused for the new state.
+With gradient accumulation (``accum_steps`` k > 1, ``train.grad_accum_steps``) one step runs the
+batch as k micro-batches in a ``lax.scan`` and applies one update, the same as for the whole
+batch up to float rounding (``make_train_step``).
 """
 from __future__ import annotations
 
@@ -70,8 +73,20 @@ def abstract_train_state(create_params: Callable[[], Any], optimizer: optax.Grad
     return abstract, tree_shardings(abstract, mesh)
 
 
+# How an accumulated step (``accum_steps > 1``) combines the metrics of its micro-batches (each a
+# scalar from ``loss_fn``): counts are summed; means over the rows with a scored token are weighted
+# by each micro-batch's count of such rows (read from its ``loss_mask``: rows with a nonzero entry
+# before the last position, exact when the mask scores only prediction windows, as the loop's
+# batches do: their window kinds come from it); every other metric (``loss``,
+# ``token_accuracy``, ...) is taken for a mean over scored tokens and weighted like the gradient,
+# by ``scored``.
+SUMMED_METRICS = frozenset({"scored"})
+ROW_MEAN_METRICS = frozenset({"sequence_accuracy"})
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh, state_shardings: Any, trainable: Any = None) -> Callable:
+                    mesh: jax.sharding.Mesh, state_shardings: Any, trainable: Any = None,
+                    accum_steps: int = 1) -> Callable:
     """``step(state, batch) -> (state, metrics)``, jitted with shardings and a donated state.
 
     Args:
@@ -81,13 +96,31 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       loss_fn: ``(params, batch) -> (loss, metrics)``; ``batch`` holds ``tokens`` and
         ``loss_mask`` int32 ``[B, T]``. Its metrics dict is returned with ``grad_norm`` and the
         learning rates of this update (``lr_muon``, ``lr_adamw``) added.
+      accum_steps: k, gradient accumulation (``train.grad_accum_steps``). 1: one forward and
+        backward pass over the batch. k > 1: the batch ``[B, ...]`` is split into k micro-batches
+        of B/k rows, micro-batch i holding rows i, i + k, i + 2k, ... (so each device keeps its
+        own rows: every micro-batch is sharded over the batch axes as the batch is, with no
+        communication; B must be a multiple of k x the batch axes' size); a ``lax.scan`` runs
+        the forward and backward pass of one micro-batch at a time (only its activations are
+        live) and sums the gradients weighted by each micro-batch's ``metrics["scored"]``
+        (equal weights when ``loss_fn`` reports no ``scored``): ``sum_i n_i grad_i / sum_i n_i``,
+        the gradient of the loss over the whole batch, a mean over its scored tokens. The
+        optimiser update, divergence guard and trainable mask then act once, as for k = 1.
+        Metrics are combined as ``SUMMED_METRICS`` / ``ROW_MEAN_METRICS`` above say.
     """
+    if isinstance(accum_steps, bool) or not isinstance(accum_steps, int) or accum_steps < 1:
+        raise ValueError(f"accum_steps={accum_steps!r}: must be an int >= 1")
     replicated = NamedSharding(mesh, PartitionSpec())
     batch = batch_sharding(mesh, ndim=2)
 
     def step(state, batch_arrays):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], batch_arrays)
+        if accum_steps == 1:
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state["params"], batch_arrays)
+        else:
+            loss, metrics, grads = _accumulated_gradient(
+                loss_fn, state["params"], batch_arrays, accum_steps, mesh,
+                state_shardings["params"], trainable)
         if trainable is not None:
             grads = jax.tree.map(lambda g, keep: g if keep else jnp.zeros_like(g), grads, trainable)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -109,6 +142,78 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
     return _on_mesh(mesh, jax.jit(step, in_shardings=(state_shardings, batch),
                                   out_shardings=(state_shardings, replicated), donate_argnums=0))
+
+
+def micro_batches(batch_arrays: dict, accum_steps: int, mesh: jax.sharding.Mesh) -> dict:
+    """``[B, ...] -> [k, B/k, ...]``: micro-batch i is rows i, i + k, i + 2k, ... of the batch.
+
+    Viewed as ``[B/k, k, ...]`` (a reshape that keeps each device's contiguous block of rows on
+    that device, since B/k is a multiple of the batch axes' size) and then with k moved to the
+    front, every micro-batch has B/(k x devices) rows on each device: sharded like the batch,
+    without moving data (a split into contiguous blocks ``[k, B/k]`` would put each micro-batch
+    on a few devices and need an all-to-all).
+    """
+    def split(x):
+        rows = x.shape[0]
+        if rows % accum_steps:
+            raise ValueError(f"batch of {rows} rows: not a multiple of accum_steps={accum_steps}")
+        micro = x.reshape(rows // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+        spec = batch_sharding(mesh, ndim=x.ndim).spec
+        return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, PartitionSpec(None, *spec)))
+    return jax.tree.map(split, batch_arrays)
+
+
+def _accumulated_gradient(loss_fn: LossFn, params: Any, batch_arrays: dict, accum_steps: int,
+                          mesh: jax.sharding.Mesh, param_shardings: Any,
+                          trainable: Any) -> tuple[jax.Array, dict, Any]:
+    """``(loss, metrics, grads)`` of the whole batch from ``accum_steps`` micro-batches, one at a
+    time in a ``lax.scan`` (see ``make_train_step``). The gradient sums are float32 (at least)
+    and held only for trainable parameters, sharded as the parameters."""
+    leaves, treedef = jax.tree.flatten(params)
+    keep = [True] * len(leaves) if trainable is None else [bool(k) for k in jax.tree.leaves(trainable)]
+    shardings = jax.tree.leaves(param_shardings)
+    if not len(keep) == len(shardings) == len(leaves):
+        raise ValueError("trainable and the parameter shardings must have the parameters' structure")
+    kept = [i for i, k in enumerate(keep) if k]
+
+    def accumulator_dtype(x):
+        return jnp.promote_types(x.dtype, jnp.float32)
+
+    def constrain(sums):
+        return [jax.lax.with_sharding_constraint(s, shardings[i]) for i, s in zip(kept, sums)]
+
+    def micro_step(sums, micro):
+        micro = jax.tree.map(
+            lambda x: jax.lax.with_sharding_constraint(x, batch_sharding(mesh, ndim=x.ndim)), micro)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro)
+        weight = (jnp.asarray(metrics["scored"], jnp.float32) if "scored" in metrics
+                  else jnp.ones((), jnp.float32))
+        grad_leaves = jax.tree.leaves(grads)
+        sums = constrain([s + weight * grad_leaves[i].astype(s.dtype) for i, s in zip(kept, sums)])
+        rows = (jnp.sum(jnp.any(micro["loss_mask"][:, :-1] != 0, axis=1)).astype(jnp.float32)
+                if "loss_mask" in micro else weight)
+        return sums, (loss, metrics, weight, rows)
+
+    zeros = constrain([jnp.zeros(leaves[i].shape, accumulator_dtype(leaves[i])) for i in kept])
+    sums, (losses, metrics, weights, rows) = jax.lax.scan(
+        micro_step, zeros, micro_batches(batch_arrays, accum_steps, mesh))
+
+    def mean(values, w):
+        total = jnp.sum(w)
+        return jnp.tensordot(w, values.astype(jnp.float32), axes=1) / jnp.where(total > 0, total, 1.0)
+
+    total = jnp.sum(weights)
+    total = jnp.where(total > 0, total, 1.0)
+    grad_leaves = [jnp.zeros_like(leaf) for leaf in leaves]
+    for i, s in zip(kept, sums):
+        grad_leaves[i] = (s / total).astype(leaves[i].dtype)
+    combined = {}
+    for name, values in metrics.items():
+        if name in SUMMED_METRICS:
+            combined[name] = jnp.sum(values, axis=0)
+        else:
+            combined[name] = mean(values, rows if name in ROW_MEAN_METRICS else weights)
+    return mean(losses, weights), combined, jax.tree.unflatten(treedef, grad_leaves)
 
 
 def make_predict_step(predict_fn: Callable[[Any, dict[str, jax.Array]], jax.Array],

@@ -18,7 +18,10 @@ from ..tasks.util import write_tiny_tokenizer
 from ..test_main import REPO
 
 
-def test_tiny_recipe_step_compiles_for_tpu_v5e_without_weights(tmp_path):
+@pytest.mark.parametrize("batch, accum", [(8, 1), (16, 2)])
+def test_tiny_recipe_step_compiles_for_tpu_v5e_without_weights(tmp_path, batch, accum):
+    """(8, 1): the recipe's batch; (16, 2): two micro-batches of 8 rows (train.grad_accum_steps;
+    16 = 2 x 8 local test devices, which validate also checks)."""
     from jax.experimental import topologies
     write_tiny_tokenizer(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({
@@ -30,11 +33,13 @@ def test_tiny_recipe_step_compiles_for_tpu_v5e_without_weights(tmp_path):
         "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5}}))
     config = runpy.run_path(os.path.join(REPO, "configs", "gsm_finetune.py"))["get_config"]("tiny")
     config.init.hf_dir = str(tmp_path)
+    config.train.update(batch_size=batch, grad_accum_steps=accum)
     devices = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices
     (row,) = table(config, {"tpu:v5e:2x2": (devices, False)}, ["1"], ["pass"])
     assert "error" not in row, row
     assert row["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and not row["estimate"]
-    assert (row["batch"], row["seq_len"], row["window"]) == (8, 320, 64)
+    assert (row["batch"], row["seq_len"], row["window"]) == (batch, 320, 64)
+    assert (row["grad_accum_steps"], row["micro_batch"]) == (accum, 8)
     # Replicated over data: every device holds all parameters (float32) and the optimiser state
     # of the trainable ones (the last stage trains everything).
     assert row["param_bytes"] > 0 and row["optimizer_bytes"] > row["param_bytes"]

@@ -10,6 +10,7 @@ from flax import nnx
 
 from sleep_jax import hf
 from sleep_jax.windows import Span
+from tests.windowed import windowed_forward
 
 STEPS, NEW_TOKENS, VOCAB = 150, 16, 97
 
@@ -189,15 +190,18 @@ def test_full_size_parameter_count_equals_transformers(model_type):
 SLEEP_WINDOW = 8
 
 
-def test_sleep_one_pass_equals_block_diagonal_forward(pair):
+@pytest.mark.parametrize("carry_conv_tail", [False, True])
+def test_sleep_one_pass_equals_block_diagonal_forward(pair, carry_conv_tail):
     """Hard eviction, N = 1 on an imported model: the windowed sleep path is the plain forward
-    with a block-diagonal causal mask (GDN state carried across windows)."""
+    with a block-diagonal causal mask (GDN state carried across windows; the conv tail too with
+    sleep.carry_conv_tail, else each window's conv starts from zeros)."""
     from sleep_jax.sleep import SleepConfig, sequence_logits
     model = hf.from_pretrained(pair[2], delta_rule_impl="recurrent")   # 8-token windows: a scan beats chunks
     x = jnp.asarray(tokens()[:, :4 * SLEEP_WINDOW])
     kinds = "CPCP"
-    sleep = SleepConfig(passes=1, window=SLEEP_WINDOW, eviction="hard")
-    full, _ = jax.jit(lambda m, x: m(x, window=SLEEP_WINDOW, eviction="hard"))(model, x)
+    sleep = SleepConfig(passes=1, window=SLEEP_WINDOW, eviction="hard", carry_conv_tail=carry_conv_tail)
+    full = jax.jit(lambda m, x: windowed_forward(m, x, window=SLEEP_WINDOW, eviction="hard",
+                                                 carry_conv_tail=carry_conv_tail))(model, x)
     windowed = jax.jit(lambda m, x: sequence_logits(m, x, sleep=sleep, kinds=kinds))(model, x)
     for w, kind in enumerate(kinds):
         if kind == "P":

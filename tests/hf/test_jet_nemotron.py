@@ -18,6 +18,7 @@ from torch import nn
 from sleep_jax import convert, hf
 from tests.hf.test_families import greedy
 from tests.layers.test_jet import JetBlockReference
+from tests.windowed import windowed_forward
 
 STEPS, NEW_TOKENS, VOCAB, SLEEP_WINDOW = 150, 16, 97, 8
 
@@ -234,15 +235,18 @@ def test_bad_configs_name_the_field():
         hf.model_config({**TINY, "layer_types": ["jet", "mamba", "jet", "swa", "jet"]})
 
 
-def test_sleep_one_pass_equals_block_diagonal_forward(pair):
+@pytest.mark.parametrize("carry_conv_tail", [False, True])
+def test_sleep_one_pass_equals_block_diagonal_forward(pair, carry_conv_tail):
     """Hard eviction, N = 1: the windowed sleep path is the plain forward with a block-diagonal
-    causal mask (the JetBlock state, dynamic-conv tail included, carried across windows)."""
+    causal mask (the JetBlock state carried across windows; its dynamic-conv tail too with
+    sleep.carry_conv_tail, else each window's conv starts from zeros)."""
     from sleep_jax.sleep import SleepConfig, sequence_logits
     model = hf.from_pretrained(pair[2], delta_rule_impl="recurrent")
     x = jnp.asarray(tokens()[:, :4 * SLEEP_WINDOW])
     kinds = "CPCP"
-    sleep = SleepConfig(passes=1, window=SLEEP_WINDOW, eviction="hard")
-    full, _ = jax.jit(lambda m, x: m(x, window=SLEEP_WINDOW, eviction="hard"))(model, x)
+    sleep = SleepConfig(passes=1, window=SLEEP_WINDOW, eviction="hard", carry_conv_tail=carry_conv_tail)
+    full = jax.jit(lambda m, x: windowed_forward(m, x, window=SLEEP_WINDOW, eviction="hard",
+                                                 carry_conv_tail=carry_conv_tail))(model, x)
     windowed = jax.jit(lambda m, x: sequence_logits(m, x, sleep=sleep, kinds=kinds))(model, x)
     for w, kind in enumerate(kinds):
         if kind == "P":

@@ -4,6 +4,7 @@ final norm after every step, a KV cache slot per step, the early-exit gate's exi
 its expected logits. Tiny random checkpoints in Ouro's key names are written by the test."""
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +17,9 @@ from torch import nn
 
 from sleep_jax import convert, hf
 from sleep_jax.hf.insert import insert_blocks
-from sleep_jax.windows import Span
 from sleep_jax.sleep import SleepConfig, sequence_logits, sequence_loss
+from sleep_jax.windows import Span
+from tests.windowed import windowed_forward
 
 VOCAB, STEPS, NEW_TOKENS = 61, 12, 16
 TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -230,11 +232,12 @@ def test_ouro_1_4b_parameter_count_equals_the_reference():
     assert got == want == 1_434_652_673
 
 
-def test_sleep_one_pass_equals_block_diagonal_forward_and_two_passes_train(tiny):
+@pytest.mark.parametrize("carry_conv_tail", [False, True])
+def test_sleep_one_pass_equals_block_diagonal_forward_and_two_passes_train(tiny, carry_conv_tail):
     """Ouro with an inserted MLP-free JetBlock (fast weights to sleep on; its output projection
     moved off zero, as after some training), hard eviction: N = 1 is the plain forward with a
-    block-diagonal mask; the all-blocks loop (every layer of every UT step) runs N = 2 with
-    gradients."""
+    block-diagonal mask (the JetBlock's conv tail crossing the window boundary or not); the
+    all-blocks loop (every layer of every UT step) runs N = 2 with gradients."""
     _, path = tiny
     model = hf.from_pretrained(str(path), delta_rule_impl="recurrent", ut_steps=2, **JET)
     model = insert_blocks(model, (1,), "J")
@@ -242,8 +245,10 @@ def test_sleep_one_pass_equals_block_diagonal_forward_and_two_passes_train(tiny)
     w_o.set_value(0.3 * jax.random.normal(jax.random.key(0), w_o.get_value().shape))
     assert model.config.layer_groups[1] == range(0, 6)                  # 3 layers x 2 UT steps, all looped
     window, x = 4, jnp.asarray(tokens(steps=8, seed=2))
-    full, _ = jax.jit(lambda m, x: m(x, window=window, eviction="hard"))(model, x)
-    windowed = jax.jit(lambda m, x: sequence_logits(m, x, sleep=SleepConfig(window=window), kinds="CP"))(model, x)
+    full = jax.jit(lambda m, x: windowed_forward(m, x, window=window, eviction="hard",
+                                                 carry_conv_tail=carry_conv_tail))(model, x)
+    sleep = SleepConfig(window=window, carry_conv_tail=carry_conv_tail)
+    windowed = jax.jit(lambda m, x: sequence_logits(m, x, sleep=sleep, kinds="CP"))(model, x)
     np.testing.assert_allclose(np.asarray(windowed[:, 4:]), np.asarray(full[:, 4:]), atol=1e-5)
 
     graphdef, params = nnx.split(model)
@@ -303,3 +308,22 @@ def test_ouro_1_4b_with_six_jetblocks_parameter_count():
     added = count(inserted) - count(config)
     assert added == 6 * jetblock_parameters(2048, 16, 128, 256, 4, 8) == 258_455_232
     assert round(added / count(config), 3) == 0.180
+
+
+def test_an_ouro_finetune_may_train_on_the_expected_exit(tiny):
+    """`model.ut_exit="expected"` (Ouro's own training loss) with `init.hf_dir`: the run chooses
+    its readout; every architecture key still comes from the checkpoint."""
+    import runpy
+
+    from sleep_jax.train import stages as stages_lib
+    from sleep_jax.train.errors import ConfigError
+
+    _, path = tiny
+    config = runpy.run_path(str(pathlib.Path(__file__).parents[2] / "configs" / "gsm_finetune.py"))["get_config"]("tiny")
+    config.init.hf_dir = str(path)
+    config.model.ut_exit = "expected"
+    resolved = stages_lib.resolve(config, need_tokenizer=False)
+    assert (resolved.model.ut_exit, resolved.model.exit_gate, resolved.model.ut_steps) == ("expected", True, 3)
+    config.model.d_model = 2 * resolved.model.d_model
+    with pytest.raises(ConfigError, match=r"^model\.d_model=.*fixes the architecture"):
+        stages_lib.resolve(config, need_tokenizer=False)

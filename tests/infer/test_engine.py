@@ -31,14 +31,16 @@ def training_logits(model, stream, sleep):
     return np.asarray(jnp.concatenate(per_window, axis=1))
 
 
-@pytest.mark.parametrize("eviction, passes", [("hard", 1), ("hard", 3), ("sliding", 1), ("sliding", 3)])
-def test_engine_logits_equal_the_training_path(eviction, passes):
+@pytest.mark.parametrize("eviction, passes, carry_conv_tail",
+                         [("hard", 1, False), ("hard", 3, False), ("sliding", 1, False), ("sliding", 3, False),
+                          ("sliding", 3, True)])
+def test_engine_logits_equal_the_training_path(eviction, passes, carry_conv_tail):
     """Two slots read two streams in odd-sized, interleaved pieces (slot 2's first piece holds a
     whole window, which goes straight to sleep), then generate greedily across a window boundary:
     every logit the engine gives equals sequence_logits within 1e-5, and each generated token is
     the argmax of the training path's logits."""
     model = tiny_model()
-    sleep = SleepConfig(passes=passes, window=WINDOW, eviction=eviction)
+    sleep = SleepConfig(passes=passes, window=WINDOW, eviction=eviction, carry_conv_tail=carry_conv_tail)
     prompt, generated = 6, 3
     streams = np.asarray(jax.random.randint(jax.random.key(1), (2, prompt), 0, 13), np.int32)
     engine = Engine(model, sleep, slots=3)
@@ -112,3 +114,36 @@ def test_snapshot_restore_is_bit_exact(tmp_path):
     first = engine.generate([0, 1], 6, sampling)
     np.testing.assert_array_equal(first[0], first[1])          # the same session in two slots
     np.testing.assert_array_equal(later.generate(1, 6, sampling)[0], first[0])
+
+
+def test_engine_reads_a_gsm_problem_where_training_cuts_its_windows():
+    """A GSM-Infinite problem whose answer starts in window 3 of a task whose longest problems
+    answer in window 7: read from its first token, the engine's logits at every scored position
+    equal the training path's on the problem's batch (kinds read off the batch's mask, "CCCP"), and
+    what follows the answer never changes a scored logit."""
+    from sleep_jax import tasks
+    from sleep_jax.windows import kinds_from_mask
+
+    task = tasks.make(dict(tasks.default_config("gsm_infinite", "tiny"), window=128, target_tokens=(400, 900),
+                           eval_examples=6, ops=(1, 2), eval_ops=(1, 2)))
+    batch = next(iter(task.batches("eval", 0, 2)))
+    kinds = kinds_from_mask(batch["loss_mask"], 128)
+    assert kinds == "CCCP" and task.layout.kinds == "CCCCCCCP"
+    model = HybridModel(ModelConfig(vocab_size=task.vocab.size, d_model=16, pattern="AGAG", attn_heads=2,
+                                    attn_kv_heads=1, attn_head_dim=8, gdn_heads=1, gdn_v_heads=2, gdn_head_dim=8,
+                                    gdn_v_head_dim=4, mlp_hidden=32, delta_rule_impl="recurrent", chunk_size=16),
+                        rngs=nnx.Rngs(0))
+    sleep = SleepConfig(passes=2, window=128, eviction="sliding")
+    read = jax.jit(lambda x: sequence_logits(model, x, sleep=sleep, kinds=kinds))
+    reference = np.asarray(read(batch["tokens"]))
+    tokens, scored = batch["tokens"][0], np.flatnonzero(batch["loss_mask"][0])
+    after = np.arange(batch["tokens"].shape[1]) > scored[-1] + 1          # the padding after the answer
+    scrambled = np.where(after, (batch["tokens"] * 7 + 3) % task.vocab.size, batch["tokens"])
+    np.testing.assert_array_equal(np.asarray(read(scrambled))[0, scored], reference[0, scored])
+    engine = Engine(model, sleep, slots=1)
+    logits = engine.prefill(0, tokens[:scored[0] + 1])
+    assert engine.stats["sleeps"] == 3
+    for position in scored:
+        if position > scored[0]:
+            logits = engine.prefill(0, tokens[position:position + 1])
+        np.testing.assert_allclose(logits, reference[0, position], atol=1e-5, rtol=0, err_msg=f"position {position}")

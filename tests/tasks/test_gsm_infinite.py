@@ -2,6 +2,8 @@
 the answer and the op count (one per input of every parameter the answer needs, the stated
 constant included; a total one per kind summed, an offspring total two); removing any distractor
 (with whatever refers to it) leaves the answer unchanged; layout, lengths and evaluator."""
+import itertools
+import os
 import re
 
 import numpy as np
@@ -9,8 +11,17 @@ import pytest
 
 from sleep_jax import tasks
 from sleep_jax.tasks import gsm_infinite
+from sleep_jax.windows import kinds_from_mask
 
-from .util import eval_batch, oracle_predictions, write_tiny_tokenizer
+from .util import eval_batch, oracle_predictions, write_bpe_tokenizer, write_tiny_tokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory):
+    return write_bpe_tokenizer(tmp_path_factory.mktemp("bpe"))
+
 
 # The static word lists are the problems' vocabulary, not the generator's bookkeeping.
 PLACES = {p for t in gsm_infinite.TEMPLATES for p in t.places}
@@ -285,18 +296,49 @@ def test_evaluator_oracle_and_random():
     assert evaluator.result()["accuracy"] < 0.05
 
 
-def test_paper_layouts_hard_2000_and_sliding_512():
-    """Left padding puts the answer in the last window at any window size."""
+def test_paper_layouts_windows_from_the_first_token():
+    """Windows are counted from the problem's first token: at L = 2000 every paper-length problem
+    is consolidated once and answered in window 1; at L = 512 the answer starts in window 3 to 6
+    by the problem's length. No padding is read before the problem; padding follows the answer."""
     hard = tasks.make(tasks.default_config("gsm_infinite"))
-    assert (hard.layout.seq_len, hard.layout.kinds) == (4000, "CP")
+    assert (hard.layout.seq_len, hard.layout.kinds, hard.layout.answer_windows) == (4000, "CP", (1,))
     sliding = tasks.make(dict(tasks.default_config("gsm_infinite"), window=512))
     assert (sliding.layout.seq_len, sliding.layout.kinds) == (3584, "CCCCCCP")
-    problem, example = check(sliding, "eval", 0, 5)
-    assert np.flatnonzero(example["loss_mask"])[0] >= 3584 - 512
-    assert example["tokens"][0] == sliding.vocab.pad_id and example["tokens"][-1] == sliding.vocab.eos_id
+    assert sliding.layout.answer_windows == (3, 4, 5, 6)
+    for task in (hard, sliding):
+        problem, example = check(task, "eval", 0, 5)
+        prompt = len(task.vocab.encode(problem.text + "\nAnswer: "))
+        scored = np.flatnonzero(example["loss_mask"])
+        assert scored[0] == prompt - 1 and scored[0] // task.layout.window == task.answer_window(problem)
+        assert example["tokens"][0] != task.vocab.pad_id and example["tokens"][-1] == task.vocab.pad_id
+        assert kinds_from_mask(example["loss_mask"][None], task.layout.window) == \
+            "C" * task.answer_window(problem) + "P" * (scored[-1] // task.layout.window - scored[0] // task.layout.window + 1)
 
 
-def test_token_level_lengths_left_padding_and_fixed_train_set(tmp_path):
+def test_batches_share_their_answer_window():
+    """A batch's rows start their answers in one window (so one kinds string serves it): training
+    batches draw a window per batch, the eval set is grouped by window and covered exactly once."""
+    task = tasks.make(dict(tasks.default_config("gsm_infinite", "tiny"), window=128, target_tokens=(300, 900),
+                           eval_examples=24))
+    assert task.layout.answer_windows == (2, 3, 4, 5, 6, 7)
+    windows = set()
+    for batch in itertools.islice(iter(task.batches("train", 0, 4)), 12):
+        kinds = kinds_from_mask(batch["loss_mask"], 128)
+        windows.add(kinds.index("P"))
+        assert all(kinds_from_mask(row[None], 128).index("P") == kinds.index("P") for row in batch["loss_mask"])
+    assert len(windows) >= 3
+    two = [next(iter(task.batches("train", 0, 2, process_index=p, process_count=2))) for p in (0, 1)]
+    one = next(iter(task.batches("train", 0, 4)))
+    np.testing.assert_array_equal(np.concatenate([two[0]["tokens"][:1], two[1]["tokens"][:1], two[0]["tokens"][1:],
+                                                  two[1]["tokens"][1:]]), one["tokens"])   # rows p, p + P, ...
+    seen = []
+    for batch in task.batches("eval", 0, 5):
+        kinds_from_mask(batch["loss_mask"], 128)          # raises if two rows start in different windows
+        seen += [int(d) for d in batch["difficulty"][:, 0] if d >= 0]
+    assert len(seen) == 24 and sorted(seen) == sorted(task.dataset("eval", 0)[i]["difficulty"][0] for i in range(24))
+
+
+def test_token_level_lengths_and_fixed_train_set(tmp_path):
     tokenizer = write_tiny_tokenizer(tmp_path / "tok")
     config = dict(tasks.default_config("gsm_infinite", "tiny"), tokenizer=tokenizer, window=64,
                   target_tokens=(200, 300), train_examples=5)
@@ -307,14 +349,20 @@ def test_token_level_lengths_left_padding_and_fixed_train_set(tmp_path):
         problem = task.problem("eval", 0, index)
         example = task.features(problem)
         assert 200 <= len(task.vocab.encode(problem.text)) <= 300   # tokens, not characters
+        prompt = len(task.vocab.encode(problem.text + "\nAnswer: "))
         answer = task.vocab.encode(str(problem.answer)) + [task.vocab.eos_id]
-        np.testing.assert_array_equal(example["tokens"][-len(answer):], answer)
+        np.testing.assert_array_equal(example["tokens"][prompt:prompt + len(answer)], answer)
         scored = np.flatnonzero(example["loss_mask"])
-        assert scored.tolist() == list(range(task.layout.seq_len - len(answer) - 1, task.layout.seq_len - 1))
+        assert scored.tolist() == list(range(prompt - 1, prompt + len(answer) - 1))
         text = task.vocab.decode(example["tokens"][example["tokens"] != task.vocab.pad_id])
         assert text.startswith(("How many", "What is")) and text.endswith(f"Answer : {problem.answer} <eos>")
     assert task.train_size == 5
     assert task.problem("train", 0, 7) == task.problem("train", 0, 2)   # epoch 2 repeats epoch 1
+    batches = list(itertools.islice(iter(task.batches("train", 0, 2)), 12))
+    for batch in batches:
+        kinds_from_mask(batch["loss_mask"], 64)
+    texts = {task.vocab.decode(row) for batch in batches for row in batch["tokens"]}
+    assert len(texts) == 5   # every problem of the fixed set is read
 
 
 def published_rows(ops_values, per_ops):
@@ -347,6 +395,9 @@ def test_published_parquet_and_jsonl(tmp_path):
     task = tasks.make(config)
     assert [p.ops for p in task.eval_problems] == [2, 3, 2, 3] and task.train_size == 8
     assert task.problem("eval", 0, 1).answer == 1 + 2 * 3
+    # The question first, then the context, as the generator lays a problem out.
+    assert task.problem("eval", 0, 1).text.startswith("How many pears does Ben have?\nAnn has 1 apples.")
+    assert task.vocab.decode(task.example("eval", 0, 1)["tokens"][:29]).startswith("How many pears does Ben have?")
     batch = eval_batch(task, 4)
     evaluator = task.evaluator()
     evaluator.add(batch, oracle_predictions(batch["tokens"]))
@@ -375,3 +426,28 @@ def test_distractors_share_places_and_read_core_quantities():
                 other_places += ref[1] not in core_places
                 reads_core += any(r in core for r in operands)
     assert about_core_places > 10 and reads_core > 10 and other_places > 10
+
+
+@pytest.mark.parametrize("variant", ["paper", "paper_ouro", "paper_sliding"])
+def test_paper_recipes_build_their_data_with_a_bpe_tokenizer(variant, bpe_tokenizer):
+    """Each paper recipe's task, its lengths counted by a byte-level BPE (about 4 characters a
+    token, as Qwen2.5's): every train batch of one epoch of a (smaller) fixed set and every eval
+    batch builds, within 2000..3300 tokens, each batch's rows sharing their answer window."""
+    import runpy
+    config = runpy.run_path(os.path.join(REPO, "configs", "gsm_finetune.py"))["get_config"](variant)
+    task = tasks.make(dict(config.task.to_dict(), tokenizer=bpe_tokenizer, train_examples=48, eval_examples=16))
+    assert config.train.batch_size == 256 and config.task.eval_examples == 1600   # the paper's
+    built, windows = 0, set()
+    for split, batches in (("train", itertools.islice(iter(task.batches("train", 0, 8)), 8)),
+                           ("eval", task.batches("eval", 0, 8))):
+        for batch in batches:
+            kinds = kinds_from_mask(batch["loss_mask"], task.layout.window)
+            windows.add(kinds.index("P"))
+            for tokens in batch["tokens"][batch["difficulty"][:, 0] >= 0]:
+                text = task.vocab.decode(tokens[tokens != task.vocab.pad_id])
+                problem = text[:text.index("\nAnswer:")]
+                assert 2000 <= len(task.vocab.encode(problem)) <= 3300
+                built += 1
+    assert built >= 48 + 16 and windows <= set(task.layout.answer_windows)
+    if variant == "paper_sliding":
+        assert len(windows) >= 2

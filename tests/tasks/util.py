@@ -1,4 +1,8 @@
 """Helpers shared by the task tests."""
+import ast
+import pathlib
+import sysconfig
+
 import numpy as np
 
 
@@ -34,6 +38,51 @@ def write_tiny_tokenizer(path, texts=()) -> str:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(
         special_tokens=["<pad>", "<eos>", "[UNK]"]))
+    os.makedirs(path, exist_ok=True)
+    tokenizer.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "<eos>", "pad_token": "<pad>"}, f)
+    return str(path)
+
+
+def english_docstrings(limit: int = 1_000_000) -> list[str]:
+    """Docstrings of the standard library's top-level modules (sorted), about `limit` characters."""
+    texts, size = [], 0
+    for path in sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    texts.append(doc)
+                    size += len(doc)
+        if size >= limit:
+            break
+    return texts
+
+
+def write_bpe_tokenizer(path) -> str:
+    """A byte-level BPE of 16k tokens (as GPT-2's or Qwen's), trained on English docstrings and a
+    few generated problems (about 4 characters a token on GSM-Infinite text), saved in directory
+    `path` as `tokenizer.json` + `tokenizer_config.json`."""
+    import json
+    import os
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from sleep_jax.tasks.gsm_infinite import generator
+
+    rng = np.random.default_rng(0)
+    corpus = english_docstrings() + [generator.generate(rng, 1 + i % 8, 1500).text for i in range(5)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=16_000, special_tokens=["<eos>", "<pad>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     os.makedirs(path, exist_ok=True)
     tokenizer.save(os.path.join(path, "tokenizer.json"))
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:

@@ -111,10 +111,29 @@ def test_batch_that_does_not_split_over_the_mesh():
     assert _error(config, device_count=8).startswith("train.batch_size=60: must be a multiple")
 
 
+def test_batch_must_split_into_micro_batches_over_the_mesh():
+    """Each of train.grad_accum_steps micro-batches is split over mesh.data x mesh.fsdp; the eval
+    batch is not accumulated and keeps the mesh rule alone."""
+    config = rule110_tiny()
+    config.train.update(batch_size=48, grad_accum_steps=4, eval_batch_size=8)
+    config.mesh.update(data=4, fsdp=2)
+    assert _error(config, device_count=8) == (
+        "train.batch_size=48: must be a multiple of train.grad_accum_steps x mesh.data x "
+        "mesh.fsdp = 4 x 4 x 2 = 32")
+    config.train.batch_size = 64
+    stages = config_lib.validate(config, config_lib.make_task(config), 8)
+    assert stages[-1].steps == config.train.steps
+    assert config_lib.train_config(config).grad_accum_steps == 4
+    config.train.eval_batch_size = 12
+    assert _error(config, device_count=8).startswith(
+        "train.eval_batch_size=12: must be a multiple of mesh.data x mesh.fsdp = 8")
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("steps", 0, "train.steps=0: must be an int >= 1"),
     ("seed", -1, "train.seed=-1: must be an int >= 0"),
     ("keep_checkpoints", 0, "train.keep_checkpoints=0: must be an int >= 1"),
+    ("grad_accum_steps", 0, "train.grad_accum_steps=0: must be an int >= 1"),
     ("muon_lr", -0.1, "train.muon_lr=-0.1: must be a learning rate > 0"),
     ("adamw_lr", 0.0, "train.adamw_lr=0.0: must be a learning rate > 0"),
     ("muon_lr", float("nan"), "train.muon_lr=nan: must be a finite number"),

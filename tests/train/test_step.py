@@ -102,3 +102,112 @@ def test_a_non_finite_step_is_not_applied_and_is_remembered():
     assert (int(state["step"]), int(state["diverged_at_step"])) == (1, 2)
     chex.assert_trees_all_close(jax.tree.map(np.asarray, state["params"]), after_one["params"])
     assert np.isfinite(float(metrics["loss"])) and float(metrics["lr_adamw"]) == pytest.approx(0.1)
+
+
+def uneven_batches(steps=2, batch=16):
+    """Rows scoring 0 to 3 tokens of the prediction window, in an order that gives the
+    micro-batches of accum_steps 2 and 4 (rows i, i + k, ...) different counts, one of them 0."""
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(steps):
+        mask = np.zeros((batch, 12), np.int32)
+        for row in range(batch):
+            mask[row, 8:8 + row % 4] = 1
+        batches.append({"tokens": rng.integers(0, 8, (batch, 12), dtype=np.int32), "loss_mask": mask})
+    return batches
+
+
+def run_accumulated(mesh, batches, accum_steps):
+    optimizer = make_optimizer(TRAIN)
+    graphdef = nnx.graphdef(HybridModel(MODEL, rngs=nnx.Rngs(0)))
+    state, shardings = init_train_state(
+        lambda: nnx.split(HybridModel(MODEL, rngs=nnx.Rngs(0)))[1], optimizer, mesh)
+    step = make_train_step(model_loss_fn(graphdef, sleep=SLEEP, kinds=KINDS), optimizer, mesh,
+                           shardings, accum_steps=accum_steps)
+    metrics = []
+    for batch in batches:
+        state, step_metrics = step(state, batch)
+        metrics.append({k: float(v) for k, v in step_metrics.items()})
+    return metrics, jax.tree.map(np.asarray, state["params"])
+
+
+def test_gradient_accumulation_matches_the_whole_batch():
+    """accum_steps 4 on the 8-device mesh: the same losses, metrics and new parameters as one pass
+    over the batch, with micro-batches scoring different numbers of tokens, one of them none
+    (weighted by their share of the scored tokens, not equally)."""
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    batches = uneven_batches()
+    counts = batches[0]["loss_mask"].reshape(-1, 4, 12).sum(axis=(0, 2))
+    assert len(set(counts.tolist())) == 4 and 0 in counts
+    whole_metrics, whole_params = run_accumulated(mesh, batches, 1)
+    init = jax.tree.map(np.asarray, nnx.split(HybridModel(MODEL, rngs=nnx.Rngs(0)))[1])
+    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(whole_params)):
+        assert not np.array_equal(a, b)   # the second step's update moved every parameter
+    metrics, params = run_accumulated(mesh, batches, 4)
+    for step_metrics, expected in zip(metrics, whole_metrics):
+        assert step_metrics.keys() == expected.keys()
+        assert step_metrics["scored"] == expected["scored"] == 24   # summed, not averaged
+        for name in expected:
+            np.testing.assert_allclose(step_metrics[name], expected[name], rtol=1e-5, err_msg=name)
+    for a, b in zip(jax.tree.leaves(whole_params), jax.tree.leaves(params)):
+        assert rel_rms(b, a) <= 1e-5
+
+
+def test_micro_batches_stay_on_the_devices_that_hold_their_rows():
+    """Micro-batch i is rows i, i + k, ...: every device holds B / (k x 4) rows of each, its own
+    rows, and splitting moves no data (no collective in the compiled program)."""
+    from sleep_jax.parallel.rules import batch_sharding
+    from sleep_jax.train.step import micro_batches
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharding = batch_sharding(mesh, ndim=2)
+    tokens = jax.device_put(np.arange(16 * 3, dtype=np.int32).reshape(16, 3), sharding)
+    split = jax.jit(lambda b: micro_batches(b, 4, mesh)["tokens"] + 1, in_shardings=(sharding,))
+    with jax.set_mesh(mesh):
+        micro = split({"tokens": tokens})
+        text = split.lower({"tokens": tokens}).compile().as_text()
+    for collective in ("all-to-all", "all-gather", "collective-permute", "all-reduce"):
+        assert collective not in text
+    np.testing.assert_array_equal(micro, np.arange(16 * 3).reshape(4, 4, 3).swapaxes(0, 1) + 1)
+    for shard in micro.addressable_shards:   # device rows 4d .. 4d + 3 hold one row of each micro-batch
+        rows = shard.data[:, :, 0] // 3
+        assert shard.data.shape == (4, 1, 3) and rows.min() // 4 == rows.max() // 4
+
+
+def test_accumulation_without_scored_weights_micro_batches_equally_and_keeps_frozen_params():
+    """A loss_fn with no "scored" metric (a mean over rows): micro-batches weigh the same; a frozen
+    parameter stays bit-identical and its gradient is zero."""
+    import jax.numpy as jnp
+    import optax
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    optimizer = optax.chain(optax.multi_transform({"muon": sgd, "adamw": sgd},
+                                                  lambda p: jax.tree.map(lambda _: "adamw", p)))
+
+    def create_params():
+        return nnx.State({"w": make_param(jnp.ones((4, 2)), ("embed", "mlp")),
+                          "b": make_param(jnp.full((2,), 0.5), ("mlp",))})
+
+    def loss_fn(params, batch):
+        out = batch["x"] @ params["w"].get_value() + params["b"].get_value()
+        loss = jnp.mean(out ** 2)
+        return loss, {"out_mean": jnp.mean(out)}
+
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    results = []
+    for k in (1, 2):
+        state, shardings = init_train_state(create_params, optimizer, mesh)
+        trainable = jax.tree.map(lambda _: True, state["params"])
+        trainable["b"] = jax.tree.map(lambda _: False, trainable["b"])
+        step = make_train_step(loss_fn, optimizer, mesh, shardings, trainable=trainable,
+                               accum_steps=k)
+        state, metrics = step(state, {"x": x})
+        results.append((jax.tree.map(np.asarray, state["params"]),
+                        {name: float(v) for name, v in metrics.items()}))
+    (whole, whole_metrics), (accumulated, metrics) = results
+    np.testing.assert_allclose(accumulated["w"].get_value(), whole["w"].get_value(), rtol=1e-6)
+    assert not np.array_equal(whole["w"].get_value(), np.ones((4, 2), np.float32))
+    np.testing.assert_array_equal(accumulated["b"].get_value(), np.full((2,), 0.5, np.float32))
+    for name in ("loss", "out_mean", "grad_norm"):
+        assert metrics[name] == pytest.approx(whole_metrics[name], rel=1e-6)

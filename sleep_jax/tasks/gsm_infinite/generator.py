@@ -33,8 +33,9 @@ What we follow:
   parameters, earlier noise, totals whose members are all stated), with 1 to 4 inputs drawn as
   they draw them. They never join a total the answer needs (all its members are core).
 - Padding to length as their `dummynetwokinginstanceparam`: parameters of places outside the
-  structure, each reading one or two of the answer's parameters, sometimes the total of another
-  padding place (whose kinds are then closed). Statements are shuffled.
+  structure (each template has 32 places, the structure at most `MAX_PLACES`), each reading one
+  or two of the answer's parameters, sometimes the total of another padding place (whose kinds
+  are then closed). Statements are shuffled.
 
 What we leave out, and why: their sampling of the graph by (s, n, m) with retries on failure
 (`drawNecessary1..3`; we build the answer's graph top-down with an exact op budget, so every op
@@ -43,16 +44,24 @@ answers mod a prime; the solution text (we train on the answer alone, question f
 prompt's explanation of the totals (a fixed rule the model learns from the data); values up to
 1000 (ours stay in [0, 99], so every answer is at most two digits; literals, factors and sums
 are drawn to keep them there). Padding statements read at most two quantities (theirs up to
-three) so that one fits between `target_tokens` bounds.
+three) so that one fits between `target_tokens` bounds. Padding stays within a guaranteed
+capacity: at most a quarter of the padding places close (a closed place loses its unstated
+counts), so at least `PADDING_REFS` padding parameters are always free, enough for paper-scale
+problems (3300 tokens) even when a padding statement is as short as 16 tokens (one token a word).
 
 `generate(rng, ops, target_length, length)` draws one `GsmProblem`; `length` counts characters or
-a tokenizer's tokens (the task's, see `gsm_infinite.task`).
+a tokenizer's tokens (the task's, see `gsm_infinite.task`). Every bound is measured with that
+same `length`: `capacity(length)` (the most one padding statement adds, the longest target that
+is always reached) and `longest_core(ops, length)`, computed once per `length` object. Their
+token counts are exact maxima and minima for a tokenizer that splits at spaces before merging
+(byte-level BPE as GPT-2's or Qwen's, word level), otherwise close estimates.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+import weakref
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -87,7 +96,9 @@ TEMPLATES = (
              places=("Elm Park", "Oak Zoo", "Fern Vale", "Pine Farm", "Moss Bay", "Ash Grove",
                      "Reed Marsh", "Rock Park", "Cove Zoo", "Glen Farm", "Dale Ranch", "Mist Wood",
                      "Sun Valley", "Hill Ranch", "Lake Farm", "Bay Zoo", "Iris Fen", "Cliff Park",
-                     "Rose Vale", "Wind Moor", "Sand Dune", "Tide Pool", "Peak Zoo", "Brook Farm"),
+                     "Rose Vale", "Wind Moor", "Sand Dune", "Tide Pool", "Peak Zoo", "Brook Farm",
+                     "Birch Park", "Cedar Zoo", "Maple Farm", "Heath Park", "Lark Zoo", "Marsh Farm",
+                     "Stone Vale", "Fir Ranch"),
              kinds=("adult bear", "adult wolf", "adult deer", "adult fox", "adult lynx",
                     "adult hare", "adult otter", "adult eagle", "adult owl", "adult crow",
                     "adult heron", "adult swan", "adult goat", "adult boar"),
@@ -96,7 +107,9 @@ TEMPLATES = (
              places=("Riverton", "Brightford", "Glenfield", "Westhaven", "Evervale", "Oakbridge",
                      "Stonebrook", "Fairmont", "Ashford", "Millbrook", "Redwood", "Silverton",
                      "Kingsport", "Lakeview", "Hillcrest", "Bayside", "Marlow", "Northgate",
-                     "Sunford", "Elmstead", "Dunmore", "Harwich", "Pinecrest", "Easton"),
+                     "Sunford", "Elmstead", "Dunmore", "Harwich", "Pinecrest", "Easton",
+                     "Castleton", "Durham", "Greenwich", "Holloway", "Ivybridge", "Kendal",
+                     "Lindfield", "Oldham"),
              kinds=("art school", "law school", "high school", "music school", "dance school",
                     "drama school", "chess school", "swim school", "ski school", "film school",
                     "yoga school", "math school", "sport school", "cook school"),
@@ -106,7 +119,9 @@ TEMPLATES = (
                      "Banana Fest", "Valmont Fest", "Rivage Fest", "Aurora Fest", "Coral Fest",
                      "Delta Fest", "Ember Fest", "Falcon Fest", "Harbor Fest", "Indigo Fest",
                      "Jasper Fest", "Kestrel Fest", "Meadow Fest", "Nimbus Fest", "Orchid Fest",
-                     "Prism Fest", "Quartz Fest", "Sierra Fest", "Willow Fest"),
+                     "Prism Fest", "Quartz Fest", "Sierra Fest", "Willow Fest", "Lotus Fest",
+                     "Cobalt Fest", "Onyx Fest", "Pebble Fest", "Raven Fest", "Summit Fest",
+                     "Tulip Fest", "Zephyr Fest"),
              kinds=("comedy film", "drama film", "horror film", "action film", "crime film",
                     "war film", "road movie", "space film", "spy film", "dance film", "heist film",
                     "music film", "sports film", "period film"),
@@ -168,38 +183,127 @@ def _all_refs(template: Template) -> list[Ref]:
             + [(kind, p, -1) for kind in ("total", "offspring") for p in places])
 
 
-def _longest_by_inputs() -> dict[int, str]:
-    """Per input count j, a statement at least as long as any with j inputs: every name the
-    longest phrase, every constant MAX_VALUE."""
-    longest = max((phrase(t, r) for t in TEMPLATES for r in _all_refs(t)), key=len)
-    forms = {1: [_statement(longest, MAX_VALUE, "", [], "sum"),
-                 _statement(longest, None, "", [longest], "sum")]}
-    for inputs in range(2, MAX_INPUTS + 1):
-        forms[inputs] = [_statement(longest, MAX_VALUE, "times" if constant else "",
-                                    [longest] * (inputs - constant), combine)
-                         for constant in (0, 1) for combine in ("sum", "difference")]
-    return {inputs: max(texts, key=len) for inputs, texts in forms.items()}
+# Padding closes at most a quarter of the padding places (a closed place's unstated counts are
+# lost), so at least PADDING_REFS padding parameters are always free: those of the fewest
+# padding places (a structure of MAX_PLACES places), counts only (depth 2), less what closures
+# lose (each closed place has at least two counts stated). More padding places only add to it.
+MAX_CLOSED_SHARE = 4
 
 
-LONGEST_BY_INPUTS = _longest_by_inputs()
-# Padding statements read one or two quantities, no constant; the last one added may overshoot
-# the drawn target by at most this much.
-LONGEST_PADDING = LONGEST_BY_INPUTS[2]
-MIN_PADDING = min(len(_statement(phrase(t, r), None, "", [phrase(t, r)], "sum")) for t in TEMPLATES
-                  for r in _all_refs(t) if r[0] == "count")
-# Longest problem: padding uses at most half of the padding places' counts, so drawing a new one
-# stays quick.
-MAX_PROBLEM_TOKENS = ((min(len(t.places) for t in TEMPLATES) - MAX_PLACES)
-                      * min(len(t.kinds) for t in TEMPLATES) // 2 * (MIN_PADDING + 1))
-LONGEST_QUESTION = max((_question(t, r) for t in TEMPLATES for r in _all_refs(t)), key=len)
+def _max_closed(padding_places: int) -> int:
+    return padding_places // MAX_CLOSED_SHARE
+
+
+def _padding_refs() -> int:
+    places = min(len(t.places) for t in TEMPLATES) - MAX_PLACES
+    kinds = min(len(t.kinds) for t in TEMPLATES)
+    return places * kinds - _max_closed(places) * (kinds - 2)
+
+
+PADDING_REFS = _padding_refs()
+_CANDIDATES = 4   # phrases per slot (longest or shortest) combined when bounding a statement
+
+
+class Capacity(NamedTuple):
+    """What `generate` can build, measured by one `length` (characters or a tokenizer's tokens).
+
+    Attributes:
+      max_padding: the most one padding statement adds to a problem (the space before it
+        included): how far the last one may overshoot the target.
+      max_problem: the longest target `generate` always reaches: `PADDING_REFS` padding
+        statements of the least length one can have.
+    """
+    max_padding: int
+    max_problem: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measures:
+    capacity: Capacity
+    longest_padding: str      # a padding statement of `capacity.max_padding`
+    per_input: float          # bound on a core statement's length per input
+    question: int             # the longest question
+
+
+def _padding_forms(subject: str, first: str, second: str) -> list[str]:
+    """The padding statements of `subject` from one or two names: the name, their sum, their difference."""
+    return [_statement(subject, None, "", [first], "sum"), _statement(subject, None, "", [first, second], "sum"),
+            _statement(subject, None, "", [first, second], "difference")]
+
+
+def _measure(length: Callable[[str], int]) -> _Measures:
+    """Every bound by `length`. Each slot of a statement (its subject, each name) is filled by the
+    phrases longest (shortest) by `length` in context, and the combinations are measured whole:
+    the exact maximum (minimum) for a tokenizer that splits at spaces before merging."""
+    refs = [(t, r) for t in TEMPLATES for r in _all_refs(t)]
+    names = sorted({(length(" " + phrase(t, r)), phrase(t, r)) for t, r in refs})
+    subjects = sorted({(length(" " + phrase(t, r)[0].upper() + phrase(t, r)[1:]), phrase(t, r))
+                       for t, r in refs if r[0] in INSTANCE})
+    statements = []
+    for pick in (slice(-_CANDIDATES, None), slice(_CANDIDATES)):
+        slot_subjects, slot_names = [p for _, p in subjects[pick]], [p for _, p in names[pick]]
+        statements.append([(length(" " + text), text) for subject in slot_subjects for first in slot_names
+                           for second in slot_names for text in _padding_forms(subject, first, second)])
+    longest, shortest = max(statements[0]), min(statements[1])
+    subject, name = subjects[-1][1], names[-1][1]
+    per_input = 0.0
+    for inputs in range(1, MAX_INPUTS + 1):
+        texts = [_statement(subject, MAX_VALUE, "", [], "sum")] if inputs == 1 else []
+        texts += [_statement(subject, MAX_VALUE if constant else None, apply if constant else "",
+                             [name] * (inputs - constant), combine)
+                  for constant in (0, 1) for apply in ("plus", "times") for combine in ("sum", "difference")
+                  if inputs - constant >= 1 and (inputs - constant == 2 or combine == "sum")]
+        per_input = max(per_input, max(length(" " + text) for text in texts) / inputs)
+    question = max(length(_question(t, r)) for t, r in refs)
+    return _Measures(capacity=Capacity(max_padding=longest[0], max_problem=PADDING_REFS * shortest[0]),
+                     longest_padding=longest[1], per_input=per_input, question=question)
+
+
+_MEASURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MEASURES_KEPT: dict = {}   # for `length`s with no weak reference (builtins such as `len`)
+
+
+def _measures(length: Callable[[str], int]) -> _Measures:
+    """`_measure(length)`, computed once per `length` object (a tokenizer's: a few thousand
+    phrases measured, a fraction of a second)."""
+    try:
+        found = _MEASURES.get(length)
+        cache = _MEASURES
+    except TypeError:
+        found = _MEASURES_KEPT.get(length)
+        cache = _MEASURES_KEPT
+    if found is None:
+        found = cache[length] = _measure(length)
+    return found
+
+
+def capacity(length: Callable[[str], int] = len) -> Capacity:
+    """`Capacity(max_padding, max_problem)` by `length` (characters, or a tokenizer's tokens)."""
+    return _measures(length).capacity
+
+
+def longest_padding(length: Callable[[str], int] = len) -> int:
+    """The most one padding statement adds by `length`: `capacity(length).max_padding`."""
+    return capacity(length).max_padding
+
+
+def max_problem_length(length: Callable[[str], int] = len) -> int:
+    """The longest target `generate` always reaches by `length`: `capacity(length).max_problem`."""
+    return capacity(length).max_problem
 
 
 def longest_core(ops: int, length: Callable[[str], int] = len) -> int:
     """An upper bound on the length (by `length`: characters or tokens) of a problem with `ops`
     ops before distractors: the question line and statements whose inputs add up to at most
     `ops`, each no longer per input than the longest statement of its input count."""
-    per_input = max((length(text) + 1) / inputs for inputs, text in LONGEST_BY_INPUTS.items())
-    return length(LONGEST_QUESTION) + 1 + math.ceil(ops * per_input)
+    measures = _measures(length)
+    return measures.question + 1 + math.ceil(ops * measures.per_input)
+
+
+# By characters, for callers that measure text in characters (the task did): the longest padding
+# statement and the longest target always reached. A tokenizer needs `capacity(length)`.
+LONGEST_PADDING = _measures(len).longest_padding
+MAX_PROBLEM_TOKENS = capacity(len).max_problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +350,8 @@ class _Builder:
         self.core_refs: list[Ref] = []       # the answer's parameters, abstract ones included
         self.independent: list[Ref] = []     # noise that never reads the answer's graph
         self.closed: set[int] = set()        # padding places whose total is referenced
+        self.free: list[Ref] | None = None   # padding parameters not yet stated (from the first padding)
+        self.padding_counts: dict[int, list[int]] = {}   # values of the counts stated per padding place
 
     def _pick(self, low: int, high: int) -> int:
         return int(self.rng.integers(low, high + 1))
@@ -488,32 +594,37 @@ class _Builder:
 
     def padding(self) -> tuple[Ref, str]:
         """A parameter of a place outside the structure read from one or two of the answer's
-        parameters, or from one and the total of another padding place (which closes it)."""
+        parameters, or from one and the total of another padding place (which closes it; at most
+        a quarter of the padding places close)."""
         ref = self._padding_ref()
         count = 1 + int(self.rng.random() < 0.5)
         picks = self.rng.choice(len(self.core_refs), min(count, len(self.core_refs)), replace=False)
         operands = [self.core_refs[i] for i in picks]
-        if self.rng.random() < 0.2:
-            kinds = range(len(self.template.kinds))
-            counts = {p: [self.values[("count", p, k)] for k in kinds if ("count", p, k) in self.values]
-                      for p in self.padding_places if p != ref[1] and p not in self.closed}
-            places = [p for p, values in counts.items() if len(values) >= 2 and sum(values) <= MAX_VALUE]
+        if self.rng.random() < 0.2 and len(self.closed) < _max_closed(len(self.padding_places)):
+            places = [p for p, values in self.padding_counts.items()
+                      if p != ref[1] and p not in self.closed and len(values) >= 2 and sum(values) <= MAX_VALUE]
             if places:
                 place = places[self.rng.integers(len(places))]
                 self.closed.add(place)
-                self.values[("total", place, -1)] = sum(counts[place])
+                self.values[("total", place, -1)] = sum(self.padding_counts[place])
                 operands[-1] = ("total", place, -1)
-        return ref, self._state(ref, False, operands, MAX_VALUE)[0]
+                self.free = [r for r in self.free if not (r[0] == "count" and r[1] == place)]
+        sentence = self._state(ref, False, operands, MAX_VALUE)[0]
+        if ref[0] == "count":
+            self.padding_counts.setdefault(ref[1], []).append(self.values[ref])
+        return ref, sentence
 
     def _padding_ref(self) -> Ref:
-        kinds = INSTANCE[:self.depth - 1]
-        for _ in range(10_000):
-            place = self.padding_places[self.rng.integers(len(self.padding_places))]
-            kind = int(self.rng.integers(len(self.template.kinds)))
-            ref = (kinds[self.rng.integers(len(kinds))], place, kind)
-            if ref not in self.values and not (ref[0] == "count" and ref[1] in self.closed):
-                return ref
-        raise RuntimeError("gsm_infinite: no padding parameter left; lower task.target_tokens")
+        """A padding parameter drawn uniformly among those not yet stated (no count of a closed place)."""
+        if self.free is None:
+            self.free = [(kind, p, k) for kind in INSTANCE[:self.depth - 1] for p in self.padding_places
+                         for k in range(len(self.template.kinds))]
+        if not self.free:
+            raise RuntimeError("gsm_infinite: no padding parameter left; lower task.target_tokens")
+        index = int(self.rng.integers(len(self.free)))
+        ref, self.free[index] = self.free[index], self.free[-1]
+        self.free.pop()
+        return ref
 
 
 def generate(rng: np.random.Generator, ops: int, target_length: int,

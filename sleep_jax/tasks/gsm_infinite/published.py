@@ -13,7 +13,8 @@ MAX_PUBLISHED_OPS = 50   # the published sets go to 30 ops (medium, hard) and 50
 
 @dataclasses.dataclass(frozen=True)
 class PublishedProblem:
-    """One problem of a published GSM-Infinite file: its context and question, op count, answer."""
+    """One problem of a published GSM-Infinite file: its question then its context (`text`), op
+    count, answer."""
     ops: int
     text: str
     answer: int
@@ -53,7 +54,9 @@ def read_published(path: str) -> list[PublishedProblem]:
             answers = _ANSWER.findall(str(row["solution"]))
             if not answers:
                 raise ValueError(f"task.data={path!r}: row {where}: no 'Answer: <integer>' in its solution")
-            text = str(row["problem"]).strip() + "\n" + str(row["question"]).strip()
+            # The question first, then the context: as the generator lays a problem out (and as the
+            # paper asks: the model knows the query before reading the long context).
+            text = str(row["question"]).strip() + "\n" + str(row["problem"]).strip()
             problems.append(PublishedProblem(ops=int(row["op"]), text=text,
                                              answer=int(answers[-1]), source=where))
     return problems
