@@ -12,7 +12,8 @@ tokenizer_config.json) of a supported family, or a run directory written by
 
 Variants:
 - ``tiny``: any supported checkpoint, one MLP-free GDN block inserted at layer 1 (the inserted
-  block starts as the identity), L = 64 tokens, problems of 150-260 tokens with 1-2 ops, a
+  block starts as the identity), L = 64 tokens, problems of 150-200 tokens with 1-2 ops (answers
+  starting in window 2 or 3: batches of both kinds, "CCP" and "CCCP"), a
   fixed train set of 32 problems, batch 8, two stages: stage 1 trains only the inserted block
   for 1 epoch with hard eviction, stage 2 the whole model for 2 epochs with sliding eviction.
   Runs through both stages on the CPU in a few minutes.
@@ -57,7 +58,7 @@ def get_config(variant: str = "tiny"):
         raise ValueError(f"configs/gsm_finetune.py:{variant}: unknown variant; one of {VARIANTS}")
     config = base_config("gsm_infinite", "tiny" if variant == "tiny" else "paper")
     if variant == "tiny":
-        config.task.update(ops=(1, 2), eval_ops=(1, 2), window=64, target_tokens=(150, 260),
+        config.task.update(ops=(1, 2), eval_ops=(1, 2), window=64, target_tokens=(150, 200),
                            train_examples=32, eval_examples=16)
         config.init.update(insert_positions=(1,), insert_kind="G")
         config.model = model_block(delta_rule_impl="recurrent")

@@ -45,18 +45,24 @@ def test_lower_levels_import_downward_only(level_name):
                 f"level {LEVELS[level_name]}"
 
 
-@pytest.mark.parametrize("module, forbidden", [
-    ("sleep_jax.parallel", ("sleep_jax.layers", "sleep_jax.model", "sleep_jax.ops")),
-    ("sleep_jax.ops", ("sleep_jax.layers", "sleep_jax.model")),
-    ("sleep_jax.layers", ("sleep_jax.model", "sleep_jax.sleep", "sleep_jax.train")),
-    ("sleep_jax.windows", ("sleep_jax.",)),
-    ("sleep_jax.axes", ("sleep_jax.",)),
-])
-def test_importing_a_level_loads_nothing_above_it(module, forbidden):
-    code = f"import sys, {module}; print('\\n'.join(sorted(m for m in sys.modules if m.startswith('sleep_jax'))))"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={"JAX_PLATFORMS": "cpu", "PATH": ""}).stdout.split()
-    assert module in loaded
-    above = [m for m in loaded if m != module and not m.startswith(module + ".") and m != "sleep_jax"
-             and m.startswith(forbidden)]
-    assert not above, f"importing {module} loaded {above}"
+# Each level and what importing it must not load (one fresh interpreter per level, run together).
+LOADS_NOTHING_ABOVE = {
+    "sleep_jax.parallel": ("sleep_jax.layers", "sleep_jax.model", "sleep_jax.ops"),
+    "sleep_jax.ops": ("sleep_jax.layers", "sleep_jax.model"),
+    "sleep_jax.layers": ("sleep_jax.model", "sleep_jax.sleep", "sleep_jax.train"),
+    "sleep_jax.windows": ("sleep_jax.",),
+    "sleep_jax.axes": ("sleep_jax.",),
+}
+
+
+def test_importing_a_level_loads_nothing_above_it():
+    code = "import sys, {}; print('\\n'.join(sorted(m for m in sys.modules if m.startswith('sleep_jax'))))"
+    runs = {module: subprocess.Popen([sys.executable, "-c", code.format(module)], stdout=subprocess.PIPE,
+                                     text=True, env={"JAX_PLATFORMS": "cpu", "PATH": ""})
+            for module in LOADS_NOTHING_ABOVE}
+    for module, run in runs.items():
+        loaded = run.communicate()[0].split()
+        assert run.returncode == 0 and module in loaded, module
+        above = [m for m in loaded if m != module and not m.startswith(module + ".") and m != "sleep_jax"
+                 and m.startswith(LOADS_NOTHING_ABOVE[module])]
+        assert not above, f"importing {module} loaded {above}"

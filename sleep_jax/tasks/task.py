@@ -89,6 +89,14 @@ def _check_read(seed: int, process_index: int, process_count: int) -> None:
         raise ValueError(f"process_index must be in [0, process_count={process_count}), got {process_index}")
 
 
+def check_batches(split: str, seed: int, batch_size: int, process_index: int, process_count: int) -> None:
+    """The arguments of `Task.batches` (ValueError naming the one at fault)."""
+    _check_split(split)
+    _check_read(seed, process_index, process_count)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
 class Task(abc.ABC):
     """A task: vocabulary, layout, example generator, datasets and evaluator.
 
@@ -173,10 +181,7 @@ class Task(abc.ABC):
         scored, ignored by the evaluator), so every batch has the same shape and every process
         reads the same number of batches.
         """
-        _check_split(split)
-        _check_read(seed, process_index, process_count)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_batches(split, seed, batch_size, process_index, process_count)
         if split == "train":
             examples = self.dataset(split, seed, process_index=process_index, process_count=process_count)
         else:

@@ -250,6 +250,8 @@ def test_sleep_one_pass_equals_block_diagonal_forward_and_two_passes_train(tiny,
     sleep = SleepConfig(window=window, carry_conv_tail=carry_conv_tail)
     windowed = jax.jit(lambda m, x: sequence_logits(m, x, sleep=sleep, kinds="CP"))(model, x)
     np.testing.assert_allclose(np.asarray(windowed[:, 4:]), np.asarray(full[:, 4:]), atol=1e-5)
+    if carry_conv_tail:
+        return   # the two passes below, once (the default: only S crosses)
 
     graphdef, params = nnx.split(model)
     mask = jnp.zeros(x.shape).at[:, 4:].set(1.0)

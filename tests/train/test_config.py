@@ -215,3 +215,21 @@ def test_blocks_are_the_dataclass_defaults_plus_overrides():
         config_lib.model_block(d_modle=48)
     with pytest.raises(ValueError, match=r"^sleep\.pases: unknown key"):
         config_lib.sleep_block(window=8, pases=3)
+
+
+def test_a_record_from_before_carry_conv_tail_ran_with_the_tail_carried(tmp_path):
+    """Runs recorded before `sleep.carry_conv_tail` carried the conv tail across windows: their
+    record reads True, so resuming one with the new default is refused, naming the key."""
+    config = rule110_tiny()
+    record_lib.write_run_config(str(tmp_path), config)
+    path = tmp_path / record_lib.RUN_CONFIG
+    tree = json.loads(path.read_text())
+    del tree["sleep"]["carry_conv_tail"]
+    path.write_text(json.dumps(tree))
+    stored = record_lib.load_run_config(str(tmp_path))
+    assert stored.sleep.carry_conv_tail is True and config.sleep.carry_conv_tail is False
+    with pytest.raises(ConfigError, match=r"^sleep\.carry_conv_tail=False: the run .* was trained with "
+                                          r"sleep\.carry_conv_tail=True"):
+        record_lib.check_resume(stored, config, str(path))
+    config.sleep.carry_conv_tail = True
+    record_lib.check_resume(stored, config, str(path))

@@ -47,7 +47,8 @@ from sleep_jax.tasks import config as config_lib
 from sleep_jax.tasks.gsm_infinite.generator import (MAX_OPS, MAX_VALUE, GsmProblem, capacity, generate,
                                                     longest_core, without_last_removable)
 from sleep_jax.tasks.gsm_infinite.published import MAX_PUBLISHED_OPS, PublishedProblem, read_published
-from sleep_jax.tasks.task import SPLITS, TRAIN_EXAMPLES, Layout, Task, batch_rng, eval_value, example_rng
+from sleep_jax.tasks.task import (SPLITS, TRAIN_EXAMPLES, Layout, Task, batch_rng, check_batches, eval_value,
+                                  example_rng)
 from sleep_jax.tasks.vocab import PAD, TokenizerVocab, Vocab
 
 EOS = "<eos>"
@@ -262,7 +263,7 @@ class GsmInfiniteTask(Task):
         sequence on any number of processes, process p its rows p, p + P, ... Checkpointable
         iterator; "eval" covers the eval set once, each window's last batch filled up with
         `empty_example`s (nothing scored)."""
-        self._check_batches(split, seed, batch_size, process_index, process_count)
+        check_batches(split, seed, batch_size, process_index, process_count)
         rows = batch_size * process_count
         if split == "eval":
             order = self._eval_order(seed, rows)
@@ -276,11 +277,6 @@ class GsmInfiniteTask(Task):
             count = TRAIN_EXAMPLES // rows
             load = functools.partial(self._generated_train_batch, seed, rows, process_index, process_count)
         return grain.MapDataset.range(count).map(load).to_iter_dataset()
-
-    def _check_batches(self, split, seed, batch_size, process_index, process_count) -> None:
-        self.dataset(split, seed, process_index=process_index, process_count=process_count)  # the argument checks
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def _stack(self, examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
