@@ -38,7 +38,7 @@ def test_tiny_recipe_step_compiles_for_tpu_v5e_without_weights(tmp_path, batch, 
     (row,) = table(config, {"tpu:v5e:2x2": (devices, False)}, ["1"], ["pass"])
     assert "error" not in row, row
     assert row["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and not row["estimate"]
-    assert (row["batch"], row["seq_len"], row["window"]) == (batch, 320, 64)
+    assert (row["batch"], row["seq_len"], row["window"]) == (batch, 256, 64)
     assert (row["grad_accum_steps"], row["micro_batch"]) == (accum, 8)
     # Replicated over data: every device holds all parameters (float32) and the optimiser state
     # of the trainable ones (the last stage trains everything).
