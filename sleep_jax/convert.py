@@ -1,14 +1,28 @@
-"""Hub checkpoint <-> run directory.
+"""Hub checkpoint <-> run directory, and the model directories every command reads.
 
-    python -m sleep_jax.convert --hf_dir=DIR --out=RUN_DIR            # import
-    python -m sleep_jax.convert --to_hf --run_dir=RUN_DIR --out=DIR   # export (safetensors)
+    python -m sleep_jax.convert --hf_dir=DIR --out=RUN_DIR                         # import
+    python -m sleep_jax.convert --to_hf --run_dir=DIR --out=HUB_DIR [--overwrite]  # export (safetensors)
 
-A run directory holds
-- `model.json`: the `model` block of a run config (ModelConfig fields, 1:1), which the main job
-  fine-tunes from;
-- `params/`: the parameters as an orbax checkpoint (a pure dict in `nnx.state` layout; orbax
-  writes a temporary directory and renames it, so a crash leaves no half checkpoint);
-- `hub/`: the hub `config.json` and tokenizer files, kept for the export.
+A model directory is any of three kinds, and every command that reads a model takes all three
+(`sleep_jax.generate --workdir`, `sleep_jax.main --mode=eval --workdir`, `--to_hf --run_dir`,
+`sleep_jax.main --config.init.hf_dir`); `model_dir_kind` tells them apart:
+
+- "hub": a Hugging Face checkpoint: `config.json` naming a `model_type`, `*.safetensors`,
+  tokenizer files;
+- "convert": what `--hf_dir` writes: `model.json` (the `model` block of a run config, ModelConfig
+  fields 1:1), `params/` (the parameters as an orbax checkpoint: a pure dict in `nnx.state`
+  layout, written to a temporary directory and renamed, so a crash leaves no half checkpoint) and
+  `hub/` (the hub `config.json` and tokenizer files, kept for the export);
+- "run": a `sleep_jax.main` run, trained from scratch or fine-tuned: `config.json` holding the
+  run's config blocks (`model`, `task`, ...) and `checkpoints/` (its newest readable one is read).
+  A fine-tuned run's hub config and tokenizer are those of its `init.hf_dir` (`hub_files_dir`).
+
+Only a run knows a task and a sleep setting: `generate` from a hub or convert directory reads the
+prompt with its tokenizer (`hub_files_dir`), and `--mode=eval` needs `--config` naming the task.
+The export writes the model as its family's hub checkpoint (config.json, safetensors, the
+tokenizer files) that transformers loads for the families it knows; a model the format cannot
+hold (a block kind the family has not, see `hf.families.exportable`) is one line saying so, and
+the run directory stays its portable form. `--out` must be empty or absent unless `--overwrite`.
 """
 import dataclasses
 import json
@@ -22,11 +36,14 @@ from flax import nnx
 
 from sleep_jax import hf
 from sleep_jax.files import write_text_atomic
+from sleep_jax.hf.families import exportable
 from sleep_jax.model import HybridModel, ModelConfig
 
 MODEL_FILE, PARAMS_DIR, HUB_DIR = "model.json", "params", "hub"
+RUN_CONFIG = "config.json"   # a run's record (train.record.RUN_CONFIG); a hub checkpoint's config has this name too
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "generation_config.json", "chat_template.jinja")
+KINDS = ("hub", "convert", "run")
 
 
 def _checkpointer():
@@ -34,8 +51,55 @@ def _checkpointer():
     return ocp.StandardCheckpointer()
 
 
+def model_dir_kind(path: str, flag: str) -> str:
+    """"hub", "convert" or "run" (module docstring) for directory `path`; a ValueError naming
+    `flag` (the flag or key that gave the path) and the files looked for when it is none."""
+    if os.path.exists(os.path.join(path, MODEL_FILE)):
+        return "convert"
+    config_file = os.path.join(path, RUN_CONFIG)
+    if os.path.exists(config_file):
+        try:
+            with open(config_file) as f:
+                config = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{flag}={path!r}: {config_file} is not JSON ({error})") from None
+        if isinstance(config, dict) and "model_type" in config:
+            return "hub"
+        if isinstance(config, dict) and isinstance(config.get("model"), dict):
+            return "run"
+        raise ValueError(f"{flag}={path!r}: {config_file} has neither a model_type (a hub checkpoint) nor a "
+                         f"model block (a sleep_jax.main run)")
+    raise ValueError(f"{flag}={path!r}: no {RUN_CONFIG} (a hub checkpoint or a sleep_jax.main run) or {MODEL_FILE} "
+                     f"(a sleep_jax.convert directory) there")
+
+
+def hub_files_dir(path: str, flag: str) -> str | None:
+    """The directory holding model directory `path`'s hub config.json and tokenizer files: a hub
+    checkpoint itself, a convert directory's hub/, a run's `init.hf_dir`'s (followed); None for
+    a run trained from scratch."""
+    kind = model_dir_kind(path, flag)
+    if kind == "hub":
+        return path
+    if kind == "convert":
+        return os.path.join(path, HUB_DIR)
+    from sleep_jax.train import record as record_lib
+    init = record_lib.load_run_config(path).init.hf_dir
+    return hub_files_dir(init, f"{os.path.join(path, RUN_CONFIG)}: init.hf_dir") if init else None
+
+
+def load_model(path: str, flag: str) -> HybridModel:
+    """The model of model directory `path` (any kind; a run's newest readable checkpoint)."""
+    kind = model_dir_kind(path, flag)
+    if kind == "hub":
+        return hf.from_pretrained(path)
+    if kind == "convert":
+        return load_run(path)
+    from sleep_jax.train.loop import restore_run
+    return restore_run(path)[0]
+
+
 def import_checkpoint(hf_dir: str, run_dir: str, **overrides) -> ModelConfig:
-    """Write hub checkpoint `hf_dir` as a run directory; returns its ModelConfig."""
+    """Write hub checkpoint `hf_dir` as a convert directory `run_dir`; returns its ModelConfig."""
     model = hf.from_pretrained(hf_dir, **overrides)
     os.makedirs(os.path.join(run_dir, HUB_DIR), exist_ok=True)
     for name in (hf.CONFIG_FILE, *TOKENIZER_FILES):
@@ -50,7 +114,7 @@ def import_checkpoint(hf_dir: str, run_dir: str, **overrides) -> ModelConfig:
 
 
 def load_run(run_dir: str) -> HybridModel:
-    """The model of a run directory written by `import_checkpoint`."""
+    """The model of a convert directory written by `import_checkpoint`."""
     with open(os.path.join(run_dir, MODEL_FILE)) as f:
         config = ModelConfig(**json.load(f))
     model = hf.abstract_model(config)
@@ -62,14 +126,32 @@ def load_run(run_dir: str) -> HybridModel:
     return model
 
 
-def export_checkpoint(run_dir: str, hf_dir: str) -> None:
-    """Write the run directory's model as a hub checkpoint (safetensors + config + tokenizer)."""
-    model = load_run(run_dir)
-    hub = os.path.join(run_dir, HUB_DIR)
-    base = hf.read_hub_config(hub) if os.path.exists(os.path.join(hub, hf.CONFIG_FILE)) else None
+def check_out_dir(out: str, overwrite: bool) -> None:
+    """`--out` must be absent or empty, unless `--overwrite` (then it is emptied first)."""
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise ValueError(f"--out={out!r}: not empty ({len(os.listdir(out))} entries); choose a new directory or "
+                             f"pass --overwrite to replace it")
+        shutil.rmtree(out)
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out={out!r}: a file, not a directory")
+
+
+def export_checkpoint(run_dir: str, hf_dir: str, *, overwrite: bool = False, flag: str = "--run_dir") -> None:
+    """Write the model of model directory `run_dir` (any kind, e.g. a fine-tuned run) as a hub
+    checkpoint in `hf_dir` (safetensors + config + tokenizer files), which must be empty or absent
+    unless `overwrite`. ValueError (one line) for a model its family's hub format cannot hold."""
+    check_out_dir(hf_dir, overwrite)
+    model = load_model(run_dir, flag)
+    exportable(model.config)       # before anything is written
+    hub = hub_files_dir(run_dir, flag)
+    if hub is not None and not os.path.exists(os.path.join(hub, hf.CONFIG_FILE)):
+        raise ValueError(f"{flag}={run_dir!r}: no {os.path.join(hub, hf.CONFIG_FILE)} (the hub config the export "
+                         f"starts from)")
+    base = hf.read_hub_config(hub) if hub is not None else None
     hf.save_pretrained(model, hf_dir, base_config=base)
     for name in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(hub, name)):
+        if hub is not None and os.path.exists(os.path.join(hub, name)):
             shutil.copy2(os.path.join(hub, name), os.path.join(hf_dir, name))
 
 
@@ -77,23 +159,29 @@ _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hub checkpoint directory to impor
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory to export (with --to_hf).")
 _OUT = flags.DEFINE_string("out", None, "Output: a run directory (import) or a hub directory (--to_hf).")
 _TO_HF = flags.DEFINE_bool("to_hf", False, "Export --run_dir to a hub checkpoint in --out.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
 
 
 def main(argv):
     del argv
     if _OUT.value is None:
         raise app.UsageError("--out is required")
+    from sleep_jax.train.errors import RunStopped
     start = time.perf_counter()
-    if _TO_HF.value:
-        if _RUN_DIR.value is None:
-            raise app.UsageError("--to_hf needs --run_dir")
-        export_checkpoint(_RUN_DIR.value, _OUT.value)
-        source = _RUN_DIR.value
-    else:
-        if _HF_DIR.value is None:
-            raise app.UsageError("--hf_dir is required (or --to_hf with --run_dir)")
-        import_checkpoint(_HF_DIR.value, _OUT.value)
-        source = _HF_DIR.value
+    try:
+        if _TO_HF.value:
+            if _RUN_DIR.value is None:
+                raise app.UsageError("--to_hf needs --run_dir")
+            export_checkpoint(_RUN_DIR.value, _OUT.value, overwrite=_OVERWRITE.value)
+            source = _RUN_DIR.value
+        else:
+            if _HF_DIR.value is None:
+                raise app.UsageError("--hf_dir is required (or --to_hf with --run_dir)")
+            check_out_dir(_OUT.value, _OVERWRITE.value)
+            import_checkpoint(_HF_DIR.value, _OUT.value)
+            source = _HF_DIR.value
+    except (ValueError, FileNotFoundError, RunStopped) as error:  # a bad directory, model or --out
+        raise app.UsageError(" ".join(str(error).split())) from None
     print(json.dumps({"from": source, "to": _OUT.value, "to_hf": _TO_HF.value,
                       "seconds": round(time.perf_counter() - start, 3)}))
 

@@ -4,6 +4,11 @@ r"""Stream a prompt through a trained run's model with sleep, and print what it 
         [--max_new_tokens=16] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
     python -m sleep_jax.generate --workdir=runs/rule110_tiny --eval_examples=64
 
+``--workdir`` is any model directory (see ``sleep_jax.convert``): a run of ``sleep_jax.main``
+(fine-tuned or not) answers with its task's vocabulary and sleep setting; a convert directory or
+hub checkpoint, which has no task, with its hub tokenizer, N = 1 (or ``--passes``) and windows of
+``PRETRAINED_WINDOW`` tokens (sliding eviction); ``--eval_examples`` needs a run.
+
 The prompt (``--prompt`` or ``--prompt_file``) is encoded with the task's vocabulary and read by one
 engine slot; a progress line on stderr says each time its window fills and it sleeps. Generated
 text goes to stdout token by token, stopping early at the task's end-of-answer token.
@@ -24,22 +29,51 @@ from absl import app, flags
 
 
 
-def load_run(workdir: str, passes: int | None = None):
-    """(model, SleepConfig, task, config) of the newest readable checkpoint of a `sleep_jax.main`
-    run in `workdir`, built from the run's own config.json."""
-    from flax import nnx
+# A hub checkpoint or convert directory has no sleep setting of its own: N = 1 (or --passes),
+# windows of PRETRAINED_WINDOW tokens with sliding eviction, so a prompt and answer of up to that
+# many tokens read exactly as the pretrained model reads them.
+PRETRAINED_WINDOW = 2048
 
+
+class PromptVocab:
+    """What `main` needs of a task to read a prompt, for a directory without one: the hub
+    tokenizer as `vocab` (its `eos_id` ends the answer)."""
+
+    name = None
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+
+
+def load_run(workdir: str, passes: int | None = None, *, need_task: bool = False):
+    """(model, SleepConfig, task, config) of any model directory (`sleep_jax.convert`'s
+    docstring): a `sleep_jax.main` run (fine-tuned or not) is its newest readable checkpoint
+    with its own config.json, task and sleep; a convert directory or hub checkpoint is its model
+    with N = `passes` or 1, L = PRETRAINED_WINDOW sliding, a `PromptVocab` of its hub tokenizer as
+    the task and config None. ValueError naming the missing file (a task with `need_task`, a
+    tokenizer.json otherwise) when the directory has none."""
+    from sleep_jax import convert
+    from sleep_jax.sleep import SleepConfig
+    from sleep_jax.tasks.vocab import TokenizerVocab
     from sleep_jax.train import record as record_lib
-    from sleep_jax.train.loop import restore_newest, setup_stages
+    from sleep_jax.train.loop import restore_run
 
-    config = record_lib.load_run_config(workdir)
-    if config is None:
-        raise ValueError(f"--workdir={workdir}: no config.json (not a sleep_jax.main run directory)")
-    experiments = setup_stages(config)
-    experiment = experiments[-1]
-    _, state, _ = restore_newest(experiments, workdir)
-    sleep = experiment.sleep if passes is None else dataclasses.replace(experiment.sleep, passes=passes)
-    return nnx.merge(experiment.graphdef, state["params"]), sleep, experiment.task, experiment.config
+    kind = convert.model_dir_kind(workdir, "--workdir")
+    if kind == "run":
+        config = record_lib.load_run_config(workdir)
+        model, experiments = restore_run(workdir, config)
+        experiment = experiments[-1]
+        sleep = experiment.sleep if passes is None else dataclasses.replace(experiment.sleep, passes=passes)
+        return model, sleep, experiment.task, experiment.config
+    if need_task:
+        raise ValueError(f"--workdir={workdir!r}: a {kind} directory has no task (no {convert.RUN_CONFIG} of a "
+                         "sleep_jax.main run); --eval_examples needs one")
+    hub = convert.hub_files_dir(workdir, "--workdir")
+    if not os.path.exists(os.path.join(hub, "tokenizer.json")):
+        raise ValueError(f"--workdir={workdir!r}: no {os.path.join(hub, 'tokenizer.json')} to read the prompt with "
+                         "(a convert or hub directory has no task vocabulary)")
+    sleep = SleepConfig(passes=passes or 1, window=PRETRAINED_WINDOW, eviction="sliding")
+    return convert.load_model(workdir, "--workdir"), sleep, PromptVocab(TokenizerVocab(hub)), None
 
 
 def answer_spans(answer_id):
@@ -108,7 +142,7 @@ def main(argv):
         raise app.UsageError(f"--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}")
     from sleep_jax.train.errors import RunStopped
     try:
-        model, sleep, task, config = load_run(FLAGS.workdir, FLAGS.passes)
+        model, sleep, task, config = load_run(FLAGS.workdir, FLAGS.passes, need_task=FLAGS.eval_examples > 0)
     except (ValueError, RunStopped) as error:  # no run, no readable checkpoint, a bad config
         raise app.UsageError(str(error)) from None
 

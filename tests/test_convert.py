@@ -37,6 +37,14 @@ def test_import_then_export_round_trips_bit_exact(tmp_path):
         np.testing.assert_array_equal(before[key], after[key], err_msg=key)
     assert hf.read_hub_config(str(tmp_path / "back"))["eos_token_id"] == 3
     assert (tmp_path / "back" / "tokenizer.json").exists()
+    with pytest.raises(ValueError, match=r"^--out='.*back': not empty \(3 entries\)"):
+        convert.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "back"))
+    (tmp_path / "back" / "stale.safetensors").write_text("")
+    convert.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "back"), overwrite=True)
+    assert not (tmp_path / "back" / "stale.safetensors").exists()
+    assert [convert.model_dir_kind(str(tmp_path / d), "--dir") for d in ("hub", "run")] == ["hub", "convert"]
+    with pytest.raises(ValueError, match=r"^--dir='.*hub/tokenizer.json': no config.json \(a hub checkpoint or"):
+        convert.model_dir_kind(str(tmp_path / "hub" / "tokenizer.json"), "--dir")
     loaded, imported = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in
                         (convert.load_run(str(tmp_path / "run")), hf.from_pretrained(str(tmp_path / "hub"))))
     assert len(loaded) == len(imported)

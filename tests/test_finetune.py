@@ -90,6 +90,8 @@ def test_two_stage_finetune_frozen_eval_and_resume(tmp_path):
     result = json.loads(open(os.path.join(straight, "eval.json")).read())
     assert set(result["by_difficulty"]) == {"ops=1", "ops=2"} and result["step"] == LAST
 
+    _check_export_and_directories(tmp_path, run_dir, straight)
+
     # Evaluated mid-way, a stage-1 checkpoint is read with stage 1's optimiser state.
     early = str(tmp_path / "early")
     shutil.copytree(straight, early)
@@ -112,6 +114,41 @@ def test_two_stage_finetune_frozen_eval_and_resume(tmp_path):
     assert f"resuming from {os.path.join(killed, 'checkpoints')}/{resume_step} (stage 1)" in out
     assert {s: m["loss"] for s, m in read_metrics(killed).items()} == \
         {s: m["loss"] for s, m in metrics.items()}
+
+
+def _check_export_and_directories(tmp_path, run_dir, finetuned):
+    """The fine-tuned run exports to a hub checkpoint that transformers loads (its inserted
+    MLP-free block as a zero MLP) with the fine-tuned weights: logits within 1e-4 of our forward
+    (N = 1); a second export into it is refused. Every command takes the convert directory and
+    the run: init.hf_dir (its architecture and tokenizer), generate (a convert directory reads a
+    prompt with the hub tokenizer, needs a run for eval examples), --mode=eval (needs a task)."""
+    import torch
+    import transformers
+
+    from sleep_jax import generate
+    exported = str(tmp_path / "exported")
+    convert.export_checkpoint(finetuned, exported)
+    with pytest.raises(ValueError, match=r"^--out='.*exported': not empty .* pass --overwrite"):
+        convert.export_checkpoint(finetuned, exported)
+    assert sorted(os.listdir(exported)) == ["config.json", "model.safetensors", "tokenizer.json",
+                                            "tokenizer_config.json"]
+    reference = transformers.Qwen3_5ForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
+    model = convert.load_model(finetuned, "--run_dir")
+    assert model.config.pattern == "GGA" and model.config.no_mlp_layers == (1,)
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 40))
+    with torch.no_grad():
+        want = reference(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(hf.logits(model, tokens)), want, rtol=0, atol=1e-4)
+
+    assert stages_lib.pretrained_dir_config(finetuned) == model.config
+    assert stages_lib.tokenizer_dir(finetuned) == os.path.join(run_dir, "hub")
+    _, sleep, task, config = generate.load_run(run_dir, passes=2)
+    assert (sleep.passes, task.vocab.eos_id, config) == (2, 1, None)
+    with pytest.raises(ValueError, match=r"^--workdir='[^']*': a convert directory has no task"):
+        generate.load_run(run_dir, need_task=True)
+    with pytest.raises(ConfigError, match=r"^--config: --workdir='[^']*' is a convert directory, which has "
+                                          r"no task"):
+        eval_config(run_dir, None, {})
 
 
 def _tiny(*overrides):

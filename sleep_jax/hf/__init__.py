@@ -10,6 +10,7 @@ Reading and writing use the `safetensors` numpy API: no torch at run time. Key n
 format (what the models' own `save_pretrained` writes); `families.py` holds the architectures.
 """
 import contextlib
+import dataclasses
 import json
 import os
 
@@ -26,6 +27,7 @@ from sleep_jax.model import HybridModel, ModelConfig
 
 SUPPORTED = tuple(sorted(FAMILIES))
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
+_MLP_PARTS = ("mlp", "mlp_norm", "mlp_out_norm")   # a block's feed-forward half (layers.block.Block)
 
 
 def read_hub_config(path: str) -> dict:
@@ -89,7 +91,7 @@ def from_pretrained(path: str, **overrides) -> HybridModel:
     model = abstract_model(config)
     files = hub_tensor_files(path)
     maps = family(config.hf_model_type).tensor_maps(config)
-    expected = {m.key for m in maps}
+    expected = {key for m in maps for key in m.hub_keys}
     extra = sorted(set(files) - expected)
     if extra:
         raise ValueError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for "
@@ -108,18 +110,26 @@ def from_pretrained(path: str, **overrides) -> HybridModel:
 
 
 def _fill(model, m, files, handles, stacked, open_files, path) -> None:
-    """Fill the parameters of one hub tensor map `m` from its safetensors file (opened once into
-    `handles` and closed with `open_files`); slices of stacked weights gather in `stacked`."""
-    if m.key not in files:
-        raise ValueError(f"{path}: missing tensor {m.key!r}")
-    if files[m.key] not in handles:
-        handles[files[m.key]] = open_files.enter_context(safe_open(files[m.key], framework="np"))
+    """Fill the parameters of one hub tensor map `m` from its safetensors files (each opened once
+    into `handles` and closed with `open_files`; a map with parts reads their concatenation);
+    slices of stacked weights gather in `stacked`."""
+    tensors = []
+    for key in m.hub_keys:
+        if key not in files:
+            raise ValueError(f"{path}: missing tensor {key!r}")
+        if files[key] not in handles:
+            handles[files[key]] = open_files.enter_context(safe_open(files[key], framework="np"))
+        tensors.append(handles[files[key]].get_tensor(key))
     targets = [_target(model, p) for p in m.paths]
     shapes = [tuple(p.get_value().shape)[0 if i is None else 1:] for p, i in targets]
     want = jax.eval_shape(m.to_hub, *[jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]).shape
-    hub = handles[files[m.key]].get_tensor(m.key)
+    name = " + ".join(repr(k) for k in m.hub_keys)
+    if len({t.shape[1:] for t in tensors}) > 1:
+        raise ValueError(f"{path}: tensors {name} have shapes {[tuple(t.shape) for t in tensors]}, which do not "
+                         f"stack along axis 0")
+    hub = np.concatenate(tensors, axis=0) if m.parts else tensors[0]
     if tuple(hub.shape) != tuple(want):
-        raise ValueError(f"{path}: tensor {m.key!r} has shape {tuple(hub.shape)}, the model needs {tuple(want)}")
+        raise ValueError(f"{path}: tensor {name} has shape {tuple(hub.shape)}, the model needs {tuple(want)}")
     for (param, index), value in zip(targets, m.to_model(jnp.asarray(hub), shapes)):
         if index is None:
             param.set_value(value.astype(param.get_value().dtype))
@@ -130,13 +140,33 @@ def _fill(model, m, files, handles, stacked, open_files, path) -> None:
 
 
 def hub_tensors(model: HybridModel) -> dict[str, np.ndarray]:
-    """{hub key: numpy array} of the model's parameters (in their parameter dtype)."""
+    """{hub key: numpy array} of the model's parameters (in their parameter dtype).
+
+    A layer without an MLP (`model.no_mlp_layers`: an inserted block) is written with an MLP
+    whose weights and norm are zeros, which adds exactly 0 to the residual stream (SwiGLU of
+    anything times a zero down-projection), so the hub model computes the same function."""
     config = model.config
-    maps = exportable(config).tensor_maps(config)
+    with_mlps = dataclasses.replace(config, no_mlp_layers=())
+    full = abstract_model(with_mlps) if config.no_mlp_layers else model
+
+    def absent(path):   # a part of the feed-forward half of a layer that has none
+        return path[0] == "blocks" and path[1] in config.no_mlp_layers and path[2] in _MLP_PARTS
+
     def value(path):
-        param, index = _target(model, path)
+        param, index = _target(full if absent(path) else model, path)
+        if absent(path):
+            shape = param.get_value().shape[0 if index is None else 1:]
+            return jnp.zeros(shape, config.param_dtype)
         return param.get_value() if index is None else param.get_value()[index]
-    return {m.key: np.asarray(m.to_hub(*[value(p) for p in m.paths])) for m in maps}
+
+    out = {}
+    for m in exportable(config).tensor_maps(with_mlps):
+        values = [value(p) for p in m.paths]
+        if m.parts:
+            out.update({key: np.asarray(m.to_hub(v)) for key, v in zip(m.parts, values)})
+        else:
+            out[m.key] = np.asarray(m.to_hub(*values))
+    return out
 
 
 def save_pretrained(model: HybridModel, path: str, base_config: dict | None = None, *,
@@ -150,10 +180,7 @@ def save_pretrained(model: HybridModel, path: str, base_config: dict | None = No
     Every file is written under a temporary name and renamed into place.
     """
     config = model.config
-    if config.hf_model_type is None:
-        raise ValueError("save_pretrained: model.config.hf_model_type is None (a native model has no hub format); "
-                         f"supported: {SUPPORTED}")
-    hub_config = {**(base_config or {}), **exportable(config).hub_config(config)}
+    hub_config = {**(base_config or {}), **exportable(config).hub_config(dataclasses.replace(config, no_mlp_layers=()))}
     os.makedirs(path, exist_ok=True)
     shards, size = [{}], 0
     for key, value in hub_tensors(model).items():

@@ -207,9 +207,9 @@ def olmo_hybrid_tensor_maps(c: ModelConfig) -> list:
                      dense_in(f"{p}.v_proj.weight", (*mixer, "w_v")), dense_in(f"{p}.g_proj.weight", (*mixer, "w_z")),
                      dense_in(f"{p}.b_proj.weight", (*mixer, "w_beta")),
                      dense_in(f"{p}.a_proj.weight", (*mixer, "w_a")),
-                     depthwise_conv(f"{p}.q_conv1d.weight", (*mixer, "conv_q")),
-                     depthwise_conv(f"{p}.k_conv1d.weight", (*mixer, "conv_k")),
-                     depthwise_conv(f"{p}.v_conv1d.weight", (*mixer, "conv_v")),
+                     # read as transformers reads it: q/k/v convs concatenated, then split by our dims
+                     depthwise_conv(f"{p}.conv1d.weight", (*mixer, "conv_q"), (*mixer, "conv_k"), (*mixer, "conv_v"),
+                                    parts=tuple(f"{p}.{x}_conv1d.weight" for x in "qkv")),
                      copy(f"{p}.A_log", (*mixer, "A_log")), copy(f"{p}.dt_bias", (*mixer, "dt_bias")),
                      copy(f"{p}.o_norm.weight", (*mixer, "o_norm", "scale")),
                      dense_out(f"{p}.o_proj.weight", (*mixer, "w_o"))]
@@ -459,14 +459,34 @@ def family(model_type) -> Family:
     return FAMILIES[model_type]
 
 
+# ModelConfig fields a run chooses itself (how it computes and sleeps; not the weights'
+# architecture): a fine-tuning run may set them (`train.stages.resolve`), and an export does not
+# need the hub config to hold them.
+RUN_FIELDS = ("loop", "dtype", "param_dtype", "delta_rule_impl", "chunk_size", "ut_exit", "ut_exit_threshold")
+
+_PORTABLE = "a sleep_jax run directory holds any model"
+
+
 def exportable(config: ModelConfig) -> Family:
-    """The family of `config.hf_model_type`, once every layer of `config.pattern` is of a kind its
-    hub format holds (else a ValueError naming the first layer that is not)."""
+    """The family of `config.hf_model_type`, once its hub format holds the model: every layer of
+    `config.pattern` of a kind it holds (else a ValueError naming the first layer that is not),
+    and the written hub config read back giving the same architecture (else a ValueError naming
+    the first field it loses). Layers without an MLP are held (`hf.hub_tensors` writes zeros)."""
+    if config.hf_model_type is None:
+        raise ValueError("model.hf_model_type is None: a model trained from scratch has no hub format; "
+                         f"supported: {sorted(FAMILIES)}")
     hub = family(config.hf_model_type)
     for index, kind in enumerate(config.pattern):
         if kind not in hub.kinds:
             mixer, norms = KINDS[kind].mixer.__name__, KINDS[kind].norms
             raise ValueError(f"{config.hf_model_type}: layer {index} is a {kind!r} block ({mixer}, {norms}-norm); the "
                              f"{config.hf_model_type} hub format holds only "
-                             f"{', '.join(repr(k) for k in hub.kinds)} layers")
+                             f"{', '.join(repr(k) for k in hub.kinds)} layers ({_PORTABLE})")
+    with_mlps = dataclasses.replace(config, no_mlp_layers=())
+    back = hub.model_config(hub.hub_config(with_mlps), **{name: getattr(config, name) for name in RUN_FIELDS})
+    for field in dataclasses.fields(config):
+        if getattr(back, field.name) != getattr(with_mlps, field.name):
+            raise ValueError(f"{config.hf_model_type}: model.{field.name}={getattr(config, field.name)!r} has no "
+                             f"form in the {config.hf_model_type} hub format (it reads back as "
+                             f"{getattr(back, field.name)!r}; {_PORTABLE})")
     return hub

@@ -5,6 +5,12 @@ A `TensorMap` ties one key of a hub checkpoint to one or more parameters of a `H
 `to_hub(*parameter arrays)`. Both use only reshapes, transposes, splits and concatenations, so an
 import followed by an export gives back the same bits. Hub linear weights are PyTorch `[out, in]`;
 the model's are `[in, ...out]` (or `[...in, out]` for projections back to the model width).
+
+A map with `parts` stands for several hub tensors stacked along axis 0, part i holding path i's
+rows (`to_hub` of that parameter alone): an import reads the parts' concatenation and splits it by
+the model's own dims, so any split of the same rows loads (what transformers does: its own
+`save_pretrained` cuts OLMo-Hybrid's fused conv into equal chunks, not at the q/k/v boundaries),
+and an export writes the true split.
 """
 import dataclasses
 import math
@@ -20,6 +26,13 @@ class TensorMap:
                                               # int after a parameter: one slice of its leading axis)
     to_model: Callable                        # (hub array, [parameter shapes]) -> [parameter arrays]
     to_hub: Callable                          # (*parameter arrays) -> hub array
+    parts: tuple[str, ...] = ()               # hub keys stored instead of `key`, one per path
+                                              # (rows of the axis-0 concatenation; module docstring)
+
+    @property
+    def hub_keys(self) -> tuple[str, ...]:
+        """The keys this map reads and writes in a checkpoint."""
+        return self.parts or (self.key,)
 
 
 def copy(key, path) -> TensorMap:
@@ -69,8 +82,9 @@ def dense_in_interleaved(key, *paths, groups: int | None = None) -> TensorMap:
     return TensorMap(key, tuple(paths), to_model, to_hub)
 
 
-def depthwise_conv(key, *paths) -> TensorMap:
-    """Hub Conv1d weight `[C_1 + C_2 + ..., 1, W]` <-> parameters `[W, ...c_i]` (channels split in turn)."""
+def depthwise_conv(key, *paths, parts: tuple[str, ...] = ()) -> TensorMap:
+    """Hub Conv1d weight `[C_1 + C_2 + ..., 1, W]` <-> parameters `[W, ...c_i]` (channels split in
+    turn); with `parts` (one hub key per path) stored as separate tensors `[C_i, 1, W]`."""
     def to_model(w, shapes):
         sizes = [math.prod(s[1:]) for s in shapes]
         parts = jnp.split(w[:, 0, :], list(_cumsum(sizes)), axis=0)
@@ -78,7 +92,9 @@ def depthwise_conv(key, *paths) -> TensorMap:
 
     def to_hub(*arrays):
         return jnp.concatenate([a.reshape(a.shape[0], -1).T for a in arrays], axis=0)[:, None, :]
-    return TensorMap(key, tuple(paths), to_model, to_hub)
+    if parts and len(parts) != len(paths):
+        raise ValueError(f"{key}: {len(parts)} parts for {len(paths)} parameters")
+    return TensorMap(key, tuple(paths), to_model, to_hub, tuple(parts))
 
 
 def _cumsum(sizes):

@@ -133,17 +133,14 @@ def _setup_stage(config: ml_collections.ConfigDict, task: Task, stage: config_li
 
 def pretrained_params(config: ml_collections.ConfigDict, abstract: Any) -> nnx.State:
     """The parameters ``init.hf_dir`` gives, laid into the run model's structure ``abstract``
-    (cast to its parameter dtype): a hub directory through ``hf.from_pretrained`` or a run
-    directory through ``convert.load_run``, then ``init.insert_*`` through
-    ``hf.insert.insert_blocks`` (seeded by ``train.seed``)."""
-    from sleep_jax import convert, hf
+    (cast to its parameter dtype): the model of any model directory (``convert.load_model``: a
+    hub checkpoint, a convert directory, a run's newest checkpoint), then ``init.insert_*``
+    through ``hf.insert.insert_blocks`` (seeded by ``train.seed``)."""
+    from sleep_jax import convert
     from sleep_jax.hf.insert import insert_blocks
 
     init = config.init
-    if stages_lib.pretrained_dir_kind(init.hf_dir) == "hub":
-        model = hf.from_pretrained(init.hf_dir)
-    else:
-        model = convert.load_run(init.hf_dir)
+    model = convert.load_model(init.hf_dir, "init.hf_dir")
     if init.insert_positions:
         model = insert_blocks(model, tuple(init.insert_positions), init.insert_kind,
                               mlp=bool(init.insert_mlp), seed=config.train.seed)
@@ -319,17 +316,39 @@ def _finish(exp: Experiment, workdir: str, result: dict, step: int, name: str) -
     return record
 
 
+def _workdir_kind(workdir: str) -> str:
+    """``convert.model_dir_kind`` of ``--workdir``, "run" for a directory with no model files (a
+    run with checkpoints only, or none)."""
+    from sleep_jax import convert
+
+    try:
+        return convert.model_dir_kind(workdir, "--workdir")
+    except ValueError:
+        return "run"
+
+
 def eval_config(workdir: str, given: ml_collections.ConfigDict | None,
                 overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    """The config ``--mode=eval`` uses: the run's config.json with the command line's
-    ``--config.<block>.<key>`` ``overrides``; ``given`` (the whole ``--config``) only for a run
-    directory without a config.json."""
-    stored = record_lib.load_run_config(workdir)
+    """The config ``--mode=eval`` uses: a run's config.json with the command line's
+    ``--config.<block>.<key>`` ``overrides``; ``given`` (the whole ``--config``) for a directory
+    without a run record. A hub checkpoint or convert directory has no task, so it needs
+    ``given``, and is the model evaluated (``init.hf_dir``: its parameters, no checkpoint)."""
+    kind = _workdir_kind(workdir)
+    stored = record_lib.load_run_config(workdir) if kind == "run" else None
     if stored is not None:
         return record_lib.with_overrides(stored, overrides)
     if given is None:
+        if kind != "run":
+            raise ConfigError(f"--config: --workdir={workdir!r} is a {kind} directory, which has no task; "
+                              f"--mode=eval needs --config naming one (e.g. configs/gsm_finetune.py:tiny)")
         raise ConfigError(f"--config: {os.path.join(workdir, record_lib.RUN_CONFIG)} does not "
                           f"exist, so --mode=eval needs the run's --config")
+    if kind != "run":
+        if given.init.hf_dir and os.path.abspath(given.init.hf_dir) != os.path.abspath(workdir):
+            raise ConfigError(f"init.hf_dir={given.init.hf_dir!r}: --mode=eval on {kind} directory "
+                              f"--workdir={workdir!r} evaluates that directory's model; leave init.hf_dir unset")
+        given = ml_collections.ConfigDict(given.to_dict())
+        given.init.hf_dir = workdir
     return stages_lib.resolve(given)
 
 
@@ -351,6 +370,21 @@ def restore_newest(exps: list[Experiment], workdir: str) -> tuple[int, dict, dic
     return step, state, shardings
 
 
+def restore_run(workdir: str, config: ml_collections.ConfigDict | None = None
+                ) -> tuple[HybridModel, list[Experiment]]:
+    """(model, experiments) of the newest readable checkpoint of the ``sleep_jax.main`` run in
+    ``workdir``, built from ``config`` (default: the run's config.json); ``RunStopped`` if it
+    has no readable checkpoint."""
+    if config is None:
+        config = record_lib.load_run_config(workdir)
+        if config is None:
+            raise ConfigError(f"{os.path.join(workdir, record_lib.RUN_CONFIG)}: does not exist "
+                              f"(not a sleep_jax.main run directory)")
+    exps = setup_stages(config)
+    _, state, _ = restore_newest(exps, workdir)
+    return nnx.merge(exps[-1].graphdef, state["params"]), exps
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the newest readable checkpoint in ``workdir`` with ``config`` (see
     ``eval_config``). Writes ``eval.json`` / ``eval.png`` when ``config`` is the run's own, or
@@ -358,7 +392,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     ``eval-sleep.passes=2.json``), never over the run's own."""
     exps = setup_stages(config)
     exp = exps[-1]
-    tag = record_lib.eval_tag(record_lib.load_run_config(workdir), config)
-    step, state, shardings = restore_newest(exps, workdir)
+    if _workdir_kind(workdir) != "run":
+        tag, step = None, 0   # a hub checkpoint or convert directory (``eval_config``): its own parameters
+        state, shardings = train_state_from_params(exp.initial_params(), exp.optimizer, exp.mesh)
+    else:
+        tag = record_lib.eval_tag(record_lib.load_run_config(workdir), config)
+        step, state, shardings = restore_newest(exps, workdir)
     result = _run_eval(exp, exp.predicts(shardings["params"]), state["params"])
     return _finish(exp, workdir, result, step, name=f"eval-{tag}" if tag else "eval")

@@ -1,7 +1,7 @@
 """Training in stages and fine-tuning from a pretrained checkpoint.
 
 ``resolve`` turns a config into the run's config: with ``init.hf_dir`` the ``model`` block
-becomes the checkpoint's architecture (plus the run's own choices, ``RUN_MODEL_KEYS``), the
+becomes the checkpoint's architecture (plus the run's own choices, ``hf.families.RUN_FIELDS``), the
 task's tokenizer becomes the checkpoint's. Once the task is built, ``with_total_steps`` makes
 ``train.steps`` the stages' total (``train.loop.setup_stages`` builds each window's task once).
 
@@ -21,9 +21,6 @@ import ml_collections
 from sleep_jax.train.config import Stage, TrainConfig, check_structure, make_task, model_block
 from sleep_jax.train.errors import ConfigError
 
-# Model keys a fine-tuning run chooses itself; every other model key comes from init.hf_dir.
-# ut_exit / ut_exit_threshold: a looped LM's readout, e.g. "expected" (Ouro's training loss).
-RUN_MODEL_KEYS = ("loop", "dtype", "param_dtype", "delta_rule_impl", "chunk_size", "ut_exit", "ut_exit_threshold")
 
 
 def stage_tasks(config: ml_collections.ConfigDict, stages: tuple[Stage, ...],
@@ -73,47 +70,52 @@ def stage_sleep_config(config: ml_collections.ConfigDict, stage: Stage):
     return SleepConfig(**dict(config.sleep.to_dict(), window=stage.window, eviction=stage.eviction))
 
 
-def pretrained_dir_kind(hf_dir: str) -> str:
-    """What ``init.hf_dir`` is: ``"hub"`` (a Hugging Face directory: config.json) or ``"run"``
-    (a run directory of ``sleep_jax.convert``: model.json); ``ConfigError`` if neither."""
-    from sleep_jax import convert, hf
-
-    if os.path.exists(os.path.join(hf_dir, hf.CONFIG_FILE)):
-        return "hub"
-    if os.path.exists(os.path.join(hf_dir, convert.MODEL_FILE)):
-        return "run"
-    raise ConfigError(f"init.hf_dir={hf_dir!r}: no config.json (a Hugging Face directory) or "
-                      f"model.json (a run directory of sleep_jax.convert) there")
-
-
 def pretrained_dir_config(hf_dir: str):
-    """The ``ModelConfig`` of ``init.hf_dir`` (see ``pretrained_dir_kind``)."""
+    """The ``ModelConfig`` of ``init.hf_dir``: any model directory (``convert.model_dir_kind``:
+    a hub checkpoint, a convert directory, a ``sleep_jax.main`` run, e.g. a fine-tuned one)."""
     from sleep_jax import convert, hf
     from sleep_jax.model import ModelConfig
+    from sleep_jax.train import record as record_lib
 
-    kind = pretrained_dir_kind(hf_dir)
     try:
+        kind = convert.model_dir_kind(hf_dir, "init.hf_dir")
         if kind == "hub":
             return hf.model_config(hf.read_hub_config(hf_dir))
-        with open(os.path.join(hf_dir, convert.MODEL_FILE)) as f:
-            return ModelConfig(**json.load(f))
+        if kind == "convert":
+            with open(os.path.join(hf_dir, convert.MODEL_FILE)) as f:
+                return ModelConfig(**json.load(f))
+        fields = record_lib.load_run_config(hf_dir).model.to_dict()
+        if fields.get("vocab_size") is None:
+            raise ValueError(f"{os.path.join(hf_dir, convert.RUN_CONFIG)}: model.vocab_size is None (a run "
+                             "of a task vocabulary, not a pretrained model)")
+        return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    except ConfigError:
+        raise
     except (ValueError, TypeError, KeyError) as error:
-        raise ConfigError(f"init.hf_dir={hf_dir!r}: {error}") from None
+        message = str(error)
+        raise ConfigError(message if message.startswith("init.hf_dir=") else
+                          f"init.hf_dir={hf_dir!r}: {message}") from None
 
 
 def tokenizer_dir(hf_dir: str) -> str:
-    """Where ``init.hf_dir``'s tokenizer.json is: the directory itself, or a run directory's hub/."""
-    for candidate in (hf_dir, os.path.join(hf_dir, "hub")):
-        if os.path.exists(os.path.join(candidate, "tokenizer.json")):
-            return candidate
-    raise ConfigError(f"init.hf_dir={hf_dir!r}: no tokenizer.json (nor hub/tokenizer.json) there; "
-                      "the fine-tuning data is tokenized with the checkpoint's tokenizer")
+    """Where ``init.hf_dir``'s tokenizer.json is (``convert.hub_files_dir``: the hub checkpoint
+    itself, a convert directory's hub/, a run's own ``init.hf_dir``'s)."""
+    from sleep_jax import convert
+
+    try:
+        hub = convert.hub_files_dir(hf_dir, "init.hf_dir")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if hub is None or not os.path.exists(os.path.join(hub, "tokenizer.json")):
+        raise ConfigError(f"init.hf_dir={hf_dir!r}: no tokenizer.json there (nor in its hub files, "
+                          f"{hub}); the fine-tuning data is tokenized with the checkpoint's tokenizer")
+    return hub
 
 
 def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -> ml_collections.ConfigDict:
     """The run's config: a copy of ``config`` where, with ``init.hf_dir`` set, the ``model``
     block is the checkpoint's architecture after ``init.insert_*`` (keeping the given
-    ``RUN_MODEL_KEYS``, and the keys of an inserted kind new to the checkpoint,
+    ``hf.families.RUN_FIELDS``, and the keys of an inserted kind new to the checkpoint,
     ``model.new_kind_keys``; ``model.loop`` counts the layers after insertion) and an empty
     ``task.tokenizer`` is the checkpoint's (the stages' total steps need the task built:
     ``with_total_steps``). ``ConfigError`` for a model key set to a value the checkpoint contradicts.
@@ -123,12 +125,13 @@ def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -
     out = ml_collections.ConfigDict(config.to_dict())
     init = config.init
     if init.hf_dir:
+        from sleep_jax.hf.families import RUN_FIELDS
         from sleep_jax.hf.insert import inserted_config
         from sleep_jax.model import new_kind_keys
 
         pretrained = pretrained_dir_config(init.hf_dir)
         kind_keys = new_kind_keys(pretrained.pattern, init.insert_kind) if init.insert_positions else ()
-        run_keys = RUN_MODEL_KEYS + kind_keys
+        run_keys = RUN_FIELDS + kind_keys
         pretrained = dataclasses.replace(pretrained, **{key: config.model[key] for key in kind_keys})
         if init.insert_positions:
             try:
@@ -146,7 +149,7 @@ def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -
             elif value != defaults[key] and _plain(value) != _plain(fields[key]):
                 raise ConfigError(f"model.{key}={value!r}: init.hf_dir={init.hf_dir!r} fixes the "
                                   f"architecture ({key}={fields[key]!r}); leave model.{key} at "
-                                  f"its default, or change only {', '.join(RUN_MODEL_KEYS)}")
+                                  f"its default, or change only {', '.join(RUN_FIELDS)}")
         out.model = model_block(**{k: v for k, v in fields.items()})
         if "tokenizer" in out.task and not out.task.tokenizer:
             try:

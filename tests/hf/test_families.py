@@ -24,10 +24,12 @@ def tiny_qwen3_5():
 
 
 def tiny_olmo_hybrid():
+    """Value head dim twice the key head dim, as OLMo-Hybrid's default: the q/k/v conv channels
+    (16, 16, 64) are not the equal chunks (32 each) transformers' own save cuts its fused conv into."""
     return transformers.OlmoHybridConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
-        linear_value_head_dim=8, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        num_key_value_heads=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+        linear_value_head_dim=16, pad_token_id=0, eos_token_id=1, bos_token_id=None,
         layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"])
 
 
@@ -149,6 +151,7 @@ def test_greedy_decode_matches_transformers(pair):
 
 
 def test_export_reloads_bit_exact_in_transformers(pair, tmp_path):
+    from safetensors.numpy import load_file
     reference, model, path = pair
     hf.save_pretrained(model, str(tmp_path), base_config=hf.read_hub_config(path))
     reloaded = type(reference).from_pretrained(str(tmp_path), dtype=torch.float32)
@@ -156,6 +159,31 @@ def test_export_reloads_bit_exact_in_transformers(pair, tmp_path):
     assert sorted(want) == sorted(got)
     for key in want:
         assert torch.equal(want[key], got[key]), key
+    if model.config.hf_model_type == "olmo_hybrid":   # transformers' save: equal chunks; ours: the q/k/v split
+        conv = "model.layers.0.linear_attn.{}_conv1d.weight"
+        saved, exported = (load_file(f"{d}/model.safetensors") for d in (path, tmp_path))
+        assert [saved[conv.format(x)].shape[0] for x in "qkv"] == [32, 32, 32]
+        assert [exported[conv.format(x)].shape[0] for x in "qkv"] == [16, 16, 64]
+
+
+def test_export_of_a_model_its_format_cannot_hold_names_the_layer_or_field():
+    """A block kind the family has not (a JetBlock inserted into Qwen3.5) names the layer and
+    the kind; an architecture field the hub config cannot state names the field. MLP-free
+    inserted blocks are held (zero MLPs: test_finetune exports one through transformers)."""
+    import dataclasses
+
+    from sleep_jax.hf.families import exportable
+    from sleep_jax.hf.insert import inserted_config
+    config = hf.model_config(tiny_qwen3_5().to_dict())
+    with pytest.raises(ValueError, match=r"^qwen3_5_text: layer 1 is a 'J' block \(JetMixer, pre-norm\); the "
+                                         r"qwen3_5_text hub format holds only 'A', 'G' layers"):
+        exportable(inserted_config(config, (1,), "J"))
+    with pytest.raises(ValueError, match=r"^qwen3_5_text: model\.qk_norm='full' has no form in the qwen3_5_text "
+                                         r"hub format \(it reads back as 'head'"):
+        exportable(dataclasses.replace(config, qk_norm="full"))
+    assert exportable(inserted_config(config, (1,), "G")) is exportable(config)
+    with pytest.raises(ValueError, match=r"^model\.hf_model_type is None: a model trained from scratch"):
+        exportable(dataclasses.replace(config, hf_model_type=None))
 
 
 def test_bad_checkpoints_name_the_key_and_shapes(pair, tmp_path):
