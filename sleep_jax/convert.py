@@ -20,7 +20,7 @@ import jax
 from absl import app, flags
 from flax import nnx
 
-from sleep_jax import hf
+from sleep_jax import cli, hf
 from sleep_jax.files import write_text_atomic
 from sleep_jax.model import HybridModel, ModelConfig
 
@@ -80,23 +80,31 @@ _TO_HF = flags.DEFINE_bool("to_hf", False, "Export --run_dir to a hub checkpoint
 
 
 def main(argv):
-    del argv
+    del argv  # cli.run: none left
     if _OUT.value is None:
         raise app.UsageError("--out is required")
     start = time.perf_counter()
     if _TO_HF.value:
         if _RUN_DIR.value is None:
             raise app.UsageError("--to_hf needs --run_dir")
-        export_checkpoint(_RUN_DIR.value, _OUT.value)
-        source = _RUN_DIR.value
+        source, flag = _RUN_DIR.value, "--run_dir"
     else:
         if _HF_DIR.value is None:
             raise app.UsageError("--hf_dir is required (or --to_hf with --run_dir)")
-        import_checkpoint(_HF_DIR.value, _OUT.value)
-        source = _HF_DIR.value
+        source, flag = _HF_DIR.value, "--hf_dir"
+    created = not os.path.exists(_OUT.value)
+    try:
+        if _TO_HF.value:
+            export_checkpoint(source, _OUT.value)
+        else:
+            import_checkpoint(source, _OUT.value)
+    except (ValueError, OSError) as error:  # a missing or unreadable file, a format not understood
+        if created:
+            shutil.rmtree(_OUT.value, ignore_errors=True)  # nothing half-written left behind
+        raise app.UsageError(f"{flag}={source}: {error}") from None
     print(json.dumps({"from": source, "to": _OUT.value, "to_hf": _TO_HF.value,
                       "seconds": round(time.perf_counter() - start, 3)}))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -23,6 +23,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sleep_jax import cli  # noqa: E402
+
 
 def bucket_order(name: str) -> tuple:
     """Sort key for bucket names: ``"k=2" < "k=16"`` (by the number after ``=`` when there is one)."""
@@ -137,4 +139,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_argparse(main)

@@ -41,20 +41,26 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
+from sleep_jax import cli
 from sleep_jax.bench.programs import failure, peak_bytes
 from sleep_jax.parallel.mesh import MESH_AXES, mesh_shape
 from sleep_jax.parallel.rules import batch_sharding
+from sleep_jax.sleep import SleepConfig
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags (defined only when run as a command: `bench.sleep` and `bench.engine`
     have flags of the same names, and tests import these modules together)."""
     config_flags.DEFINE_config_file("config", None, "Recipe, e.g. configs/gsm_finetune.py:paper.",
-                                    lock_config=False)
-    flags.DEFINE_string("tpu", None, "Compile-only TPU topology, e.g. v5p:2x2x2 or v5e:2x4.")
-    flags.DEFINE_integer("gpus", 0, "Also estimate for a mesh of this many GPUs (CPU compiler).")
-    flags.DEFINE_list("passes", ["1"], "Values of N (sleep.passes).")
-    flags.DEFINE_list("remat", ["pass"], "Values of sleep.remat.")
+                                    lock_config=False, flag_values=flag_values)
+    flags.DEFINE_string("tpu", None, "Compile-only TPU topology, e.g. v5p:2x2x2 or v5e:2x4.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("gpus", 0, "Also estimate for a mesh of this many GPUs (CPU compiler).",
+                         lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_list("passes", ["1"], "Values of N (sleep.passes).", flag_values=flag_values)
+    flags.DEFINE_list("remat", ["pass"], "Values of sleep.remat.", flag_values=flag_values)
+    flags.mark_flag_as_required("config", flag_values=flag_values)
+    cli.check_flags_as_fields(SleepConfig, "passes", "remat", flag_values=flag_values)
 
 
 # XLA:TPU's out-of-memory message, sizes in GiB: "... the total memory required for HLO
@@ -143,5 +149,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sleep_jax.files import write_atomic, write_text_atomic
 from sleep_jax.hf.families import FAMILIES, exportable, family
+from sleep_jax.hf.tensors import open_safetensors
 from sleep_jax.model import HybridModel, ModelConfig
 
 SUPPORTED = tuple(sorted(FAMILIES))
@@ -53,7 +53,7 @@ def hub_tensor_files(path: str) -> dict[str, str]:
         raise FileNotFoundError(f"{path}: no *.safetensors files")
     keys = {}
     for name in files:
-        with safe_open(os.path.join(path, name), framework="np") as f:
+        with open_safetensors(os.path.join(path, name)) as f:
             keys.update({key: os.path.join(path, name) for key in f.keys()})
     return keys
 
@@ -113,7 +113,7 @@ def _fill(model, m, files, handles, stacked, open_files, path) -> None:
     if m.key not in files:
         raise ValueError(f"{path}: missing tensor {m.key!r}")
     if files[m.key] not in handles:
-        handles[files[m.key]] = open_files.enter_context(safe_open(files[m.key], framework="np"))
+        handles[files[m.key]] = open_files.enter_context(open_safetensors(files[m.key]))
     targets = [_target(model, p) for p in m.paths]
     shapes = [tuple(p.get_value().shape)[0 if i is None else 1:] for p, i in targets]
     want = jax.eval_shape(m.to_hub, *[jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]).shape
