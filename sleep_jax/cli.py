@@ -11,11 +11,12 @@ While ``main`` runs, a ``ConfigError`` or ``absl.app.UsageError`` (bad config, f
 becomes its one line, a ``RunStopped`` ``run stopped: <its line>``; both exit with status 1.
 So on a CPU machine stderr holds progress lines and at most one error line.
 
-Commands with argparse flags (``plot``, ``train.sweep``) call ``run_argparse(main)``: the same
-one-line errors, without JAX.
+Commands with argparse flags (``plot``, ``train.sweep``) call ``run_argparse(main)`` and parse with
+``cli.ArgumentParser``: the same one-line errors, without JAX.
 """
 from __future__ import annotations
 
+import argparse
 import logging as std_logging
 import os
 import sys
@@ -110,6 +111,14 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(str(error))
 
 
+def command_line_keys(block: str, flag: str = "config") -> list[str]:
+    """The keys of config ``block`` set on the command line (``--<flag>.<block>.<key>=v``): a
+    fine-tune refuses any its checkpoint contradicts, even at the default
+    (``train.stages.resolve``'s ``explicit_model_keys``)."""
+    return [key.partition(".")[2] for key in flags.FLAGS[flag].override_values
+            if key.startswith(f"{block}.")]
+
+
 def check_flags_as_fields(fields_class: type, *names: str,
                           flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Registers a parse-time check of flags named like fields of ``fields_class`` (a dataclass
@@ -152,6 +161,14 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None] | No
     if define_flags is not None:
         define_flags()
     app.run(lambda argv: _start(main, argv), flags_parser=parse_flags)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for ``run_argparse`` commands: a usage error is one line naming the command,
+    exit status 1, as with the absl commands (not argparse's usage block and status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message}")
 
 
 def run_argparse(main: Callable[[Sequence[str] | None], None]) -> None:

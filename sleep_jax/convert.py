@@ -9,6 +9,9 @@ A run directory holds
 - `params/`: the parameters as an orbax checkpoint (a pure dict in `nnx.state` layout; orbax
   writes a temporary directory and renames it, so a crash leaves no half checkpoint);
 - `hub/`: the hub `config.json` and tokenizer files, kept for the export.
+
+A missing or unreadable input (a truncated safetensors file) stops with one line naming the flag
+and the file, and an `--out` the command created is removed.
 """
 import dataclasses
 import json

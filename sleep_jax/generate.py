@@ -13,6 +13,10 @@ of scored positions (an answer), the engine reads the example up to the answer, 
 answer greedily, then goes back (a session snapshot) and reads the true answer before the next
 one. The generated answers are scored by the task's evaluator; the last stdout line is its
 result as JSON.
+
+A bad flag (sampling values, ``--passes``, ``--eval_examples``) stops with one line as the flags
+are parsed, a bad prompt (empty, a symbol outside the task's vocabulary) before the engine is
+built (``sleep_jax.cli``).
 """
 import dataclasses
 import json

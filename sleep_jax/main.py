@@ -43,13 +43,6 @@ _MULTIHOST = flags.DEFINE_bool(
 flags.mark_flags_as_required(["workdir"])
 
 
-def _command_line_model_keys() -> list[str]:
-    """The model keys set by ``--config.model.<key>=v``: a fine-tune refuses one its checkpoint
-    contradicts even when v is the default (``train.stages.resolve``)."""
-    return [key.partition(".")[2] for key in flags.FLAGS["config"].override_values
-            if key.startswith("model.")]
-
-
 def main(argv):
     del argv  # cli.run: none left
     if _MULTIHOST.value:
@@ -63,7 +56,7 @@ def main(argv):
         if _CONFIG.value is None:
             raise ConfigError("--config: required for --mode=train")
         # before the workdir is made or anything built:
-        resolve(_CONFIG.value, need_tokenizer=False, explicit_model_keys=_command_line_model_keys())
+        resolve(_CONFIG.value, need_tokenizer=False, explicit_model_keys=cli.command_line_keys("model"))
         if _CONFIG.value.init.hf_dir:
             check_pretrained_weights(_CONFIG.value.init.hf_dir)
         logging.debug("config:\n%s", _CONFIG.value)

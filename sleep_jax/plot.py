@@ -121,7 +121,7 @@ def plot_runs(results: Sequence[Mapping], out: str, *, labels: Sequence[str] | N
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sleep_jax.plot", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m sleep_jax.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", help="run directories holding eval.json")
     parser.add_argument("--out", required=True, help="PNG file to write")

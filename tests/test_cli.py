@@ -98,3 +98,12 @@ def test_quiet_libraries_drop_orbax_info_and_its_harmless_warning_only():
                            "Metadata file does not exist: %s"))
     assert keep(record("/site-packages/orbax/checkpoint/a.py", logging.WARNING, "Failed to read %s"))
     assert keep(record("/work/sleep_jax/train/loop.py", logging.INFO, "step %s"))
+
+
+def test_an_argparse_usage_error_is_one_line(capsys):
+    from sleep_jax.train import sweep
+    with pytest.raises(SystemExit) as exit_status:
+        sweep.main(["--root=r", "--grid=sleep.passes=1"])
+    assert exit_status.value.code == 1
+    assert capsys.readouterr().err == \
+        "python -m sleep_jax.train.sweep: the following arguments are required: --config\n"

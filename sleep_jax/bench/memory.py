@@ -114,8 +114,9 @@ def step_memory(config, devices, *, estimate: bool) -> dict:
                 compile_s=round(time.perf_counter() - start, 1))
 
 
-def table(config, targets: dict, passes, remats) -> list[dict]:
-    """Rows for every target (name -> (devices, estimate)), N and remat."""
+def table(config, targets: dict, passes, remats, explicit_model_keys=()) -> list[dict]:
+    """Rows for every target (name -> (devices, estimate)), N and remat (``explicit_model_keys``:
+    the model keys given on the command line, see ``train.stages.resolve``)."""
     from sleep_jax.train import record as record_lib
     from sleep_jax.train import stages as stages_lib
 
@@ -123,9 +124,10 @@ def table(config, targets: dict, passes, remats) -> list[dict]:
     for name, (devices, estimate) in targets.items():
         for n in passes:
             for remat in remats:
-                variant = record_lib.with_overrides(config, {"sleep.passes": int(n), "sleep.remat": remat})
-                out.append(dict(target=name, **step_memory(stages_lib.resolve(variant, need_tokenizer=False), devices,
-                                                           estimate=estimate)))
+                variant = stages_lib.resolve(
+                    record_lib.with_overrides(config, {"sleep.passes": int(n), "sleep.remat": remat}),
+                    need_tokenizer=False, explicit_model_keys=explicit_model_keys)
+                out.append(dict(target=name, **step_memory(variant, devices, estimate=estimate)))
     return out
 
 
@@ -144,7 +146,7 @@ def main(argv):
         targets[f"gpu:{FLAGS.gpus} (estimate: CPU compiler)"] = (jax.devices("cpu")[:FLAGS.gpus], True)
     if not targets:
         raise app.UsageError("give --tpu=TOPOLOGY and/or --gpus=G")
-    for row in table(FLAGS.config, targets, FLAGS.passes, FLAGS.remat):
+    for row in table(FLAGS.config, targets, FLAGS.passes, FLAGS.remat, cli.command_line_keys("model")):
         print(json.dumps(row), flush=True)
 
 

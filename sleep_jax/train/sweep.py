@@ -126,7 +126,7 @@ def commands(config: str, root: str, grid: dict[str, list[str]], fixed: Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sleep_jax.train.sweep", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m sleep_jax.train.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="config file[:variant]")
     parser.add_argument("--root", required=True, help="parent directory of the run workdirs")
