@@ -23,6 +23,9 @@ The export writes the model as its family's hub checkpoint (config.json, safeten
 tokenizer files) that transformers loads for the families it knows; a model the format cannot
 hold (a block kind the family has not, see `hf.families.exportable`) is one line saying so, and
 the run directory stays its portable form. `--out` must be empty or absent unless `--overwrite`.
+
+A missing or unreadable input (a truncated safetensors file) stops with one line naming the flag
+and the file, and an `--out` the command created is removed.
 """
 import dataclasses
 import json
@@ -34,7 +37,7 @@ import jax
 from absl import app, flags
 from flax import nnx
 
-from sleep_jax import hf
+from sleep_jax import cli, hf
 from sleep_jax.files import write_text_atomic
 from sleep_jax.hf.families import exportable
 from sleep_jax.model import HybridModel, ModelConfig
@@ -98,8 +101,10 @@ def load_model(path: str, flag: str) -> HybridModel:
     return restore_run(path)[0]
 
 
-def import_checkpoint(hf_dir: str, run_dir: str, **overrides) -> ModelConfig:
-    """Write hub checkpoint `hf_dir` as a convert directory `run_dir`; returns its ModelConfig."""
+def import_checkpoint(hf_dir: str, run_dir: str, *, overwrite: bool = False, **overrides) -> ModelConfig:
+    """Write hub checkpoint `hf_dir` as a convert directory `run_dir` (empty or absent unless
+    `overwrite`); returns its ModelConfig."""
+    check_out_dir(run_dir, overwrite)
     model = hf.from_pretrained(hf_dir, **overrides)
     os.makedirs(os.path.join(run_dir, HUB_DIR), exist_ok=True)
     for name in (hf.CONFIG_FILE, *TOKENIZER_FILES):
@@ -163,28 +168,33 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
 
 
 def main(argv):
-    del argv
+    del argv  # cli.run: none left
     if _OUT.value is None:
         raise app.UsageError("--out is required")
     from sleep_jax.train.errors import RunStopped
     start = time.perf_counter()
+    if _TO_HF.value:
+        if _RUN_DIR.value is None:
+            raise app.UsageError("--to_hf needs --run_dir")
+        source, flag = _RUN_DIR.value, "--run_dir"
+    else:
+        if _HF_DIR.value is None:
+            raise app.UsageError("--hf_dir is required (or --to_hf with --run_dir)")
+        source, flag = _HF_DIR.value, "--hf_dir"
+    created = _OVERWRITE.value or not os.path.exists(_OUT.value)
     try:
         if _TO_HF.value:
-            if _RUN_DIR.value is None:
-                raise app.UsageError("--to_hf needs --run_dir")
-            export_checkpoint(_RUN_DIR.value, _OUT.value, overwrite=_OVERWRITE.value)
-            source = _RUN_DIR.value
+            export_checkpoint(source, _OUT.value, overwrite=_OVERWRITE.value, flag=flag)
         else:
-            if _HF_DIR.value is None:
-                raise app.UsageError("--hf_dir is required (or --to_hf with --run_dir)")
-            check_out_dir(_OUT.value, _OVERWRITE.value)
-            import_checkpoint(_HF_DIR.value, _OUT.value)
-            source = _HF_DIR.value
-    except (ValueError, FileNotFoundError, RunStopped) as error:  # a bad directory, model or --out
-        raise app.UsageError(" ".join(str(error).split())) from None
+            import_checkpoint(source, _OUT.value, overwrite=_OVERWRITE.value)
+    except (ValueError, OSError, RunStopped) as error:  # a bad directory, file or model
+        if created:
+            shutil.rmtree(_OUT.value, ignore_errors=True)  # nothing half-written left behind
+        message = " ".join(str(error).split())
+        raise app.UsageError(message if message.startswith("--") else f"{flag}={source}: {message}") from None
     print(json.dumps({"from": source, "to": _OUT.value, "to_hf": _TO_HF.value,
                       "seconds": round(time.perf_counter() - start, 3)}))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,6 +18,10 @@ of scored positions (an answer), the engine reads the example up to the answer, 
 answer greedily, then goes back (a session snapshot) and reads the true answer before the next
 one. The generated answers are scored by the task's evaluator; the last stdout line is its
 result as JSON.
+
+A bad flag (sampling values, ``--passes``, ``--eval_examples``) stops with one line as the flags
+are parsed, a bad prompt (empty, a symbol outside the task's vocabulary) before the engine is
+built (``sleep_jax.cli``).
 """
 import dataclasses
 import json
@@ -27,6 +31,7 @@ import tempfile
 
 from absl import app, flags
 
+from sleep_jax import cli
 
 
 # A hub checkpoint or convert directory has no sleep setting of its own: N = 1 (or --passes),
@@ -116,31 +121,70 @@ def answer_examples(engine, task, count: int, seed: int) -> dict:
     return evaluator.result()
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags (defined only when run as a command, so importing this module next to
-    a benchmark with a `--passes` flag does not clash)."""
-    flags.DEFINE_string("workdir", None, "A run directory of `sleep_jax.main` (config.json, checkpoints/).")
-    flags.DEFINE_string("prompt", None, "Prompt text in the task's vocabulary.")
-    flags.DEFINE_string("prompt_file", None, "A file holding the prompt text.")
-    flags.DEFINE_integer("passes", None, "Sleep passes N (default: the run's sleep.passes).")
-    flags.DEFINE_integer("max_new_tokens", 16, "Tokens to generate.")
-    flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
-    flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
-    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = all).")
-    flags.DEFINE_integer("seed", 0, "Sampling seed.")
-    flags.DEFINE_integer("eval_examples", 0, "Answer this many eval examples and score them.")
-    flags.mark_flag_as_required("workdir")
+    a benchmark with a `--passes` flag does not clash), each checked as it is parsed."""
+    def define(kind, name, default, help_text, **bounds):
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values, **bounds)
+
+    define("string", "workdir", None, "A run directory of `sleep_jax.main` (config.json, checkpoints/).")
+    define("string", "prompt", None, "Prompt text in the task's vocabulary.")
+    define("string", "prompt_file", None, "A file holding the prompt text.")
+    define("integer", "passes", None, "Sleep passes N (default: the run's sleep.passes).")
+    define("integer", "max_new_tokens", 16, "Tokens to generate.")
+    define("float", "temperature", 0.0, "0 = greedy.")
+    define("integer", "top_k", 0, "Keep the k most likely tokens (0 = all).")
+    define("float", "top_p", 1.0, "Nucleus sampling mass (1 = all).")
+    define("integer", "seed", 0, "Sampling seed.")
+    define("integer", "eval_examples", 0, "Answer this many eval examples and score them.", lower_bound=0)
+    flags.mark_flag_as_required("workdir", flag_values=flag_values)
+    from sleep_jax.infer.sampling import Sampling
+    from sleep_jax.sleep import SleepConfig
+
+    cli.check_flags_as_fields(SleepConfig, "passes", flag_values=flag_values)
+    cli.check_flags_as_fields(Sampling, "temperature", "top_k", "top_p", "seed", flag_values=flag_values)
+
+
+def read_prompt(prompt: str | None, prompt_file: str | None) -> tuple[str, str]:
+    """(text, the flag it came from) of exactly one of ``--prompt`` / ``--prompt_file``;
+    ``ConfigError`` naming the flag or file otherwise."""
+    from sleep_jax.train.errors import ConfigError
+
+    if (prompt is None) == (prompt_file is None):
+        raise ConfigError("give exactly one of --prompt and --prompt_file")
+    if prompt is not None:
+        return prompt, "--prompt"
+    try:
+        with open(prompt_file) as f:
+            return f.read().rstrip("\n"), f"--prompt_file={prompt_file}"
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--prompt_file={prompt_file}: {error}") from None
+
+
+def encode_prompt(vocab, text: str, source: str) -> list[int]:
+    """Token ids of a prompt in the task's vocabulary; ``ConfigError`` naming ``source`` (the
+    flag or file) for an empty prompt or a symbol that is not a token."""
+    from sleep_jax.train.errors import ConfigError
+
+    try:
+        prompt = vocab.encode(text)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    if not prompt:
+        raise ConfigError(f"{source}: empty prompt; the engine needs at least one token to read")
+    return prompt
 
 
 def main(argv):
+    del argv  # cli.run: none left
     FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from sleep_jax.infer import Engine, Sampling
 
     if FLAGS.max_new_tokens < 1:
         raise app.UsageError(f"--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}")
     from sleep_jax.train.errors import RunStopped
+    if not FLAGS.eval_examples:
+        text, source = read_prompt(FLAGS.prompt, FLAGS.prompt_file)
     try:
         model, sleep, task, config = load_run(FLAGS.workdir, FLAGS.passes, need_task=FLAGS.eval_examples > 0)
     except (ValueError, RunStopped) as error:  # no run, no readable checkpoint, a bad config
@@ -150,19 +194,14 @@ def main(argv):
         print(f"[window {window} full: slept {sleep.passes} passes in {1000 * seconds:.1f} ms, "
               f"{'KV evicted' if sleep.eviction == 'hard' else 'KV slid'}]", file=sys.stderr, flush=True)
 
+    if not FLAGS.eval_examples:
+        prompt = encode_prompt(task.vocab, text, source)
     engine = Engine(model, sleep, slots=1, on_sleep=progress)
     if FLAGS.eval_examples:
         result = answer_examples(engine, task, FLAGS.eval_examples, seed=config.train.eval_seed)
         summary = {k: result[k] for k in ("accuracy", "by_difficulty") if k in result}
         print(json.dumps({"task": task.name, "passes": sleep.passes, "examples": FLAGS.eval_examples, **summary}))
         return
-    if (FLAGS.prompt is None) == (FLAGS.prompt_file is None):
-        raise app.UsageError("give exactly one of --prompt and --prompt_file")
-    text = FLAGS.prompt
-    if text is None:
-        with open(FLAGS.prompt_file) as f:
-            text = f.read().rstrip("\n")
-    prompt = task.vocab.encode(text)
     print(f"[read {len(prompt)} tokens, window {sleep.window}, {sleep.passes} passes per sleep]", file=sys.stderr,
           flush=True)
     engine.prefill(0, prompt)
@@ -176,5 +215,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -16,18 +16,19 @@ it (``--config`` is then needed only to parse them) and the result goes to
 ``eval-<block>.<key>=v.json`` beside the run's own ``eval.json``. ``--multihost`` joins a
 multi-host run (one process per host; see ``launch/``) before anything else touches JAX; it is
 the default under ``launch/process.sh`` (``SLEEP_JAX_MULTIHOST=1``). On a machine without a TPU
-or GPU, JAX runs on the CPU without trying libtpu.
+or GPU, JAX runs on the CPU without trying libtpu (``sleep_jax.cli``). ``--verbosity=1`` also logs
+the config.
 
 A bad config or input stops with one line starting with the key; a run that cannot go on
 (non-finite loss or gradient, no readable checkpoint, a failed save) stops with one line naming
-the step and the files, and exit status 1.
+the step and the files; both with exit status 1 (``sleep_jax.cli``).
 """
-import logging as std_logging
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from sleep_jax import cli
 
 # Unknown keys are let through here so that validation names them (``sleep.foo: unknown key``).
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,53 +43,30 @@ _MULTIHOST = flags.DEFINE_bool(
 flags.mark_flags_as_required(["workdir"])
 
 
-class _QuietLibraries:
-    """absl log filter: keeps warnings and errors of checkpointing internals, drops their INFO."""
-
-    def filter(self, record) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    from sleep_jax.parallel import initialize_multihost, use_cpu_without_accelerator
-    use_cpu_without_accelerator()
+    del argv  # cli.run: none left
     if _MULTIHOST.value:
+        from sleep_jax.parallel import initialize_multihost
         initialize_multihost()
-    from sleep_jax.train.errors import ConfigError, RunStopped
+    from sleep_jax.train.errors import ConfigError
     from sleep_jax.train.loop import eval_config, evaluate_checkpoint, train
+    from sleep_jax.train.stages import check_pretrained_weights, resolve
 
-    try:
-        if _MODE.value == "train":
-            if _CONFIG.value is None:
-                raise ConfigError("--config: required for --mode=train")
-            logging.info("config:\n%s", _CONFIG.value)
-            train(_CONFIG.value, _WORKDIR.value)
-        else:
-            overrides = flags.FLAGS["config"].override_values if _CONFIG.value is not None else {}
-            config = eval_config(_WORKDIR.value, _CONFIG.value, overrides)
-            logging.info("config:\n%s", config)
-            evaluate_checkpoint(config, _WORKDIR.value)
-    except ConfigError as error:
-        raise app.UsageError(str(error)) from None
-    except RunStopped as error:
-        sys.exit(f"run stopped: {error}")
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a config override that cannot be applied (e.g. a misspelled
-    block, ``--config.trian.steps=2``) reported in one line like any other flag error."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as error:
-        text = error.args[0] if isinstance(error, KeyError) and error.args else error  # no repr
-        message = " ".join(str(text).split())
-        sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
-                         "Pass --helpshort or --helpfull to see help on flags.\n")
-        sys.exit(1)
+    if _MODE.value == "train":
+        if _CONFIG.value is None:
+            raise ConfigError("--config: required for --mode=train")
+        # before the workdir is made or anything built:
+        resolve(_CONFIG.value, need_tokenizer=False, explicit_model_keys=cli.command_line_keys("model"))
+        if _CONFIG.value.init.hf_dir:
+            check_pretrained_weights(_CONFIG.value.init.hf_dir)
+        logging.debug("config:\n%s", _CONFIG.value)
+        train(_CONFIG.value, _WORKDIR.value)
+    else:
+        overrides = flags.FLAGS["config"].override_values if _CONFIG.value is not None else {}
+        config = eval_config(_WORKDIR.value, _CONFIG.value, overrides)
+        logging.debug("config:\n%s", config)
+        evaluate_checkpoint(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main)

@@ -23,6 +23,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sleep_jax import cli  # noqa: E402
+
 
 def bucket_order(name: str) -> tuple:
     """Sort key for bucket names: ``"k=2" < "k=16"`` (by the number after ``=`` when there is one)."""
@@ -119,7 +121,7 @@ def plot_runs(results: Sequence[Mapping], out: str, *, labels: Sequence[str] | N
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sleep_jax.plot", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m sleep_jax.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", help="run directories holding eval.json")
     parser.add_argument("--out", required=True, help="PNG file to write")
@@ -137,4 +139,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_argparse(main)

@@ -1,5 +1,8 @@
 """python -m sleep_jax.convert: hub checkpoint -> run directory -> hub checkpoint, bit-exact."""
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -7,6 +10,8 @@ import pytest
 from flax import nnx
 
 from sleep_jax import convert, hf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_hub_checkpoint(path):
@@ -72,3 +77,23 @@ def test_tokenizer_loads_the_directory_tokenizer_json(tmp_path):
     assert hf.tokenizer(str(tmp_path)).encode("wake sleep dream").ids == [1, 0, 2]
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         hf.tokenizer(str(tmp_path / "missing"))
+
+
+def test_the_command_is_quiet_on_a_cpu_and_a_truncated_file_is_one_line(tmp_path):
+    """No JAX_PLATFORMS: the command itself picks the CPU (no libtpu error) and keeps orbax's INFO
+    lines off stderr; a truncated safetensors file is one line naming it, and no --out is left."""
+    tiny_hub_checkpoint(tmp_path / "hub")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text((tmp_path / "hub" / "config.json").read_text())
+    weights = (tmp_path / "hub" / "model.safetensors").read_bytes()
+    (tmp_path / "bad" / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    good, bad = (subprocess.Popen([sys.executable, "-m", "sleep_jax.convert", f"--hf_dir={tmp_path / d}",
+                                   f"--out={tmp_path / ('out_' + d)}"], cwd=REPO, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for d in ("hub", "bad"))
+    (out, err), (_, bad_err) = good.communicate(timeout=300), bad.communicate(timeout=300)
+    assert good.returncode == 0 and err == "" and json.loads(out)["to_hf"] is False, err[-3000:]
+    assert bad.returncode == 1 and bad_err.count("\n") == 1, bad_err[-3000:]
+    assert bad_err.startswith(f"--hf_dir={tmp_path / 'bad'}: {tmp_path / 'bad' / 'model.safetensors'}: "
+                              "not a readable safetensors file"), bad_err
+    assert not (tmp_path / "out_bad").exists()

@@ -151,15 +151,19 @@ def _check_export_and_directories(tmp_path, run_dir, finetuned):
         eval_config(run_dir, None, {})
 
 
-def _tiny(*overrides):
-    """configs/gsm_finetune.py:tiny with ``{"block.key": value}`` overrides, resolved and set up
-    (``setup_stages``: the checks of every stage)."""
+def _config(*overrides):
+    """configs/gsm_finetune.py:tiny with ``{"block.key": value}`` overrides."""
     import runpy
     config = runpy.run_path(os.path.join(REPO, "configs", "gsm_finetune.py"))["get_config"]("tiny")
     for path, value in overrides:
         block, key = path.split(".")
         config[block][key] = value
-    return setup_stages(stages_lib.resolve(config))
+    return config
+
+
+def _tiny(*overrides):
+    """``_config(*overrides)`` resolved and set up (``setup_stages``: the checks of every stage)."""
+    return setup_stages(stages_lib.resolve(_config(*overrides)))
 
 
 def test_bad_finetune_configs_name_the_key(tmp_path):
@@ -176,9 +180,20 @@ def test_bad_finetune_configs_name_the_key(tmp_path):
         _tiny(("init.hf_dir", hub), ("stages.eviction", ("hard",)))
     with pytest.raises(ConfigError, match=r"^model\.d_model=64: init\.hf_dir=.* fixes the architecture"):
         _tiny(("init.hf_dir", hub), ("model.d_model", 64))
+    # --config.model.d_model=128 is the default, but given on the command line it is refused too
+    config = _config(("init.hf_dir", hub), ("model.d_model", 128))
+    assert stages_lib.resolve(config).model.d_model == 16     # not given: the checkpoint's
+    with pytest.raises(ConfigError, match=r"^model\.d_model=128: init\.hf_dir=.* fixes the architecture "
+                                          r"\(d_model=16\); leave model\.d_model unset"):
+        stages_lib.resolve(config, explicit_model_keys=("d_model",))
     with pytest.raises(ConfigError, match=r"^stages\.trainable=\('blocks/9/\*', '\*'\): stage 0's "
                                           r"filter 'blocks/9/\*' matches no parameter"):
         _tiny(("init.hf_dir", hub), ("stages.trainable", ("blocks/9/*", "*")))
+    stages_lib.check_pretrained_weights(hub)
+    weights = tmp_path / "hub" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])    # a truncated download: named, before the run
+    with pytest.raises(ConfigError, match=rf"^init\.hf_dir='{hub}': {weights}: not a readable safetensors file"):
+        stages_lib.check_pretrained_weights(hub)
 
 
 def test_each_window_task_is_built_once(tmp_path, monkeypatch):

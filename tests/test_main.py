@@ -144,7 +144,10 @@ def test_divergence_stops_the_run_before_saving_or_evaluating_it(tmp_path):
 ])
 def test_config_errors_are_one_line_naming_the_key(tmp_path, override, message):
     workdir = str(tmp_path / "run")
-    assert _fails(_start(workdir, override)).startswith(message)
+    process = _start(workdir, override)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, out[-3000:]
+    assert len(out.strip().splitlines()) == 1 and out.startswith(message), out[-3000:]  # no config dump, no usage
     assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 

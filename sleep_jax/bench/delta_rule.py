@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from sleep_jax import cli
 from sleep_jax.bench.kernel_resources import kernel_resources
 from sleep_jax.bench.programs import failure
 from sleep_jax.bench.tpu_compile import tpu_compile
@@ -302,4 +303,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -25,9 +25,10 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
+from sleep_jax import cli
 from sleep_jax.bench.models import bench_model_config
 from sleep_jax.infer import Engine
 from sleep_jax.model import HybridModel
@@ -95,15 +96,17 @@ def measure(passes: list[int], slots: int, *, window: int, decode_windows: int, 
     return rows
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags (defined only when run as a command: `bench.sleep` has flags of the same
     names, and tests import both modules)."""
-    flags.DEFINE_list("passes", ["1", "2", "4", "8"], "Sleep passes N.")
-    flags.DEFINE_list("slots", ["1", "8"], "Active slots.")
-    flags.DEFINE_integer("window", 64, "Window L (tokens).")
-    flags.DEFINE_integer("decode_windows", 2, "Windows of tokens to generate per slot.")
-    flags.DEFINE_integer("d_model", 128, "Model width.")
-    flags.DEFINE_enum("eviction", "hard", ["hard", "sliding"], "Eviction.")
+    flags.DEFINE_list("passes", ["1", "2", "4", "8"], "Sleep passes N.", flag_values=flag_values)
+    flags.DEFINE_list("slots", ["1", "8"], "Active slots.", flag_values=flag_values)
+    flags.DEFINE_integer("window", 64, "Window L (tokens).", flag_values=flag_values)
+    flags.DEFINE_integer("decode_windows", 2, "Windows of tokens to generate per slot.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("d_model", 128, "Model width.", lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_enum("eviction", "hard", ["hard", "sliding"], "Eviction.", flag_values=flag_values)
+    cli.check_flags_as_fields(SleepConfig, "passes", "window", flag_values=flag_values)
 
 
 def main(argv):
@@ -116,5 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

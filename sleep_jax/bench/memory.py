@@ -41,20 +41,26 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
+from sleep_jax import cli
 from sleep_jax.bench.programs import failure, peak_bytes
 from sleep_jax.parallel.mesh import MESH_AXES, mesh_shape
 from sleep_jax.parallel.rules import batch_sharding
+from sleep_jax.sleep import SleepConfig
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags (defined only when run as a command: `bench.sleep` and `bench.engine`
     have flags of the same names, and tests import these modules together)."""
     config_flags.DEFINE_config_file("config", None, "Recipe, e.g. configs/gsm_finetune.py:paper.",
-                                    lock_config=False)
-    flags.DEFINE_string("tpu", None, "Compile-only TPU topology, e.g. v5p:2x2x2 or v5e:2x4.")
-    flags.DEFINE_integer("gpus", 0, "Also estimate for a mesh of this many GPUs (CPU compiler).")
-    flags.DEFINE_list("passes", ["1"], "Values of N (sleep.passes).")
-    flags.DEFINE_list("remat", ["pass"], "Values of sleep.remat.")
+                                    lock_config=False, flag_values=flag_values)
+    flags.DEFINE_string("tpu", None, "Compile-only TPU topology, e.g. v5p:2x2x2 or v5e:2x4.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("gpus", 0, "Also estimate for a mesh of this many GPUs (CPU compiler).",
+                         lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_list("passes", ["1"], "Values of N (sleep.passes).", flag_values=flag_values)
+    flags.DEFINE_list("remat", ["pass"], "Values of sleep.remat.", flag_values=flag_values)
+    flags.mark_flag_as_required("config", flag_values=flag_values)
+    cli.check_flags_as_fields(SleepConfig, "passes", "remat", flag_values=flag_values)
 
 
 # XLA:TPU's out-of-memory message, sizes in GiB: "... the total memory required for HLO
@@ -108,8 +114,9 @@ def step_memory(config, devices, *, estimate: bool) -> dict:
                 compile_s=round(time.perf_counter() - start, 1))
 
 
-def table(config, targets: dict, passes, remats) -> list[dict]:
-    """Rows for every target (name -> (devices, estimate)), N and remat."""
+def table(config, targets: dict, passes, remats, explicit_model_keys=()) -> list[dict]:
+    """Rows for every target (name -> (devices, estimate)), N and remat (``explicit_model_keys``:
+    the model keys given on the command line, see ``train.stages.resolve``)."""
     from sleep_jax.train import record as record_lib
     from sleep_jax.train import stages as stages_lib
 
@@ -117,9 +124,10 @@ def table(config, targets: dict, passes, remats) -> list[dict]:
     for name, (devices, estimate) in targets.items():
         for n in passes:
             for remat in remats:
-                variant = record_lib.with_overrides(config, {"sleep.passes": int(n), "sleep.remat": remat})
-                out.append(dict(target=name, **step_memory(stages_lib.resolve(variant, need_tokenizer=False), devices,
-                                                           estimate=estimate)))
+                variant = stages_lib.resolve(
+                    record_lib.with_overrides(config, {"sleep.passes": int(n), "sleep.remat": remat}),
+                    need_tokenizer=False, explicit_model_keys=explicit_model_keys)
+                out.append(dict(target=name, **step_memory(variant, devices, estimate=estimate)))
     return out
 
 
@@ -138,10 +146,9 @@ def main(argv):
         targets[f"gpu:{FLAGS.gpus} (estimate: CPU compiler)"] = (jax.devices("cpu")[:FLAGS.gpus], True)
     if not targets:
         raise app.UsageError("give --tpu=TOPOLOGY and/or --gpus=G")
-    for row in table(FLAGS.config, targets, FLAGS.passes, FLAGS.remat):
+    for row in table(FLAGS.config, targets, FLAGS.passes, FLAGS.remat, cli.command_line_keys("model")):
         print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

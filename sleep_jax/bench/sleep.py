@@ -25,9 +25,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
+from sleep_jax import cli
 from sleep_jax.bench.models import bench_model_config
 from sleep_jax.bench.programs import peak_bytes
 from sleep_jax.model import HybridModel
@@ -87,6 +88,7 @@ flags.DEFINE_integer("sleeping_windows", 3, "Consolidation windows before the pr
 flags.DEFINE_integer("d_model", 128, "Model width.")
 flags.DEFINE_string("impl", "auto", "Delta rule implementation.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per setting (median reported).")
+cli.check_flags_as_fields(SleepConfig, "passes", "remat", "truncate_passes", "window")
 
 
 def main(argv):
@@ -101,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,8 +13,9 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
+from sleep_jax import cli
 from sleep_jax.tasks import TASK_NAMES, default_config, make
 
 TARGET_PER_S = {"rule110": 2000, "depo": 2000, "gsm_infinite": 100}
@@ -52,8 +53,7 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # cli.run: none left
     core = pin_to_one_core()
     for name in TASK_NAMES:
         result = measure(name, examples=flags.FLAGS.examples, batch_size=flags.FLAGS.batch_size,
@@ -62,5 +62,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.run(main, _define_flags)

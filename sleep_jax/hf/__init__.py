@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sleep_jax.files import write_atomic, write_text_atomic
 from sleep_jax.hf.families import FAMILIES, exportable, family
+from sleep_jax.hf.tensors import open_safetensors
 from sleep_jax.model import HybridModel, ModelConfig
 
 SUPPORTED = tuple(sorted(FAMILIES))
@@ -55,7 +55,7 @@ def hub_tensor_files(path: str) -> dict[str, str]:
         raise FileNotFoundError(f"{path}: no *.safetensors files")
     keys = {}
     for name in files:
-        with safe_open(os.path.join(path, name), framework="np") as f:
+        with open_safetensors(os.path.join(path, name)) as f:
             keys.update({key: os.path.join(path, name) for key in f.keys()})
     return keys
 
@@ -118,7 +118,7 @@ def _fill(model, m, files, handles, stacked, open_files, path) -> None:
         if key not in files:
             raise ValueError(f"{path}: missing tensor {key!r}")
         if files[key] not in handles:
-            handles[files[key]] = open_files.enter_context(safe_open(files[key], framework="np"))
+            handles[files[key]] = open_files.enter_context(open_safetensors(files[key]))
         tensors.append(handles[files[key]].get_tensor(key))
     targets = [_target(model, p) for p in m.paths]
     shapes = [tuple(p.get_value().shape)[0 if i is None else 1:] for p, i in targets]

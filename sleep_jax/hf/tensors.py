@@ -17,6 +17,7 @@ import math
 from typing import Callable
 
 import jax.numpy as jnp
+from safetensors import SafetensorError, safe_open
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,3 +105,12 @@ def _cumsum(sizes):
         total += size
         points.append(total)
     return points
+
+
+def open_safetensors(path: str):
+    """``safe_open(path)`` for numpy arrays (a context manager); ``ValueError`` naming the file
+    when it is not a whole safetensors file (truncated, or something else)."""
+    try:
+        return safe_open(path, framework="np")
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
+from sleep_jax import cli
 from sleep_jax.tasks.registry import TASK_NAMES, default_config, make
 
 
@@ -40,12 +41,10 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # cli.run: none left
     flag_values = flags.FLAGS
     print("\n".join(render(flag_values.task, flag_values.count, flag_values.seed, flag_values.json)))
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.run(main, _define_flags)

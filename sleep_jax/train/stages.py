@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Collection
 
 import ml_collections
 
@@ -97,6 +97,26 @@ def pretrained_dir_config(hf_dir: str):
                           f"init.hf_dir={hf_dir!r}: {message}") from None
 
 
+def check_pretrained_weights(hf_dir: str) -> None:
+    """``ConfigError`` naming the file when a hub directory's safetensors files are missing or
+    not whole (a truncated download); reads their headers only. A convert directory or
+    a run is left to orbax."""
+    from sleep_jax import convert, hf
+    from sleep_jax.hf.tensors import open_safetensors
+
+    try:
+        if convert.model_dir_kind(hf_dir, "init.hf_dir") != "hub":
+            return
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        for path in sorted(set(hf.hub_tensor_files(hf_dir).values())):
+            with open_safetensors(path):
+                pass
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"init.hf_dir={hf_dir!r}: {error}") from None
+
+
 def tokenizer_dir(hf_dir: str) -> str:
     """Where ``init.hf_dir``'s tokenizer.json is (``convert.hub_files_dir``: the hub checkpoint
     itself, a convert directory's hub/, a run's own ``init.hf_dir``'s)."""
@@ -112,13 +132,18 @@ def tokenizer_dir(hf_dir: str) -> str:
     return hub
 
 
-def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -> ml_collections.ConfigDict:
+def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True,
+            explicit_model_keys: Collection[str] = ()) -> ml_collections.ConfigDict:
     """The run's config: a copy of ``config`` where, with ``init.hf_dir`` set, the ``model``
     block is the checkpoint's architecture after ``init.insert_*`` (keeping the given
     ``hf.families.RUN_FIELDS``, and the keys of an inserted kind new to the checkpoint,
     ``model.new_kind_keys``; ``model.loop`` counts the layers after insertion) and an empty
     ``task.tokenizer`` is the checkpoint's (the stages' total steps need the task built:
-    ``with_total_steps``). ``ConfigError`` for a model key set to a value the checkpoint contradicts.
+    ``with_total_steps``). ``ConfigError`` for a model key the run sets (one of
+    ``explicit_model_keys``, the command line's ``--config.model.<key>``, or any value other
+    than ``model_block``'s default) to a value the checkpoint contradicts: an explicit
+    ``--config.model.d_model=128`` against a 16-wide checkpoint is refused like 96 is, though
+    128 is the default.
     ``need_tokenizer=False`` (``bench.memory``: shapes only) leaves the character vocabulary when
     the directory has no tokenizer.json; the layout (T, windows) is the same."""
     check_structure(config)
@@ -146,10 +171,11 @@ def resolve(config: ml_collections.ConfigDict, *, need_tokenizer: bool = True) -
         for key, value in given.items():
             if key in run_keys:
                 fields[key] = value
-            elif value != defaults[key] and _plain(value) != _plain(fields[key]):
+            elif ((key in explicit_model_keys or value != defaults[key])
+                  and _plain(value) != _plain(fields[key])):
                 raise ConfigError(f"model.{key}={value!r}: init.hf_dir={init.hf_dir!r} fixes the "
-                                  f"architecture ({key}={fields[key]!r}); leave model.{key} at "
-                                  f"its default, or change only {', '.join(RUN_FIELDS)}")
+                                  f"architecture ({key}={fields[key]!r}); leave model.{key} "
+                                  f"unset, or change only {', '.join(RUN_FIELDS)}")
         out.model = model_block(**{k: v for k, v in fields.items()})
         if "tokenizer" in out.task and not out.task.tokenizer:
             try:

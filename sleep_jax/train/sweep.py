@@ -19,6 +19,8 @@ import re
 import shlex
 from typing import Sequence
 
+from sleep_jax import cli
+
 PASSES_KEY = "sleep.passes"
 
 
@@ -73,9 +75,27 @@ def expand(grid: dict[str, list[str]]) -> list[dict[str, str]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
+def check_run(config: str, overrides: Sequence[str]) -> None:
+    """Parses ``--config=<config>`` and one run's ``--config.<block>.<key>=<value>`` flags as
+    ``sleep_jax.main`` does and checks the keys (``config.check_structure``), so that a bad key
+    or value stops the sweep with one line (``ConfigError``) before any command is printed."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from sleep_jax.train.config import check_structure
+
+    argv = ["sweep", f"--config={config}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=False,
+                                    accept_new_attributes=True, sys_argv=argv)
+    cli.parse_into(values, argv)
+    check_structure(values.config)
+
+
 def commands(config: str, root: str, grid: dict[str, list[str]], fixed: Sequence[str] = (),
              python: str = "python") -> list[str]:
-    """The train commands, then the plot commands grouping runs that differ only in passes."""
+    """The train commands, then the plot commands grouping runs that differ only in passes;
+    every run's flags checked first (``check_run``)."""
     lines = []
     fixed_flags = []
     for item in fixed:
@@ -86,8 +106,9 @@ def commands(config: str, root: str, grid: dict[str, list[str]], fixed: Sequence
     points = expand(grid)
     for point in points:
         workdir = os.path.join(root, run_name(point))
-        args = [python, "-m", "sleep_jax.main", f"--config={config}", f"--workdir={workdir}"]
-        args += fixed_flags + [f"--config.{k}={v}" for keys, v in point.items() for k in keys.split("+")]
+        overrides = fixed_flags + [f"--config.{k}={v}" for keys, v in point.items() for k in keys.split("+")]
+        check_run(config, overrides)
+        args = [python, "-m", "sleep_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
         lines.append(" ".join(shlex.quote(a) for a in args))
     if PASSES_KEY in grid:
         others = {k: v for k, v in grid.items() if k != PASSES_KEY}
@@ -105,7 +126,7 @@ def commands(config: str, root: str, grid: dict[str, list[str]], fixed: Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sleep_jax.train.sweep", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m sleep_jax.train.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="config file[:variant]")
     parser.add_argument("--root", required=True, help="parent directory of the run workdirs")
@@ -121,4 +142,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_argparse(main)
