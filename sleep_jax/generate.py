@@ -1,12 +1,15 @@
 r"""Stream a prompt through a trained run's model with sleep, and print what it generates.
 
     python -m sleep_jax.generate --workdir=runs/rule110_tiny --prompt='0110...|' [--passes=N]
-        [--max_new_tokens=16] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
+        [--max_new_tokens=N] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
     python -m sleep_jax.generate --workdir=runs/rule110_tiny --eval_examples=64
 
 The prompt (``--prompt`` or ``--prompt_file``) is encoded with the task's vocabulary and read by one
-engine slot; a progress line on stderr says each time its window fills and it sleeps. Generated
-text goes to stdout token by token, stopping early at the task's end-of-answer token.
+engine slot; a progress line on stderr says each time its window fills and it sleeps. A prompt
+that is not in the format of the run's task (`Task.check_prompt`: e.g. a paper-size Rule 110
+prompt to a tiny run) gets a warning line on stderr and is read anyway. Generated text goes to
+stdout token by token: the task's answer length (`Task.answer_tokens`; `--max_new_tokens` sets
+another), stopping early at the task's end-of-answer token.
 
 ``--eval_examples=K`` answers the first K examples of the run's eval split instead: for each run
 of scored positions (an answer), the engine reads the example up to the answer, generates the
@@ -89,7 +92,8 @@ def define_flags() -> None:
     flags.DEFINE_string("prompt", None, "Prompt text in the task's vocabulary.")
     flags.DEFINE_string("prompt_file", None, "A file holding the prompt text.")
     flags.DEFINE_integer("passes", None, "Sleep passes N (default: the run's sleep.passes).")
-    flags.DEFINE_integer("max_new_tokens", 16, "Tokens to generate.")
+    flags.DEFINE_integer("max_new_tokens", None, "Most tokens to generate (default: the task's answer "
+                         "length, `Task.answer_tokens`); it stops early at an end-of-answer token.")
     flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
     flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = all).")
@@ -104,7 +108,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from sleep_jax.infer import Engine, Sampling
 
-    if FLAGS.max_new_tokens < 1:
+    if FLAGS.max_new_tokens is not None and FLAGS.max_new_tokens < 1:
         raise app.UsageError(f"--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}")
     from sleep_jax.train.errors import RunStopped
     try:
@@ -129,11 +133,16 @@ def main(argv):
         with open(FLAGS.prompt_file) as f:
             text = f.read().rstrip("\n")
     prompt = task.vocab.encode(text)
+    mismatch = task.check_prompt(prompt)
+    if mismatch:
+        source = "--prompt" if FLAGS.prompt is not None else f"--prompt_file={FLAGS.prompt_file}"
+        print(f"warning: {source}: {mismatch}; `python -m sleep_jax.tasks.show "
+              f"--config=configs/{task.name}.py:<variant>` prints the format", file=sys.stderr, flush=True)
     print(f"[read {len(prompt)} tokens, window {sleep.window}, {sleep.passes} passes per sleep]", file=sys.stderr,
           flush=True)
     engine.prefill(0, prompt)
     sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
-    for _ in range(FLAGS.max_new_tokens):
+    for _ in range(FLAGS.max_new_tokens or task.answer_tokens()):
         token = int(engine.generate(0, 1, sampling)[0, 0])
         if token == task.vocab.eos_id:
             break
