@@ -145,16 +145,18 @@ def _draw_by_bucket(ax, values: Mapping[str, Mapping[str, list[float]]], buckets
 
 
 def _mark_chance(ax, results: Sequence[Mapping]) -> None:
-    """Dashed lines at each chance level the results record, and a dotted line at 1.0."""
-    ax.axhline(1.0, color="black", linestyle=":", linewidth=1, zorder=3)
-    ax.annotate("1.0: every answer right", (1.0, 1.0), xycoords=("axes fraction", "data"),
-                xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=8)
+    """Dashed lines at each chance level the results record and a dotted line at 1.0, each
+    named right of the axes (where no bar or line can cover the name)."""
+    def mark(value, text, **style):
+        ax.axhline(value, linewidth=1, zorder=3, **style)
+        ax.annotate(text, (1.0, value), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=8,
+                    color=style["color"], annotation_clip=False)
+
+    mark(1.0, "1.0: all\nright", color="black", linestyle=":")
     chances = sorted({round(float(r["chance"]), 6) for r in results if "chance" in r})
     for chance in chances:
-        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, zorder=3)
-        ax.annotate(f"chance {chance:.3g}", (1.0, chance), xycoords=("axes fraction", "data"),
-                    xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=8,
-                    color="dimgrey")
+        mark(chance, f"chance\n{chance:.3g}", color="dimgrey", linestyle="--")
     if not chances:
         ax.annotate("chance not recorded in eval.json", (0.02, 0.03), xycoords="axes fraction", fontsize=8)
     ax.set_ylim(0.0, 1.12)
@@ -165,12 +167,13 @@ def _draw_training_loss(ax, results: Sequence[Mapping], names: Sequence[str],
     """Each run's training loss over steps (log scale; one legend entry per label), and its
     held-out loss (``loss``) as a star at its eval step."""
     shown = set()
-    for result, label, by_step in zip(results, names, losses):
+    for label, by_step in zip(names, losses):
         if by_step:
             steps = sorted(by_step)
             ax.plot(steps, [by_step[s] for s in steps], color=colors[label],
                     label=label if label not in shown else None)
             shown.add(label)
+    for result, label in zip(results, names):
         if "loss" in result and "step" in result:
             ax.plot([result["step"]], [result["loss"]], marker="*", markersize=11, linestyle="none",
                     color=colors[label], markeredgecolor="black",
