@@ -136,8 +136,8 @@ def main(argv):
     mismatch = task.check_prompt(prompt)
     if mismatch:
         source = "--prompt" if FLAGS.prompt is not None else f"--prompt_file={FLAGS.prompt_file}"
-        print(f"warning: {source}: {mismatch}; `python -m sleep_jax.tasks.show "
-              f"--config=configs/{task.name}.py:<variant>` prints the format", file=sys.stderr, flush=True)
+        print(f"warning: {source}: {mismatch}; `python -m sleep_jax.tasks.show --config=<this run's "
+              f"config, e.g. configs/{task.name}.py:tiny>` prints its examples", file=sys.stderr, flush=True)
     print(f"[read {len(prompt)} tokens, window {sleep.window}, {sleep.passes} passes per sleep]", file=sys.stderr,
           flush=True)
     engine.prefill(0, prompt)

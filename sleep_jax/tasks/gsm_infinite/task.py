@@ -186,8 +186,7 @@ class GsmInfiniteTask(Task):
     def check_prompt(self, tokens) -> str | None:
         """A prompt is a problem ending in the answer prefix, of a length whose answer starts in
         one of the layout's answer windows."""
-        prefix = self.vocab.encode(ANSWER_PREFIX)
-        if list(tokens[-len(prefix):]) != prefix:
+        if not self.vocab.decode(tokens).endswith(ANSWER_PREFIX):  # text: BPE merges across the line
             return f"{len(tokens)} tokens not ending in {ANSWER_PREFIX!r}, the line before every answer"
         window = self._answer_window(len(tokens))
         if window not in self.layout.answer_windows:
