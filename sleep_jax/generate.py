@@ -1,7 +1,7 @@
 r"""Stream a prompt through a trained run's model with sleep, and print what it generates.
 
     python -m sleep_jax.generate --workdir=runs/rule110_tiny --prompt='0110...|' [--passes=N]
-        [--max_new_tokens=16] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
+        [--max_new_tokens=N] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
     python -m sleep_jax.generate --workdir=runs/rule110_tiny --eval_examples=64
 
 ``--workdir`` is any model directory (see ``sleep_jax.convert``): a run of ``sleep_jax.main``
@@ -10,8 +10,11 @@ hub checkpoint, which has no task, with its hub tokenizer, N = 1 (or ``--passes`
 ``PRETRAINED_WINDOW`` tokens (sliding eviction); ``--eval_examples`` needs a run.
 
 The prompt (``--prompt`` or ``--prompt_file``) is encoded with the task's vocabulary and read by one
-engine slot; a progress line on stderr says each time its window fills and it sleeps. Generated
-text goes to stdout token by token, stopping early at the task's end-of-answer token.
+engine slot; a progress line on stderr says each time its window fills and it sleeps. A prompt
+that is not in the format of the run's task (`Task.check_prompt`: e.g. a paper-size Rule 110
+prompt to a tiny run) gets a warning line on stderr and is read anyway. Generated text goes to
+stdout token by token: the task's answer length (`Task.answer_tokens`; `--max_new_tokens` sets
+another), stopping early at the task's end-of-answer token.
 
 ``--eval_examples=K`` answers the first K examples of the run's eval split instead: for each run
 of scored positions (an answer), the engine reads the example up to the answer, generates the
@@ -38,6 +41,7 @@ from sleep_jax import cli
 # windows of PRETRAINED_WINDOW tokens with sliding eviction, so a prompt and answer of up to that
 # many tokens read exactly as the pretrained model reads them.
 PRETRAINED_WINDOW = 2048
+PRETRAINED_NEW_TOKENS = 32     # generated from a hub or convert directory without --max_new_tokens
 
 
 class PromptVocab:
@@ -48,6 +52,14 @@ class PromptVocab:
 
     def __init__(self, vocab):
         self.vocab = vocab
+
+    def answer_tokens(self) -> int:
+        """A pretrained model has no answer length: PRETRAINED_NEW_TOKENS unless --max_new_tokens."""
+        return PRETRAINED_NEW_TOKENS
+
+    def check_prompt(self, prompt) -> None:
+        """Any text is a prompt to a pretrained model."""
+        return None
 
 
 def load_run(workdir: str, passes: int | None = None, *, need_task: bool = False):
@@ -131,7 +143,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define("string", "prompt", None, "Prompt text in the task's vocabulary.")
     define("string", "prompt_file", None, "A file holding the prompt text.")
     define("integer", "passes", None, "Sleep passes N (default: the run's sleep.passes).")
-    define("integer", "max_new_tokens", 16, "Tokens to generate.")
+    define("integer", "max_new_tokens", None, "Most tokens to generate (default: the task's answer "
+           "length, `Task.answer_tokens`); it stops early at an end-of-answer token.", lower_bound=1)
     define("float", "temperature", 0.0, "0 = greedy.")
     define("integer", "top_k", 0, "Keep the k most likely tokens (0 = all).")
     define("float", "top_p", 1.0, "Nucleus sampling mass (1 = all).")
@@ -180,8 +193,6 @@ def main(argv):
     FLAGS = flags.FLAGS
     from sleep_jax.infer import Engine, Sampling
 
-    if FLAGS.max_new_tokens < 1:
-        raise app.UsageError(f"--max_new_tokens must be >= 1, got {FLAGS.max_new_tokens}")
     from sleep_jax.train.errors import RunStopped
     if not FLAGS.eval_examples:
         text, source = read_prompt(FLAGS.prompt, FLAGS.prompt_file)
@@ -202,11 +213,15 @@ def main(argv):
         summary = {k: result[k] for k in ("accuracy", "by_difficulty") if k in result}
         print(json.dumps({"task": task.name, "passes": sleep.passes, "examples": FLAGS.eval_examples, **summary}))
         return
+    mismatch = task.check_prompt(prompt)
+    if mismatch:
+        print(f"warning: {source}: {mismatch}; `python -m sleep_jax.tasks.show --config=<this run's "
+              f"config, e.g. configs/{task.name}.py:tiny>` prints its examples", file=sys.stderr, flush=True)
     print(f"[read {len(prompt)} tokens, window {sleep.window}, {sleep.passes} passes per sleep]", file=sys.stderr,
           flush=True)
     engine.prefill(0, prompt)
     sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
-    for _ in range(FLAGS.max_new_tokens):
+    for _ in range(FLAGS.max_new_tokens or task.answer_tokens()):
         token = int(engine.generate(0, 1, sampling)[0, 0])
         if token == task.vocab.eos_id:
             break

@@ -1,13 +1,19 @@
 """Plots of exact-match accuracy (and held-out loss) by difficulty, from ``eval.json`` files.
 
     python -m sleep_jax.plot runs/n1 runs/n2 runs/n4 --out=fig.png [--title=...] [--labels=a,b,c] [--table]
+        [--mix_tasks]
 
 draws one line per number of sleep passes (labelled ``N = <passes>``, or by ``--labels``) over the
 difficulty buckets (``t=0, t=1, ...``), like the paper's figures, in a panel for accuracy and,
-when the results hold ``loss_by_difficulty``, one for the held-out loss. Runs with the same label
-are merged into one line: with one model per t (Rule 110), pass the runs of every t; a bucket
-scored by several runs of the same label (e.g. seeds) is drawn at their mean, with an error bar
-of their standard deviation. Training calls ``plot_runs`` for its own run.
+when the results hold ``loss_by_difficulty``, one for the held-out loss; with a single bucket,
+one bar per label instead of lines (and the held-out loss only as stars on the training loss). The accuracy panel marks the task's chance level (eval.json's
+``chance``) and 1.0; loss axes start at 0. A third panel draws each run's training loss from its
+``metrics.jsonl`` (log scale), when there is one. Runs with the same label are merged into one
+line: with one model per t (Rule 110), pass the runs of every t; a bucket scored by several runs
+of the same label (e.g. seeds) is drawn at their mean, with an error bar of their standard
+deviation. Runs of different tasks are refused unless ``--mix_tasks`` (then each label names its
+task, so no line joins two tasks' buckets). Training calls ``plot_runs`` for its own run
+(``eval.png``).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import re
 from typing import Mapping, Sequence
 
 import matplotlib
+import matplotlib.figure
 import numpy as np
 
 matplotlib.use("Agg")  # files only; no display needed
@@ -47,18 +54,45 @@ def load_eval(run_dir: str) -> dict:
 PANELS = {"by_difficulty": "exact-match accuracy", "loss_by_difficulty": "held-out loss (nats)"}
 
 
-def values_by_label(results: Sequence[Mapping], labels: Sequence[str] | None = None,
-                    key: str = "by_difficulty") -> dict[str, dict[str, list[float]]]:
-    """``label -> {bucket: [value of each run]}`` for the result key ``key``.
+def training_loss(run_dir: str) -> dict[int, float]:
+    """``step -> training loss`` (nats) from ``run_dir/metrics.jsonl``; empty without the file."""
+    from sleep_jax.train.metrics import read_metrics
 
-    The label of a run is ``labels[i]`` if given, else ``"N = <passes>"``; order of first
-    appearance is kept. Runs without ``key`` are skipped.
-    """
+    if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        return {}
+    return {step: m["loss"] for step, m in read_metrics(run_dir, "train").items() if "loss" in m}
+
+
+def check_one_task(results: Sequence[Mapping], mix_tasks: bool = False) -> None:
+    """ValueError unless every result is of one task (or ``mix_tasks``): different tasks'
+    difficulty buckets (``t=0``, ``k=1``) do not belong on one axis."""
+    counts: dict[str, int] = {}
+    for task in (str(result.get("task", "?")) for result in results):
+        counts[task] = counts.get(task, 0) + 1
+    if len(counts) > 1 and not mix_tasks:
+        held = ", ".join(f"{task}: {count} run{'s' if count > 1 else ''}"
+                         for task, count in sorted(counts.items()))
+        raise ValueError(f"run_dirs: runs of {len(counts)} tasks ({held}); plot each task "
+                         "alone, or pass --mix_tasks to draw them on one figure")
+
+
+def run_labels(results: Sequence[Mapping], labels: Sequence[str] | None = None) -> list[str]:
+    """The label of each run: ``labels[i]`` if given, else ``"N = <passes>"``; prefixed with the
+    run's task when the runs hold several tasks."""
     if labels is not None and len(labels) != len(results):
         raise ValueError(f"labels: {len(labels)} labels for {len(results)} runs")
+    names = list(labels) if labels else [f"N = {result['passes']}" for result in results]
+    if len({str(result.get("task", "?")) for result in results}) > 1:
+        names = [f"{result.get('task', '?')} {name}" for result, name in zip(results, names)]
+    return names
+
+
+def values_by_label(results: Sequence[Mapping], labels: Sequence[str] | None = None,
+                    key: str = "by_difficulty") -> dict[str, dict[str, list[float]]]:
+    """``label -> {bucket: [value of each run]}`` for the result key ``key`` (labels:
+    ``run_labels``); order of first appearance is kept. Runs without ``key`` are skipped."""
     values: dict[str, dict[str, list[float]]] = {}
-    for index, result in enumerate(results):
-        label = labels[index] if labels else f"N = {result['passes']}"
+    for label, result in zip(run_labels(results, labels), results):
         for bucket, value in result.get(key, {}).items():
             values.setdefault(label, {}).setdefault(bucket, []).append(float(value))
     return values
@@ -85,39 +119,124 @@ def summary_table(results: Sequence[Mapping], labels: Sequence[str] | None = Non
     return "\n".join(lines)
 
 
-def plot_runs(results: Sequence[Mapping], out: str, *, labels: Sequence[str] | None = None,
-              title: str | None = None) -> str:
-    """Draws each of ``PANELS`` the results hold by difficulty, one line per label (mean, error bar
-    = standard deviation over runs), into the PNG ``out``; returns ``out``.
+def _draw_by_bucket(ax, values: Mapping[str, Mapping[str, list[float]]], buckets: list[str],
+                    colors: Mapping[str, str]) -> None:
+    """One bar per label when there is one bucket (its name on the x axis), else one line per
+    label over the buckets; the mean over runs, error bar = standard deviation."""
+    if len(buckets) == 1:
+        names = [label for label, by_bucket in values.items() if buckets[0] in by_bucket]
+        for x, label in enumerate(names):
+            runs = values[label][buckets[0]]
+            mean = float(np.mean(runs))
+            ax.bar(x, mean, width=0.6, color=colors[label],
+                   yerr=np.std(runs) if len(runs) > 1 else None, capsize=4)
+            ax.annotate(f"{mean:.3f}", (x, mean), xytext=(0, 3), textcoords="offset points",
+                        ha="center", va="bottom")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlim(-0.75, len(names) - 0.25)
+        ax.set_xlabel(f"difficulty {buckets[0]}")
+        return
+    for label, by_bucket in values.items():
+        xs = [i for i, b in enumerate(buckets) if b in by_bucket]
+        ys = [by_bucket[buckets[i]] for i in xs]
+        ax.errorbar(xs, [np.mean(v) for v in ys], yerr=[np.std(v) if len(v) > 1 else 0.0 for v in ys],
+                    marker="o", capsize=3, label=label, color=colors[label])
+    ax.set_xticks(range(len(buckets)), buckets)
+    ax.set_xlabel("difficulty")
+    ax.legend()
 
-    Raises ``ValueError`` if ``results`` is empty or ``labels`` has another length.
-    """
-    if not results:
-        raise ValueError("results: nothing to plot")
-    panels = [key for key in PANELS if any(key in r for r in results)]
-    buckets = sorted({b for r in results for key in panels for b in r.get(key, {})}, key=bucket_order)
-    width = max(5.5, 0.9 * len(buckets) + 2)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], panels):
-        for label, by_bucket in values_by_label(results, labels, key).items():
-            xs = [i for i, b in enumerate(buckets) if b in by_bucket]
-            ys = [by_bucket[buckets[i]] for i in xs]
-            ax.errorbar(xs, [np.mean(v) for v in ys], yerr=[np.std(v) if len(v) > 1 else 0.0 for v in ys],
-                        marker="o", capsize=3, label=label)
-        ax.set_xticks(range(len(buckets)), buckets)
-        if key == "by_difficulty":
-            ax.set_ylim(0.0, 1.02)
-        ax.set_xlabel("difficulty")
-        ax.set_ylabel(PANELS[key])
-        ax.grid(alpha=0.3)
-        ax.legend()
-    tasks = sorted({str(r.get("task", "")) for r in results})
-    fig.suptitle(title or " / ".join(tasks))
-    fig.tight_layout()
+
+def _mark_chance(ax, results: Sequence[Mapping]) -> None:
+    """Dashed lines at each chance level the results record and a dotted line at 1.0, each
+    named right of the axes (where no bar or line can cover the name)."""
+    def mark(value, text, **style):
+        ax.axhline(value, linewidth=1, zorder=3, **style)
+        ax.annotate(text, (1.0, value), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=8,
+                    color=style["color"], annotation_clip=False)
+
+    mark(1.0, "1.0: all\nright", color="black", linestyle=":")
+    chances = sorted({round(float(r["chance"]), 6) for r in results if "chance" in r})
+    for chance in chances:
+        mark(chance, f"chance\n{chance:.3g}", color="dimgrey", linestyle="--")
+    if not chances:
+        ax.annotate("chance not recorded in eval.json", (0.02, 0.03), xycoords="axes fraction", fontsize=8)
+    ax.set_ylim(0.0, 1.12)
+
+
+def _draw_training_loss(ax, results: Sequence[Mapping], names: Sequence[str],
+                        losses: Sequence[Mapping[int, float]], colors: Mapping[str, str]) -> None:
+    """Each run's training loss over steps (log scale; one legend entry per label), and its
+    held-out loss (``loss``) as a star at its eval step."""
+    shown = set()
+    for label, by_step in zip(names, losses):
+        if by_step:
+            steps = sorted(by_step)
+            ax.plot(steps, [by_step[s] for s in steps], color=colors[label],
+                    label=label if label not in shown else None)
+            shown.add(label)
+    for result, label in zip(results, names):
+        if "loss" in result and "step" in result:
+            ax.plot([result["step"]], [result["loss"]], marker="*", markersize=11, linestyle="none",
+                    color=colors[label], markeredgecolor="black",
+                    label="held-out loss" if "held-out" not in shown else None)
+            shown.add("held-out")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats, log scale)")
+    ax.legend()
+
+
+def plot_runs(results: Sequence[Mapping], out: str, **options) -> str:
+    """``draw_runs(results, **options)`` written to the PNG ``out``; returns ``out``."""
+    fig = draw_runs(results, **options)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def draw_runs(results: Sequence[Mapping], *, labels: Sequence[str] | None = None,
+              title: str | None = None, losses: Sequence[Mapping[int, float]] | None = None,
+              mix_tasks: bool = False) -> matplotlib.figure.Figure:
+    """A figure of each of ``PANELS`` the results hold by difficulty (one line per label, or one
+    bar per label with a single bucket; mean, error bar = standard deviation over runs; chance and
+    1.0 marked on accuracy; loss from 0) and, when ``losses`` (each run's ``step -> training
+    loss``, see ``training_loss``) hold any, the training loss (log scale).
+
+    Raises ``ValueError`` if ``results`` is empty, ``labels`` or ``losses`` has another length,
+    or the runs hold several tasks without ``mix_tasks``.
+    """
+    if not results:
+        raise ValueError("results: nothing to plot")
+    if losses is not None and len(losses) != len(results):
+        raise ValueError(f"losses: {len(losses)} curves for {len(results)} runs")
+    check_one_task(results, mix_tasks)
+    names = run_labels(results, labels)
+    colors = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(names))}
+    with_curves = losses is not None and any(losses)
+    buckets = sorted({b for r in results for key in PANELS for b in r.get(key, {})}, key=bucket_order)
+    # With one bucket, the training-loss panel's stars are the held-out losses: no panel of its own.
+    panels = [key for key in PANELS if any(key in r for r in results)
+              and not (key == "loss_by_difficulty" and with_curves and len(buckets) == 1)]
+    width = max(4.8, 0.9 * len(buckets) + 2, 1.1 * len(colors) + 1.5)
+    count = len(panels) + with_curves
+    fig, axes = plt.subplots(1, count, figsize=(width * count, 4.0), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        _draw_by_bucket(ax, values_by_label(results, labels, key), buckets, colors)
+        if key == "by_difficulty":
+            _mark_chance(ax, results)
+        else:
+            ax.set_ylim(bottom=0.0)
+        ax.set_ylabel(PANELS[key])
+        ax.grid(alpha=0.3)
+    if with_curves:
+        _draw_training_loss(axes[0][-1], results, names, losses, colors)
+        axes[0][-1].grid(alpha=0.3, which="both")
+    tasks = sorted({str(r.get("task", "")) for r in results})
+    fig.suptitle(title or " / ".join(tasks))
+    fig.tight_layout()
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -128,10 +247,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--title", default=None)
     parser.add_argument("--table", action="store_true", help="also print markdown tables (mean ± std over runs)")
     parser.add_argument("--labels", default=None, help="comma-separated, one label per run directory")
+    parser.add_argument("--mix_tasks", action="store_true",
+                        help="draw runs of different tasks on one figure (labels name the task)")
     args = parser.parse_args(argv)
     results = [load_eval(d) for d in args.run_dirs]
     labels = args.labels.split(",") if args.labels else None
-    print(plot_runs(results, args.out, labels=labels, title=args.title))
+    print(plot_runs(results, args.out, labels=labels, title=args.title,
+                    losses=[training_loss(d) for d in args.run_dirs], mix_tasks=args.mix_tasks))
     if args.table:
         for key in PANELS:
             if any(key in r for r in results):

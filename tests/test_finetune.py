@@ -71,7 +71,7 @@ def test_two_stage_finetune_frozen_eval_and_resume(tmp_path):
     assert record["train"]["steps"] == LAST and record["task"]["tokenizer"] == os.path.join(run_dir, "hub")
     metrics = read_metrics(straight)
     assert sorted(metrics) == list(range(1, LAST + 1))
-    assert [metrics[s]["stage"] for s in (1, STAGE_1_END, STAGE_1_END + 1, LAST)] == [0, 0, 1, 1]
+    assert [metrics[s]["stage"] for s in (1, STAGE_1_END, STAGE_1_END + 1, LAST)] == [1, 1, 2, 2]
 
     # Stage 1 trained the inserted block (layer 1) alone: everything else is the pretrained
     # model, bit for bit; stage 2 trained the rest too.
@@ -111,7 +111,7 @@ def test_two_stage_finetune_frozen_eval_and_resume(tmp_path):
     resume_step = max(_finished_checkpoints(killed))
     assert STAGE_1_END < resume_step < LAST, resume_step
     out = _wait(_start(killed, f"--config.init.hf_dir={run_dir}", config=TINY), timeout=600)
-    assert f"resuming from {os.path.join(killed, 'checkpoints')}/{resume_step} (stage 1)" in out
+    assert f"resuming from {os.path.join(killed, 'checkpoints')}/{resume_step} (stage 2)" in out
     assert {s: m["loss"] for s, m in read_metrics(killed).items()} == \
         {s: m["loss"] for s, m in metrics.items()}
 
@@ -186,7 +186,7 @@ def test_bad_finetune_configs_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"^model\.d_model=128: init\.hf_dir=.* fixes the architecture "
                                           r"\(d_model=16\); leave model\.d_model unset"):
         stages_lib.resolve(config, explicit_model_keys=("d_model",))
-    with pytest.raises(ConfigError, match=r"^stages\.trainable=\('blocks/9/\*', '\*'\): stage 0's "
+    with pytest.raises(ConfigError, match=r"^stages\.trainable=\('blocks/9/\*', '\*'\): stage 1's "
                                           r"filter 'blocks/9/\*' matches no parameter"):
         _tiny(("init.hf_dir", hub), ("stages.trainable", ("blocks/9/*", "*")))
     stages_lib.check_pretrained_weights(hub)
@@ -211,5 +211,5 @@ def test_each_window_task_is_built_once(tmp_path, monkeypatch):
     assert exps[0].config.train.steps == exps[-1].stage.last_step
     with pytest.raises(ConfigError, match=r"^stages\.window=\(0, 64\): entry 0 must be an int > 0"):
         _tiny(("init.hf_dir", hub), ("stages.window", (0, 64)))
-    with pytest.raises(ConfigError, match=r"^stages\.window=\(8, 64\): stage 0: task\.window"):
+    with pytest.raises(ConfigError, match=r"^stages\.window=\(8, 64\): stage 1: task\.window"):
         _tiny(("init.hf_dir", hub), ("stages.window", (8, 64)))

@@ -2,14 +2,20 @@ import json
 
 import pytest
 
-from sleep_jax.plot import bucket_order, load_eval, main, merge_by_label, plot_runs, summary_table
+from sleep_jax.plot import (bucket_order, draw_runs, load_eval, main, merge_by_label, plot_runs, summary_table,
+                            training_loss)
 
 
-def write_run(path, passes, by_difficulty):
+def write_run(path, passes, by_difficulty, task="rule110", losses=()):
+    """A run directory with eval.json and, given ``losses``, a metrics.jsonl of them at steps 1, 2..."""
     path.mkdir()
-    record = {"task": "rule110", "passes": passes, "accuracy": 0.5,
+    record = {"task": task, "passes": passes, "accuracy": 0.5,
               "by_difficulty": by_difficulty, "examples": 64}
     (path / "eval.json").write_text(json.dumps(record))
+    if losses:
+        (path / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": step, "split": "train", "loss": loss}) + "\n"
+            for step, loss in enumerate(losses, 1)))
     return str(path)
 
 
@@ -52,3 +58,35 @@ def test_loss_by_difficulty_gets_its_own_panel_and_seeds_their_spread(tmp_path):
     one_panel = plot_runs([{"passes": 1, "by_difficulty": {"k=1": 0.5}}], str(tmp_path / "one_panel.png"))
     from PIL import Image
     assert Image.open(out).width > 1.5 * Image.open(one_panel).width
+
+
+def test_one_bucket_eval_is_a_bar_against_chance_and_one_beside_the_training_loss(tmp_path):
+    """The main job's eval.png: a bar per run with chance and 1.0 marked, beside the training loss
+    (metrics.jsonl) on a log scale with the held-out loss as a star; without a training curve the
+    held-out loss gets a panel from 0."""
+    run = write_run(tmp_path / "run", 1, {"t=0": 1.0}, losses=[0.8, 0.05, 0.0015])
+    record = {**load_eval(run), "chance": 1 / 16, "step": 3, "loss": 0.0016,
+              "loss_by_difficulty": {"t=0": 0.0016}}
+    assert training_loss(run) == {1: 0.8, 2: 0.05, 3: 0.0015} and training_loss(str(tmp_path)) == {}
+    fig = draw_runs([record], losses=[training_loss(run)])
+    accuracy, curve = fig.axes
+    assert [p.get_height() for p in accuracy.patches] == [1.0]
+    assert {line.get_ydata()[0] for line in accuracy.lines} == {1 / 16, 1.0}
+    assert accuracy.get_ylim()[0] == 0.0 and draw_runs([record]).axes[1].get_ylim()[0] == 0.0
+    assert curve.get_yscale() == "log" and list(curve.lines[0].get_ydata()) == [0.8, 0.05, 0.0015]
+    assert (curve.lines[1].get_xdata()[0], curve.lines[1].get_ydata()[0]) == (3, 0.0016)
+    without = draw_runs([load_eval(run)])   # an eval.json from before chance was recorded
+    assert len(without.axes) == 1 and "chance not recorded" in without.axes[0].texts[-1].get_text()
+
+
+def test_runs_of_different_tasks_are_refused_unless_mixed(tmp_path, capsys):
+    runs = [write_run(tmp_path / "r1", 1, {"t=0": 0.9}), write_run(tmp_path / "r2", 2, {"t=0": 1.0}),
+            write_run(tmp_path / "d1", 1, {"k=1": 0.7}, task="depo")]
+    out = tmp_path / "mixed.png"
+    with pytest.raises(ValueError, match=r"^run_dirs: runs of 2 tasks \(depo: 1 run, rule110: 2 runs\); "
+                                         r"plot each task alone, or pass --mix_tasks"):
+        main([*runs, f"--out={out}"])
+    main([*runs, f"--out={out}", "--mix_tasks"])
+    assert out.exists()
+    legend = draw_runs([load_eval(r) for r in runs], mix_tasks=True).axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["rule110 N = 1", "rule110 N = 2", "depo N = 1"]

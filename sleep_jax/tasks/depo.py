@@ -108,6 +108,11 @@ class DepoTask(Task):
         return DepoProblem(cycle=cycle, edge_order=edge_order, starts=cycle[starts],
                            hops=hops, answers=cycle[(starts + hops) % n])
 
+    def chance(self) -> float:
+        """A query answered by a node of its cycle drawn uniformly: the mean of 1/n over the
+        cycle sizes n in [min_nodes, nodes] (tiny: 0.245)."""
+        return float(np.mean(1.0 / np.arange(self.min_nodes, self.nodes + 1)))
+
     def open_hops(self, index: int) -> int:
         """How many of `hops_train` (in the order given) training example `index` draws from.
 

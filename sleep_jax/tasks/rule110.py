@@ -118,5 +118,9 @@ class Rule110Task(Task):
                 "states": ["".join(map(str, row)) for row in problem.states.tolist()],
                 "labels": problem.labels.tolist()}
 
+    def chance(self) -> float:
+        """All four labels guessed right by coin flips: 1/16."""
+        return 0.5 ** STATES
+
     def evaluator(self) -> Rule110Evaluator:
         return Rule110Evaluator(self.label_positions)

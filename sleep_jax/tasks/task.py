@@ -124,9 +124,43 @@ class Task(abc.ABC):
     def record(self, problem: Any) -> dict[str, Any]:
         """A JSON-able description of a problem (what `show --json` prints, without "text")."""
 
+    @abc.abstractmethod
+    def chance(self) -> float:
+        """Exact-match accuracy of a uniform guess at each answer unit: the floor a trained
+        model's accuracy is read against (eval.json's ``chance``)."""
+
     def evaluator(self) -> ExactMatchEvaluator:
         """A fresh evaluator for this task's batches."""
         return ExactMatchEvaluator(self.bucket)
+
+    def _first_answer(self) -> tuple[np.ndarray, int, int]:
+        """(tokens, first, last) of eval example 0's first answer unit: its scored positions
+        ``first..last`` (the logits at ``first`` predict the answer's first token)."""
+        example = self.example("eval", 0, 0)
+        answer_id = example["answer_id"]
+        last = first = int(np.flatnonzero(answer_id >= 0)[0])
+        while answer_id[last + 1] >= 0:  # the last position is never scored
+            last += 1
+        return example["tokens"], first, last
+
+    def answer_tokens(self) -> int:
+        """Most tokens one answer unit takes after its prompt: what ``generate`` makes by default.
+        Here eval example 0's first unit (fixed-layout tasks: every unit has this length)."""
+        _, first, last = self._first_answer()
+        return last - first + 1
+
+    def check_prompt(self, tokens: Sequence[int]) -> str | None:
+        """Why ``tokens`` (a prompt for ``generate``) is not in this task's format, or None.
+        Here (fixed-layout tasks): every prompt has the length of the examples' text before the
+        first answer and ends with the same token (the one whose logits predict the answer)."""
+        example, first, _ = self._first_answer()
+        length, end = first + 1, self.vocab.decode(example[first:first + 1])
+        if len(tokens) == length and list(tokens[-1:]) == [int(example[first])]:
+            return None
+        got_end = self.vocab.decode(list(tokens[-1:]))
+        return (f"{len(tokens)} tokens ending in {got_end!r}; this {self.name} config reads {length} "
+                f"tokens ending in {end!r} before its answer (its windows would not line up with "
+                f"training)")
 
     def example(self, split: str, seed: int, index: int) -> dict[str, np.ndarray]:
         """The features of example `index` of `split`."""

@@ -315,6 +315,11 @@ class Stage:
     def last_step(self) -> int:
         return self.first_step + self.steps
 
+    @property
+    def number(self) -> int:
+        """``index + 1``: stages as logs, metrics.jsonl, errors and the README count them."""
+        return self.index + 1
+
 
 def _stage_columns(config: ml_collections.ConfigDict) -> dict[str, tuple]:
     columns = {key: tuple(config.stages[key] or ()) for key in STAGE_KEYS}
@@ -348,7 +353,7 @@ def stage_plan(config: ml_collections.ConfigDict, task: Any) -> tuple[Stage, ...
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"stages.{key}={columns[key]!r}: entry {i} must be a number >= 0")
         if (steps > 0) == (epochs > 0):
-            raise ConfigError(f"stages.steps={columns['steps']!r}: stage {i} needs steps or epochs "
+            raise ConfigError(f"stages.steps={columns['steps']!r}: stage {i + 1} needs steps or epochs "
                               f"(stages.epochs={columns['epochs']!r}), exactly one of them > 0")
         if epochs:
             if not task.train_size:

@@ -1,9 +1,9 @@
 """Evaluation: greedy single-pass predictions on the eval split, scored by the task's evaluator.
 
 Writes ``<workdir>/eval.json`` (``eval-<tag>.json`` for an eval with other settings than the
-run's) — ``{"task", "passes", "step", "accuracy", "by_difficulty",
-"examples", ...}`` (every key of the evaluator's result is kept) — and ``<workdir>/eval.png``,
-accuracy by difficulty.
+run's) — ``{"task", "passes", "step", "accuracy", "by_difficulty", "chance",
+"examples", ...}`` (every key of the evaluator's result is kept) — and ``<workdir>/eval.png``:
+accuracy by difficulty against chance and 1.0, held-out loss, and the run's training loss.
 """
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from sleep_jax.files import write_text_atomic
-from sleep_jax.plot import plot_runs
+from sleep_jax.plot import plot_runs, training_loss
 from sleep_jax.windows import kinds_from_mask
 from sleep_jax.train.data import eval_batches, host_to_global
 
 
 def evaluate(predicts: Callable[[str], Callable], params: Any, task: Any, *, batch_size: int, seed: int,
              batch_sharding: jax.sharding.NamedSharding) -> dict:
-    """Scores the task's eval split; returns the evaluator's result dict.
+    """Scores the task's eval split; returns the evaluator's result dict and ``chance``
+    (``Task.chance``: the accuracy of a uniform guess).
 
     Args:
       predicts: ``kinds -> `` jitted ``(params, {"tokens", "loss_mask"}) -> {"predictions": int32
@@ -37,7 +38,7 @@ def evaluate(predicts: Callable[[str], Callable], params: Any, task: Any, *, bat
         if jax.process_count() > 1:
             scores = multihost_utils.process_allgather(scores, tiled=True)
         evaluator.add(batch, np.asarray(scores["predictions"]), nll=np.asarray(scores["nll"]))
-    return evaluator.result()
+    return {**evaluator.result(), "chance": task.chance()}
 
 
 def _jsonable(value: Any) -> Any:
@@ -62,6 +63,6 @@ def write_eval(workdir: str, result: dict, *, task_name: str, passes: int, step:
         if key not in record:
             raise ValueError(f"evaluator result lacks {key!r}: got keys {sorted(result)}")
     write_text_atomic(os.path.join(workdir, f"{name}.json"), json.dumps(record, indent=1))
-    plot_runs([record], os.path.join(workdir, f"{name}.png"),
+    plot_runs([record], os.path.join(workdir, f"{name}.png"), losses=[training_loss(workdir)],
               title=f"{task_name}, N = {passes}, step {step}")
     return record

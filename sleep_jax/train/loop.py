@@ -117,7 +117,7 @@ def _setup_stage(config: ml_collections.ConfigDict, task: Task, stage: config_li
     trainable = trainable_mask(nnx.split(abstract)[1], stage.trainable)
     if not any(jax.tree.leaves(trainable)):
         raise ConfigError(f"stages.trainable={tuple(config.stages.trainable)!r}: stage "
-                          f"{stage.index}'s filter {','.join(stage.trainable)!r} matches no "
+                          f"{stage.number}'s filter {','.join(stage.trainable)!r} matches no "
                           f"parameter (paths look like blocks/0/mixer/w_q, embedding)")
     initial_params = None
     if config.init.hf_dir:
@@ -219,7 +219,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if latest is not None:
         restored_step, state = checkpointer.restore_newest_readable(
             abstract_with_shardings(abstract, shardings), data, set_aside_unreadable=True)
-        logging.info("resuming from %s (stage %d)", checkpointer.path(restored_step), index)
+        logging.info("resuming from %s (stage %d)", checkpointer.path(restored_step),
+                     exps[index].stage.number)
     elif first.initial_params is not None:
         state, _ = train_state_from_params(first.initial_params(), first.optimizer, first.mesh)
     else:
@@ -235,7 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if exps[index] is not exp:  # a new stage: fresh optimiser and data from here
                 exp = exps[index]
                 logging.info("stage %d from step %d: %d steps, trainable %s, %s eviction, L=%d",
-                             index, step, exp.stage.steps, ",".join(exp.stage.trainable),
+                             exp.stage.number, step, exp.stage.steps, ",".join(exp.stage.trainable),
                              exp.sleep.eviction, exp.sleep.window)
                 state, shardings = train_state_from_params(state["params"], exp.optimizer,
                                                            exp.mesh, step)
@@ -271,6 +272,8 @@ def _train_stage(exp: Experiment, state: dict, shardings: Any, data: Any,
     inputs = batch_sharding(exp.mesh)
     tokens_per_step = train_cfg.batch_size * exp.task.layout.seq_len
     first_step = step
+    if is_main and step < last_step:
+        logging.info("step %d: compiling the train step (XLA; the first step waits for it)", step + 1)
     while step < last_step:
         batch = next(data)
         state, metrics = train_steps(exp.batch_kinds(batch))(state, to_global(batch, inputs))
@@ -279,9 +282,12 @@ def _train_stage(exp: Experiment, state: dict, shardings: Any, data: Any,
         if log_now or step == first_step + 1:  # the first lap is the compile step alone
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             step_time = timer.lap(step)
+            if is_main and step == first_step + 1:
+                logging.info("step %d: compiled and ran in %.1f s%s", step, step_time,
+                             f"; progress every {train_cfg.log_every} steps" if train_cfg.log_every else "")
         if log_now:
             metrics.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time,
-                           stage=exp.stage.index)
+                           stage=exp.stage.number)
             writer.write(step, metrics)
             if is_main:
                 progress.log(step, metrics)

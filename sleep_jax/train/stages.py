@@ -38,7 +38,7 @@ def stage_tasks(config: ml_collections.ConfigDict, stages: tuple[Stage, ...],
             tasks[stage.window] = make_task(ml_collections.ConfigDict({"task": task_config}))
         except ConfigError as error:
             raise ConfigError(f"stages.window={tuple(config.stages.window)!r}: stage "
-                              f"{stage.index}: {error}") from None
+                              f"{stage.number}: {error}") from None
     return tasks
 
 

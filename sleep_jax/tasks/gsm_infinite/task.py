@@ -173,6 +173,27 @@ class GsmInfiniteTask(Task):
             return range(min(values), max(values) + 1, max(max(values) - min(values), 1))
         return range(0, MAX_VALUE + 1)
 
+    def chance(self) -> float:
+        """An answer drawn uniformly from the task's answer values (generator: 0..MAX_VALUE)."""
+        if self.config["data"]:
+            return 1.0 / len({p.answer for p in self.eval_problems + self.train_problems})
+        return 1.0 / (MAX_VALUE + 1)
+
+    def answer_tokens(self) -> int:
+        """The longest answer: digits and the end token (generation stops at the end token)."""
+        return max(len(self._answer_ids(value)) for value in self._answer_range())
+
+    def check_prompt(self, tokens) -> str | None:
+        """A prompt is a problem ending in the answer prefix, of a length whose answer starts in
+        one of the layout's answer windows."""
+        if not self.vocab.decode(tokens).endswith(ANSWER_PREFIX):  # text: BPE merges across the line
+            return f"{len(tokens)} tokens not ending in {ANSWER_PREFIX!r}, the line before every answer"
+        window = self._answer_window(len(tokens))
+        if window not in self.layout.answer_windows:
+            return (f"{len(tokens)} tokens put the answer in window {window}; this config trains answers "
+                    f"in windows {self.layout.answer_windows} (task.target_tokens={self.target_tokens})")
+        return None
+
     def _answer_tokens(self, value: int) -> int:
         """Tokens of the answer line of `value`: prefix, digits, end token."""
         return self.length(ANSWER_PREFIX) + len(self._answer_ids(value))
