@@ -61,6 +61,7 @@ def main(argv):
     from sleep_jax.train.loop import eval_config, evaluate_checkpoint, train
 
     try:
+        run_lock = _lock_workdir(_WORKDIR.value, _MODE.value)  # noqa: F841 - held until exit
         if _MODE.value == "train":
             if _CONFIG.value is None:
                 raise ConfigError("--config: required for --mode=train")
@@ -75,6 +76,21 @@ def main(argv):
         raise app.UsageError(str(error)) from None
     except RunStopped as error:
         sys.exit(f"run stopped: {error}")
+
+
+def _lock_workdir(workdir: str, mode: str):
+    """The workdir's run lock (``train.record.lock_run``), taken by process 0 before anything is
+    compiled; the open lock file, or None on the other processes. ``--mode=eval`` locks too (it
+    writes eval files), but never creates a workdir: it must hold a run already."""
+    import jax
+
+    from sleep_jax.train.errors import ConfigError
+    from sleep_jax.train.record import lock_run
+
+    if mode == "eval" and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir}: no such directory; --mode=eval evaluates a "
+                          "run's checkpoints")
+    return lock_run(workdir) if jax.process_index() == 0 else None
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
