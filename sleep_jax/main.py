@@ -18,9 +18,22 @@ multi-host run (one process per host; see ``launch/``) before anything else touc
 the default under ``launch/process.sh`` (``SLEEP_JAX_MULTIHOST=1``). On a machine without a TPU
 or GPU, JAX runs on the CPU without trying libtpu.
 
+A workdir holds one run at a time: before anything is compiled, process 0 takes an ``flock`` on
+``<workdir>/run.lock`` (``sleep_jax.train.record.lock_run``) and holds it until the process ends,
+however it ends (``kill -9`` included: the kernel drops it, so there is no stale lock). A second
+process on the same workdir stops at once with one line naming the holder's pid, exit status 1.
+``--mode=eval`` takes the lock too, since it writes eval files (evaluate a workdir that is
+training from a copy of it, or read it with ``sleep_jax.generate``, which writes nothing there).
+
+A resume never mislabels: a ``train.steps`` below the newest checkpoint's step is refused (a
+config error naming ``train.steps``; ``--mode=eval`` evaluates that checkpoint as it is), and
+an eval never replaces the record of a later step: an eval of an older checkpoint than the
+newest (the newest unreadable) or than the one ``eval.json`` holds writes ``eval@step<k>.json``.
+
 A bad config or input stops with one line starting with the key; a run that cannot go on
-(non-finite loss or gradient, no readable checkpoint, a failed save) stops with one line naming
-the step and the files, and exit status 1.
+(non-finite loss or gradient, no readable checkpoint, a failed save or metrics write, e.g. a
+full disk) stops with one line naming the step or the files, the last line on stderr, and exit
+status 1.
 """
 import logging as std_logging
 import os
