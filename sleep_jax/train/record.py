@@ -123,8 +123,8 @@ def lock_run(workdir: str) -> IO[str] | None:
     """Takes ``<workdir>/run.lock`` for this process (the workdir is created if missing) and
     returns the open file: keep it open while the run writes the workdir; the kernel releases
     the lock when the process ends, however it ends. Raises ``RunStopped`` naming the holder's
-    pid if another process holds it. On a filesystem without ``flock`` (e.g. a gcsfuse bucket)
-    it warns and returns None: concurrent runs there are not detected."""
+    pid if another process holds it. On a filesystem that refuses ``flock`` it warns and
+    returns None: concurrent runs there are not detected."""
     path = os.path.join(workdir, RUN_LOCK)
     try:
         return hold_lock(path)
