@@ -19,9 +19,22 @@ the default under ``launch/process.sh`` (``SLEEP_JAX_MULTIHOST=1``). On a machin
 or GPU, JAX runs on the CPU without trying libtpu (``sleep_jax.cli``). ``--verbosity=1`` also logs
 the config.
 
+A workdir holds one run at a time: before anything is compiled, process 0 takes an ``flock`` on
+``<workdir>/run.lock`` (``sleep_jax.train.record.lock_run``) and holds it until the process ends,
+however it ends (``kill -9`` included: the kernel drops it, so there is no stale lock). A second
+process on the same workdir stops at once with one line naming the holder's pid, exit status 1.
+``--mode=eval`` takes the lock too, since it writes eval files (evaluate a workdir that is
+training from a copy of it, or read it with ``sleep_jax.generate``, which writes nothing there).
+
+A resume never mislabels: a ``train.steps`` below the newest checkpoint's step is refused (a
+config error naming ``train.steps``; ``--mode=eval`` evaluates that checkpoint as it is), and
+an eval never replaces the record of a later step: an eval of an older checkpoint than the
+newest (the newest unreadable) or than the one ``eval.json`` holds writes ``eval@step<k>.json``.
+
 A bad config or input stops with one line starting with the key; a run that cannot go on
-(non-finite loss or gradient, no readable checkpoint, a failed save) stops with one line naming
-the step and the files; both with exit status 1 (``sleep_jax.cli``).
+(non-finite loss or gradient, no readable checkpoint, a failed save or metrics write, e.g. a
+full disk) stops with one line naming the step or the files, the last line on stderr; both with
+exit status 1 (``sleep_jax.cli``). A workdir holds one run at a time (``_lock_workdir``).
 """
 import os
 
@@ -59,13 +72,30 @@ def main(argv):
         resolve(_CONFIG.value, need_tokenizer=False, explicit_model_keys=cli.command_line_keys("model"))
         if _CONFIG.value.init.hf_dir:
             check_pretrained_weights(_CONFIG.value.init.hf_dir)
+        run_lock = _lock_workdir(_WORKDIR.value, _MODE.value)  # noqa: F841 - held until exit
         logging.debug("config:\n%s", _CONFIG.value)
         train(_CONFIG.value, _WORKDIR.value)
     else:
+        run_lock = _lock_workdir(_WORKDIR.value, _MODE.value)  # noqa: F841 - held until exit
         overrides = flags.FLAGS["config"].override_values if _CONFIG.value is not None else {}
         config = eval_config(_WORKDIR.value, _CONFIG.value, overrides)
         logging.debug("config:\n%s", config)
         evaluate_checkpoint(config, _WORKDIR.value)
+
+
+def _lock_workdir(workdir: str, mode: str):
+    """The workdir's run lock (``train.record.lock_run``), taken by process 0 before anything is
+    compiled; the open lock file, or None on the other processes. ``--mode=eval`` locks too (it
+    writes eval files), but never creates a workdir: it must hold a run already."""
+    import jax
+
+    from sleep_jax.train.errors import ConfigError
+    from sleep_jax.train.record import lock_run
+
+    if mode == "eval" and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir}: no such directory; --mode=eval evaluates a "
+                          "run's checkpoints")
+    return lock_run(workdir) if jax.process_index() == 0 else None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 from sleep_jax.train import config as config_lib
 from sleep_jax.train.errors import ConfigError
 from sleep_jax.train.metrics import read_metrics
+from sleep_jax.train.record import lock_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,6 +123,22 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
         assert json.load(f)["passes"] == 2
     with open(os.path.join(killed_dir, "eval.json")) as f:
         assert json.load(f) == record
+
+
+def test_a_workdir_held_by_another_process_is_refused_naming_its_pid(tmp_path):
+    workdir = str(tmp_path / "run")
+    lock = lock_run(workdir)  # this test's process holds the run (tests/train/test_record.py: kill -9)
+    try:
+        start = time.perf_counter()
+        last = _fails(_start(workdir), timeout=60)
+        seconds = time.perf_counter() - start
+    finally:
+        lock.close()
+    assert last == (f"run stopped: --workdir={workdir} is in use by process {os.getpid()} "
+                    f"(lock {workdir}/run.lock); a workdir holds one run at a time: wait for it "
+                    "to end or use another --workdir")
+    assert seconds < 30, seconds  # refused before anything is built (~4 s: imports)
+    assert os.listdir(workdir) == ["run.lock"]
 
 
 def test_divergence_stops_the_run_before_saving_or_evaluating_it(tmp_path):

@@ -3,7 +3,10 @@
 Writes ``<workdir>/eval.json`` (``eval-<tag>.json`` for an eval with other settings than the
 run's) — ``{"task", "passes", "step", "accuracy", "by_difficulty", "chance",
 "examples", ...}`` (every key of the evaluator's result is kept) — and ``<workdir>/eval.png``:
-accuracy by difficulty against chance and 1.0, held-out loss, and the run's training loss.
+accuracy by difficulty against chance and 1.0, held-out loss, and the run's training loss. Those files
+hold the eval of the run's newest step: an eval of an older step (a checkpoint fallback, or a
+step below the one the file already holds) writes ``eval@step<k>.json`` / ``.png``
+(``eval-<tag>@step<k>``) instead, never over a later one.
 """
 from __future__ import annotations
 
@@ -54,15 +57,34 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_eval(workdir: str, result: dict, *, task_name: str, passes: int, step: int,
-               name: str = "eval") -> dict:
+               name: str = "eval", newest_step: int | None = None) -> tuple[dict, str]:
     """Writes ``<name>.json`` and ``<name>.png`` into ``workdir`` (atomically); returns the JSON
-    dict. ``name`` is ``eval`` for the run's own settings, ``eval-<tag>`` for others."""
+    dict and the JSON file's path. ``name`` is ``eval`` for the run's own settings,
+    ``eval-<tag>`` for others. An eval of a step below ``newest_step`` (the newest checkpoint's)
+    or below the step ``<name>.json`` holds goes to ``<name>@step<step>`` instead.
+
+    The caller holds the run lock (``record.lock_run``), so no other writer comes between the
+    read of the held step and the write."""
     record = {"task": task_name, "passes": int(passes), "step": int(step),
               **_jsonable(result)}
     for key in ("accuracy", "by_difficulty", "examples"):
         if key not in record:
             raise ValueError(f"evaluator result lacks {key!r}: got keys {sorted(result)}")
-    write_text_atomic(os.path.join(workdir, f"{name}.json"), json.dumps(record, indent=1))
+    held = _recorded_step(os.path.join(workdir, f"{name}.json"))
+    if step < max(newest_step or 0, held or 0):
+        name = f"{name}@step{step}"
+    path = os.path.join(workdir, f"{name}.json")
+    write_text_atomic(path, json.dumps(record, indent=1))
     plot_runs([record], os.path.join(workdir, f"{name}.png"), losses=[training_loss(workdir)],
               title=f"{task_name}, N = {passes}, step {step}")
-    return record
+    return record, path
+
+
+def _recorded_step(path: str) -> int | None:
+    """The ``step`` of the eval record at ``path``; None if there is none (or no readable one:
+    records are written atomically, so that is a file this code never wrote whole)."""
+    try:
+        with open(path) as f:
+            return int(json.load(f)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

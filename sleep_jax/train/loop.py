@@ -212,6 +212,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.keep_checkpoints,
                                 save_every=train_cfg.checkpoint_every)
     latest = checkpointer.latest_step()
+    if latest is not None:
+        record_lib.check_resume_steps(train_cfg.steps, latest, checkpointer.path(latest))
     index = 0 if latest is None else _stage_of_step(exps, latest)
     exp = exps[index]
     data = train_iterator(exp.task, batch_size=train_cfg.batch_size, seed=train_cfg.seed)
@@ -247,13 +249,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step = exp.stage.last_step
         _check_finite(state, checkpointer)
     except BaseException as error:
-        writer.flush()
+        writer.close()
         if isinstance(error, SystemExit):  # preempted: its save must have finished, or say so
             checkpointer.close()
         else:
             checkpointer.close_quietly()  # the error in flight is the one to report
         raise
-    writer.flush()
     checkpointer.close()  # raises RunStopped if a background save failed
     result = _run_eval(exp, predicts, state["params"])
     writer.write(step, _eval_metrics(result), split="eval")
@@ -311,14 +312,17 @@ def _train_stage(exp: Experiment, state: dict, shardings: Any, data: Any,
     return state, predicts
 
 
-def _finish(exp: Experiment, workdir: str, result: dict, step: int, name: str) -> dict:
+def _finish(exp: Experiment, workdir: str, result: dict, step: int, name: str,
+            newest_step: int | None = None) -> dict:
+    """Writes the eval record of ``step`` (process 0; ``write_eval``: an older step than
+    ``newest_step`` or than ``<name>.json``'s goes to its own file) and returns it."""
     record = {"task": exp.task.name, "passes": exp.sleep.passes, "step": step, **result}
     if jax.process_index() == 0:
-        record = write_eval(workdir, result, task_name=exp.task.name, passes=exp.sleep.passes,
-                            step=step, name=name)
+        record, path = write_eval(workdir, result, task_name=exp.task.name,
+                                  passes=exp.sleep.passes, step=step, name=name,
+                                  newest_step=newest_step)
         logging.info("eval at step %d: accuracy %.4f by difficulty %s -> %s", step,
-                     record["accuracy"], json.dumps(record["by_difficulty"]),
-                     os.path.join(workdir, f"{name}.json"))
+                     record["accuracy"], json.dumps(record["by_difficulty"]), path)
     return record
 
 
@@ -395,14 +399,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     """Evaluates the newest readable checkpoint in ``workdir`` with ``config`` (see
     ``eval_config``). Writes ``eval.json`` / ``eval.png`` when ``config`` is the run's own, or
     ``eval-<tag>.json`` / ``.png`` naming the settings that differ (e.g.
-    ``eval-sleep.passes=2.json``), never over the run's own."""
+    ``eval-sleep.passes=2.json``), never over the run's own. An eval of an older checkpoint
+    than the newest (the newest unreadable) writes ``eval@step<k>`` (``write_eval``)."""
     exps = setup_stages(config)
     exp = exps[-1]
     if _workdir_kind(workdir) != "run":
-        tag, step = None, 0   # a hub checkpoint or convert directory (``eval_config``): its own parameters
+        tag, step, newest = None, 0, None   # a hub checkpoint or convert directory (``eval_config``): its own parameters
         state, shardings = train_state_from_params(exp.initial_params(), exp.optimizer, exp.mesh)
     else:
         tag = record_lib.eval_tag(record_lib.load_run_config(workdir), config)
+        checkpoints = Checkpointer(workdir)
+        newest = checkpoints.latest_step()
+        checkpoints.close()
         step, state, shardings = restore_newest(exps, workdir)
     result = _run_eval(exp, exp.predicts(shardings["params"]), state["params"])
-    return _finish(exp, workdir, result, step, name=f"eval-{tag}" if tag else "eval")
+    return _finish(exp, workdir, result, step, name=f"eval-{tag}" if tag else "eval",
+                   newest_step=newest)

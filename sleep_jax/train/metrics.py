@@ -4,55 +4,120 @@ Only process 0 writes (the values are global: they come out of the jitted step r
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import socket
+import struct
 import time
 from typing import Mapping
 
 from absl import logging
 
+from sleep_jax.train.errors import RunStopped
+
 
 class MetricsWriter:
-    """Writes scalar metrics per step to ``<workdir>/metrics.jsonl`` and TensorBoard events.
+    """Writes scalar metrics per step to ``<workdir>/metrics.jsonl`` and TensorBoard events
+    (``<workdir>/tensorboard/events.out.tfevents.<time>.<host>``).
 
     Each jsonl line is ``{"step": int, "split": "train"|"eval", <name>: float, ...}``. Appends,
     so a resumed run continues the same file (a step logged twice — once before a crash, once
     after the resume — keeps both lines; readers take the last).
+
+    Both files are written unbuffered in the caller's thread, one ``write`` call per line or
+    event (tensorboardX's ``SummaryWriter`` writes from a thread that dies on a full disk, then
+    blocks its queue or fails again at exit): a failed write raises ``RunStopped`` naming the
+    file where it happens and leaves nothing behind to fail after the run's last line.
     """
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.enabled = enabled
-        self._jsonl = None
-        self._tb = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
-        from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
-        self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+        self._jsonl = _AppendFile(os.path.join(workdir, "metrics.jsonl"))
+        self._events = _EventFile(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
-        """Records ``metrics`` (name -> number) at ``step`` under ``split``."""
+        """Records ``metrics`` (name -> number) at ``step`` under ``split``; ``RunStopped``
+        naming the file if a write fails."""
         if not self.enabled:
             return
         values = {name: float(value) for name, value in metrics.items()}
-        self._jsonl.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
+        self._jsonl.write((json.dumps({"step": int(step), "split": split, **values}) + "\n").encode())
         for name, value in values.items():
             # TensorBoard tag names allow [\w./-]: "accuracy/t=0" becomes "accuracy/t_0".
-            tag = re.sub(r"[^\w./-]", "_", f"{split}/{name}")
-            self._tb.add_scalar(tag, value, global_step=int(step))
-
-    def flush(self) -> None:
-        if self.enabled:
-            self._jsonl.flush()
-            self._tb.flush()
+            self._events.scalar(re.sub(r"[^\w./-]", "_", f"{split}/{name}"), value, int(step))
 
     def close(self) -> None:
+        """Closes both files (nothing is buffered, so nothing can fail here)."""
         if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
             self.enabled = False
+            self._jsonl.close()
+            self._events.close()
+
+
+class _AppendFile:
+    """A file opened for appending without a buffer: each ``write`` is on disk whole, or not at
+    all (a short write, a full disk's first sign, is cut off again) and raises ``RunStopped``
+    naming the file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with _failures_stop_the_run(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._file = open(path, "ab", buffering=0)
+
+    def write(self, data: bytes) -> None:
+        with _failures_stop_the_run(self.path):
+            end = self._file.seek(0, os.SEEK_END)
+            try:
+                if self._file.write(data) != len(data):
+                    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
+            except OSError:
+                os.ftruncate(self._file.fileno(), end)
+                raise
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _EventFile(_AppendFile):
+    """A TensorBoard event file in ``directory``: TFRecord-framed ``Event`` protos (the framing
+    of tensorboardX's ``RecordWriter``), one record per write."""
+
+    def __init__(self, directory: str):
+        super().__init__(os.path.join(directory, f"events.out.tfevents.{int(time.time())}."
+                                                 f"{socket.gethostname()}"))
+        from tensorboardX.proto.event_pb2 import Event  # imported here: only process 0 needs it
+
+        self._event = Event
+        self._record(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.summary import scalar
+
+        self._record(self._event(summary=scalar(tag, value), step=step, wall_time=time.time()))
+
+    def _record(self, event) -> None:
+        from tensorboardX.record_writer import masked_crc32c
+
+        data = event.SerializeToString()
+        header = struct.pack("Q", len(data))
+        self.write(header + struct.pack("I", masked_crc32c(header)) + data +
+                   struct.pack("I", masked_crc32c(data)))
+
+
+@contextlib.contextmanager
+def _failures_stop_the_run(path: str):
+    """Turns an ``OSError`` (a full disk) into ``RunStopped`` naming ``path``."""
+    try:
+        yield
+    except OSError as error:
+        raise RunStopped(f"writing {path} failed: {type(error).__name__}: {error}; "
+                         "training stopped") from None
 
 
 def read_metrics(workdir: str, split: str = "train") -> dict[int, dict[str, float]]:

@@ -1,21 +1,24 @@
-"""The run's record, ``<workdir>/config.json``, and resuming against it.
+"""The run's record, ``<workdir>/config.json``, resuming against it, and the run lock.
 
 The run directory keeps the run's record, ``<workdir>/config.json`` (``write_run_config``,
-``load_run_config``); ``check_resume`` compares a resumed run's config with it and
-``eval_tag`` names an eval whose settings differ from it.
+``load_run_config``); ``check_resume`` compares a resumed run's config with it,
+``check_resume_steps`` its ``train.steps`` with the newest checkpoint, and ``eval_tag`` names an
+eval whose settings differ from it. ``lock_run`` makes a workdir hold one run at a time.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
-from typing import Any
+from typing import IO, Any
 
 import ml_collections
+from absl import logging
 
-from sleep_jax.files import write_text_atomic
+from sleep_jax.files import LockHeld, hold_lock, write_text_atomic
 from sleep_jax.flat import differences
 from sleep_jax.train.config import INIT_DEFAULTS, STAGE_KEYS, TRAIN_DEFAULTS, _defaults
-from sleep_jax.train.errors import ConfigError
+from sleep_jax.train.errors import ConfigError, RunStopped
 
 # Keys a resumed run may change: they touch neither the model, the task, the sleep nor the
 # optimiser state (``train.steps`` moves the end of the LR schedule; that is what extending a run
@@ -26,6 +29,9 @@ RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.c
                   "mesh.data", "mesh.fsdp", "mesh.tensor")
 
 RUN_CONFIG = "config.json"
+# The run lock's file. The lock is an flock on it, not the file itself: the file stays after a
+# run (holding the last holder's pid) and is never a stale lock.
+RUN_LOCK = "run.lock"
 # Keys added with a default that differs from what runs recorded before them did: the value a
 # record without the key stands for (the conv tail crossed windows before sleep.carry_conv_tail).
 BEFORE_THE_KEY = {"sleep": {"carry_conv_tail": True}}
@@ -111,3 +117,35 @@ def eval_tag(stored: ml_collections.ConfigDict | None, given: ml_collections.Con
     changed = [f"{key}={new}".replace(" ", "").replace("/", "_")
                for key, (_, new) in differences(stored, given).items() if _changes_eval(key)]
     return ",".join(changed) or None
+
+
+def lock_run(workdir: str) -> IO[str] | None:
+    """Takes ``<workdir>/run.lock`` for this process (the workdir is created if missing) and
+    returns the open file: keep it open while the run writes the workdir; the kernel releases
+    the lock when the process ends, however it ends. Raises ``RunStopped`` naming the holder's
+    pid if another process holds it. On a filesystem that refuses ``flock`` it warns and
+    returns None: concurrent runs there are not detected."""
+    path = os.path.join(workdir, RUN_LOCK)
+    try:
+        return hold_lock(path)
+    except LockHeld as held:
+        holder = f"process {held.pid}" if held.pid is not None else "another process"
+        raise RunStopped(f"--workdir={workdir} is in use by {holder} (lock {path}); a workdir "
+                         f"holds one run at a time: wait for it to end or use another "
+                         f"--workdir") from None
+    except OSError as error:
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        logging.warning("%s: cannot lock (%s); another run on this workdir would not be "
+                        "detected", path, os.strerror(error.errno))
+        return None
+
+
+def check_resume_steps(steps: int, latest_step: int, checkpoint: str) -> None:
+    """Raises ``ConfigError`` if a resumed run's ``train.steps`` (``steps``, the stages' total)
+    is below its newest checkpoint's step (``checkpoint`` its path): it would train nothing and
+    label that checkpoint's weights with a smaller step."""
+    if steps < latest_step:
+        raise ConfigError(f"train.steps={steps}: the run is already at step {latest_step} "
+                          f"({checkpoint}); a resumed run's train.steps must be >= "
+                          f"{latest_step}; --mode=eval evaluates that checkpoint as it is")
