@@ -25,8 +25,9 @@ hold (a block kind the family has not, see `hf.families.exportable`) is one line
 the run directory stays its portable form. `--out` must be empty or absent unless `--overwrite`.
 
 A missing or unreadable input (a truncated safetensors file) stops with one line naming the flag
-and the file, and an `--out` the command created is removed.
+and the file, and leaves `--out` as it was (`output_dir`).
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -103,18 +104,19 @@ def load_model(path: str, flag: str) -> HybridModel:
 
 def import_checkpoint(hf_dir: str, run_dir: str, *, overwrite: bool = False, **overrides) -> ModelConfig:
     """Write hub checkpoint `hf_dir` as a convert directory `run_dir` (empty or absent unless
-    `overwrite`); returns its ModelConfig."""
+    `overwrite`; `output_dir`); returns its ModelConfig."""
     check_out_dir(run_dir, overwrite)
     model = hf.from_pretrained(hf_dir, **overrides)
-    os.makedirs(os.path.join(run_dir, HUB_DIR), exist_ok=True)
-    for name in (hf.CONFIG_FILE, *TOKENIZER_FILES):
-        if os.path.exists(os.path.join(hf_dir, name)):
-            shutil.copy2(os.path.join(hf_dir, name), os.path.join(run_dir, HUB_DIR, name))
-    with _checkpointer() as checkpointer:
-        checkpointer.save(os.path.abspath(os.path.join(run_dir, PARAMS_DIR)),
-                          nnx.state(model, nnx.Param).to_pure_dict(), force=True)
-        checkpointer.wait_until_finished()
-    write_text_atomic(os.path.join(run_dir, MODEL_FILE), json.dumps(dataclasses.asdict(model.config), indent=2))
+    with output_dir(run_dir) as out:
+        os.makedirs(os.path.join(out, HUB_DIR))
+        for name in (hf.CONFIG_FILE, *TOKENIZER_FILES):
+            if os.path.exists(os.path.join(hf_dir, name)):
+                shutil.copy2(os.path.join(hf_dir, name), os.path.join(out, HUB_DIR, name))
+        with _checkpointer() as checkpointer:
+            checkpointer.save(os.path.abspath(os.path.join(out, PARAMS_DIR)),
+                              nnx.state(model, nnx.Param).to_pure_dict(), force=True)
+            checkpointer.wait_until_finished()
+        write_text_atomic(os.path.join(out, MODEL_FILE), json.dumps(dataclasses.asdict(model.config), indent=2))
     return model.config
 
 
@@ -132,14 +134,30 @@ def load_run(run_dir: str) -> HybridModel:
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:
-    """`--out` must be absent or empty, unless `--overwrite` (then it is emptied first)."""
-    if os.path.isdir(out) and os.listdir(out):
-        if not overwrite:
-            raise ValueError(f"--out={out!r}: not empty ({len(os.listdir(out))} entries); choose a new directory or "
-                             f"pass --overwrite to replace it")
-        shutil.rmtree(out)
-    elif os.path.exists(out) and not os.path.isdir(out):
+    """`--out` must be absent or empty, unless `--overwrite` (then `output_dir` replaces it)."""
+    if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out={out!r}: a file, not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ValueError(f"--out={out!r}: not empty ({len(os.listdir(out))} entries); choose a new directory or "
+                         f"pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def output_dir(out: str):
+    """A fresh directory beside `out` to write into; on success it replaces `out` (renamed over
+    it), on an error it is removed. So a failed import or export leaves `out` as it was, and
+    nothing half-written."""
+    partial = f"{os.path.normpath(out)}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.rename(partial, out)
 
 
 def export_checkpoint(run_dir: str, hf_dir: str, *, overwrite: bool = False, flag: str = "--run_dir") -> None:
@@ -154,10 +172,11 @@ def export_checkpoint(run_dir: str, hf_dir: str, *, overwrite: bool = False, fla
         raise ValueError(f"{flag}={run_dir!r}: no {os.path.join(hub, hf.CONFIG_FILE)} (the hub config the export "
                          f"starts from)")
     base = hf.read_hub_config(hub) if hub is not None else None
-    hf.save_pretrained(model, hf_dir, base_config=base)
-    for name in TOKENIZER_FILES:
-        if hub is not None and os.path.exists(os.path.join(hub, name)):
-            shutil.copy2(os.path.join(hub, name), os.path.join(hf_dir, name))
+    with output_dir(hf_dir) as out:
+        hf.save_pretrained(model, out, base_config=base)
+        for name in TOKENIZER_FILES:
+            if hub is not None and os.path.exists(os.path.join(hub, name)):
+                shutil.copy2(os.path.join(hub, name), os.path.join(out, name))
 
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hub checkpoint directory to import (config.json + *.safetensors).")
@@ -181,15 +200,12 @@ def main(argv):
         if _HF_DIR.value is None:
             raise app.UsageError("--hf_dir is required (or --to_hf with --run_dir)")
         source, flag = _HF_DIR.value, "--hf_dir"
-    created = _OVERWRITE.value or not os.path.exists(_OUT.value)
     try:
         if _TO_HF.value:
             export_checkpoint(source, _OUT.value, overwrite=_OVERWRITE.value, flag=flag)
         else:
             import_checkpoint(source, _OUT.value, overwrite=_OVERWRITE.value)
-    except (ValueError, OSError, RunStopped) as error:  # a bad directory, file or model
-        if created:
-            shutil.rmtree(_OUT.value, ignore_errors=True)  # nothing half-written left behind
+    except (ValueError, OSError, RunStopped) as error:  # a bad directory, file or model; --out untouched
         message = " ".join(str(error).split())
         raise app.UsageError(message if message.startswith("--") else f"{flag}={source}: {message}") from None
     print(json.dumps({"from": source, "to": _OUT.value, "to_hf": _TO_HF.value,
