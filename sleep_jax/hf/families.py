@@ -15,7 +15,7 @@ from typing import Callable
 
 from sleep_jax.hf.tensors import copy, dense_in, dense_in_interleaved, dense_out, depthwise_conv, reshaped
 from sleep_jax.layers import KINDS
-from sleep_jax.model import ModelConfig
+from sleep_jax.model import ModelConfig, new_kind_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,7 +471,7 @@ def exportable(config: ModelConfig) -> Family:
     """The family of `config.hf_model_type`, once its hub format holds the model: every layer of
     `config.pattern` of a kind it holds (else a ValueError naming the first layer that is not),
     and the written hub config read back giving the same architecture (else a ValueError naming
-    the first field it loses). Layers without an MLP are held (`hf.hub_tensors` writes zeros)."""
+    the first field a layer reads that it loses). Layers without an MLP are held (`hf.hub_tensors` writes zeros)."""
     if config.hf_model_type is None:
         raise ValueError("model.hf_model_type is None: a model trained from scratch has no hub format; "
                          f"supported: {sorted(FAMILIES)}")
@@ -484,8 +484,9 @@ def exportable(config: ModelConfig) -> Family:
                              f"{', '.join(repr(k) for k in hub.kinds)} layers ({_PORTABLE})")
     with_mlps = dataclasses.replace(config, no_mlp_layers=())
     back = hub.model_config(hub.hub_config(with_mlps), **{name: getattr(config, name) for name in RUN_FIELDS})
+    unread = {key for kind in KINDS for key in new_kind_keys(config.pattern, kind)}  # no layer reads them
     for field in dataclasses.fields(config):
-        if getattr(back, field.name) != getattr(with_mlps, field.name):
+        if field.name not in unread and getattr(back, field.name) != getattr(with_mlps, field.name):
             raise ValueError(f"{config.hf_model_type}: model.{field.name}={getattr(config, field.name)!r} has no "
                              f"form in the {config.hf_model_type} hub format (it reads back as "
                              f"{getattr(back, field.name)!r}; {_PORTABLE})")
