@@ -32,7 +32,8 @@ SMALL = [
 
 def _env(cache_dir):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = ""  # one CPU device: the sharded step has its own test
+    # one CPU device (the sharded step has its own test); conftest's compile flags kept
+    env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
     env["JAX_PLATFORMS"] = "cpu"
     # Later runs reuse the first one's compiled steps (compiling is most of a tiny run's time).
     env["JAX_COMPILATION_CACHE_DIR"] = cache_dir

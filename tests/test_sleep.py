@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from sleep_jax.model import HybridModel, ModelConfig
+from sleep_jax.numerics import rel_rms
 from sleep_jax.sleep import (SleepConfig, consolidate, consolidate_run, initial_past, predict, scan_steps,
                              sequence_logits, sequence_loss, sequence_predictions, sqrt_group, window_runs)
 from sleep_jax.windows import Span, kinds_from_mask
@@ -139,7 +140,7 @@ def test_remat_options_give_the_plain_gradient(gdn_train_step):
         grads[remat] = step(*args)[1]
     for remat in ("pass", "window", "sqrt"):
         for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[remat])):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=remat)
+            assert rel_rms(b, a) <= 1e-4, remat   # recomputation: float32 rounding only
 
 
 def test_sqrt_remat_nests_a_scan_and_keeps_every_pass():
@@ -271,7 +272,7 @@ def test_truncated_backprop_still_reaches_the_first_window():
         return jnp.sum(state["layer1"]["S"] ** 2)
 
     results = {k: jax.jit(jax.value_and_grad(final_fast_weights), static_argnums=1)(params, k) for k in (0, 1)}
-    np.testing.assert_array_equal(results[0][0], results[1][0])               # the forward pass is unchanged
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)       # the forward pass is unchanged
     embedding = {k: np.asarray(jax.tree.leaves(g["embedding"])[0]) for k, (_, g) in results.items()}
     assert np.all(np.abs(embedding[1][1:1 + WINDOW]).sum(axis=1) > 1e-6)     # the first window's tokens
     assert not np.allclose(embedding[1], embedding[0])                        # an approximation of the full gradient

@@ -8,6 +8,7 @@
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,8 +34,11 @@ JOB = [
 
 
 def _env(cache_dir, **extra):
-    env = dict(os.environ, PYTHON=sys.executable, **extra)
-    env.pop("XLA_FLAGS", None)  # the launcher (or the test) sets the device count
+    env = dict(os.environ, PYTHON=sys.executable)
+    # the launcher (or the test) sets the device count; conftest's compile flags kept
+    env["XLA_FLAGS"] = " ".join(re.sub(r"--xla_force_host_platform_device_count=\S*", "",
+                                       env.get("XLA_FLAGS", "")).split() + extra.pop("XLA_FLAGS", "").split())
+    env.update(extra)
     # A relaunch reuses the first launch's compiled steps.
     env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
