@@ -120,11 +120,15 @@ def import_checkpoint(hf_dir: str, run_dir: str, *, overwrite: bool = False, **o
     return model.config
 
 
+def read_model_config(run_dir: str) -> ModelConfig:
+    """The ModelConfig of a convert directory (its model.json)."""
+    with open(os.path.join(run_dir, MODEL_FILE)) as f:
+        return ModelConfig(**json.load(f))
+
+
 def load_run(run_dir: str) -> HybridModel:
     """The model of a convert directory written by `import_checkpoint`."""
-    with open(os.path.join(run_dir, MODEL_FILE)) as f:
-        config = ModelConfig(**json.load(f))
-    model = hf.abstract_model(config)
+    model = hf.abstract_model(read_model_config(run_dir))
     state = nnx.state(model, nnx.Param)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
     with _checkpointer() as checkpointer:

@@ -34,7 +34,7 @@ newest (the newest unreadable) or than the one ``eval.json`` holds writes ``eval
 A bad config or input stops with one line starting with the key; a run that cannot go on
 (non-finite loss or gradient, no readable checkpoint, a failed save or metrics write, e.g. a
 full disk) stops with one line naming the step or the files, the last line on stderr; both with
-exit status 1 (``sleep_jax.cli``). A workdir holds one run at a time (``_lock_workdir``).
+exit status 1 (``sleep_jax.cli``).
 """
 import os
 

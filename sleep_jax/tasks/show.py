@@ -16,7 +16,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sleep_jax import cli
-
 from sleep_jax.tasks.registry import TASK_NAMES, default_config, make
 from sleep_jax.tasks.task import Task
 

@@ -362,8 +362,9 @@ def eval_config(workdir: str, given: ml_collections.ConfigDict | None,
     return stages_lib.resolve(given)
 
 
-def restore_newest(exps: list[Experiment], workdir: str) -> tuple[int, dict, dict]:
-    """``(step, state, shardings)`` of the newest readable checkpoint in ``workdir``, for
+def restore_newest(exps: list[Experiment], workdir: str) -> tuple[int, dict, dict, int]:
+    """``(step, state, shardings, newest)`` of the newest readable checkpoint in ``workdir``
+    (``newest``: the newest checkpoint's step, above ``step`` when that one is unreadable), for
     evaluation or serving (no data iterator, nothing set aside), read with the optimiser of the
     stage it was written in (a run may be evaluated mid-way); ``RunStopped`` if there is none."""
     checkpointer = Checkpointer(workdir, max_to_keep=exps[-1].train.keep_checkpoints)
@@ -377,7 +378,7 @@ def restore_newest(exps: list[Experiment], workdir: str) -> tuple[int, dict, dic
             abstract_with_shardings(abstract, shardings), None, set_aside_unreadable=False)
     finally:
         checkpointer.close()
-    return step, state, shardings
+    return step, state, shardings, latest
 
 
 def restore_run(workdir: str, config: ml_collections.ConfigDict | None = None
@@ -391,7 +392,7 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict | None = None
             raise ConfigError(f"{os.path.join(workdir, record_lib.RUN_CONFIG)}: does not exist "
                               f"(not a sleep_jax.main run directory)")
     exps = setup_stages(config)
-    _, state, _ = restore_newest(exps, workdir)
+    _, state, _, _ = restore_newest(exps, workdir)
     return nnx.merge(exps[-1].graphdef, state["params"]), exps
 
 
@@ -408,10 +409,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         state, shardings = train_state_from_params(exp.initial_params(), exp.optimizer, exp.mesh)
     else:
         tag = record_lib.eval_tag(record_lib.load_run_config(workdir), config)
-        checkpoints = Checkpointer(workdir)
-        newest = checkpoints.latest_step()
-        checkpoints.close()
-        step, state, shardings = restore_newest(exps, workdir)
+        step, state, shardings, newest = restore_newest(exps, workdir)
     result = _run_eval(exp, exp.predicts(shardings["params"]), state["params"])
     return _finish(exp, workdir, result, step, name=f"eval-{tag}" if tag else "eval",
                    newest_step=newest)

@@ -91,23 +91,21 @@ class _EventFile(_AppendFile):
     def __init__(self, directory: str):
         super().__init__(os.path.join(directory, f"events.out.tfevents.{int(time.time())}."
                                                  f"{socket.gethostname()}"))
-        from tensorboardX.proto.event_pb2 import Event  # imported here: only process 0 needs it
+        # imported here: only process 0 needs them
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.record_writer import masked_crc32c
+        from tensorboardX.summary import scalar
 
-        self._event = Event
+        self._event, self._crc, self._summary = Event, masked_crc32c, scalar
         self._record(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        from tensorboardX.summary import scalar
-
-        self._record(self._event(summary=scalar(tag, value), step=step, wall_time=time.time()))
+        self._record(self._event(summary=self._summary(tag, value), step=step, wall_time=time.time()))
 
     def _record(self, event) -> None:
-        from tensorboardX.record_writer import masked_crc32c
-
         data = event.SerializeToString()
         header = struct.pack("Q", len(data))
-        self.write(header + struct.pack("I", masked_crc32c(header)) + data +
-                   struct.pack("I", masked_crc32c(data)))
+        self.write(header + struct.pack("I", self._crc(header)) + data + struct.pack("I", self._crc(data)))
 
 
 @contextlib.contextmanager

@@ -12,13 +12,12 @@ with: its task (``stage_tasks``), ``TrainConfig`` and ``SleepConfig``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Collection
 
 import ml_collections
 
-from sleep_jax.train.config import Stage, TrainConfig, check_structure, make_task, model_block
+from sleep_jax.train.config import Stage, TrainConfig, check_structure, make_task, model_block, model_config
 from sleep_jax.train.errors import ConfigError
 
 
@@ -74,7 +73,6 @@ def pretrained_dir_config(hf_dir: str):
     """The ``ModelConfig`` of ``init.hf_dir``: any model directory (``convert.model_dir_kind``:
     a hub checkpoint, a convert directory, a ``sleep_jax.main`` run, e.g. a fine-tuned one)."""
     from sleep_jax import convert, hf
-    from sleep_jax.model import ModelConfig
     from sleep_jax.train import record as record_lib
 
     try:
@@ -82,13 +80,12 @@ def pretrained_dir_config(hf_dir: str):
         if kind == "hub":
             return hf.model_config(hf.read_hub_config(hf_dir))
         if kind == "convert":
-            with open(os.path.join(hf_dir, convert.MODEL_FILE)) as f:
-                return ModelConfig(**json.load(f))
-        fields = record_lib.load_run_config(hf_dir).model.to_dict()
-        if fields.get("vocab_size") is None:
+            return convert.read_model_config(hf_dir)
+        run = record_lib.load_run_config(hf_dir)
+        if run.model.get("vocab_size") is None:
             raise ValueError(f"{os.path.join(hf_dir, convert.RUN_CONFIG)}: model.vocab_size is None (a run "
                              "of a task vocabulary, not a pretrained model)")
-        return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        return model_config(run, task=None)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError) as error:
