@@ -7,6 +7,10 @@
 With --check it times nothing and instead compares pallas against float32 chunked (see `check`).
 With --resources it runs nothing: it compiles the GPU kernels for sm_--arch with Triton, no GPU
 needed, and prints registers, spills and shared memory per kernel (see `kernel_resources.py`).
+With --against=PATH it times `gated_delta_rule(impl="chunked")` against the function
+`jax_chunk_gated_delta_rule` of the Python file PATH (MaxText's signature and [B, T, H, D] layout,
+e.g. a standalone copy of MaxText's, kept outside this package), float32, alternating the two, and
+prints one JSON line per shape from `op_ratios` (ratio = sleep_jax / peer; min and median over --iters).
 With --tpu_compile=v5e:2x2 it compiles forward and forward+backward for that TPU with the TPU
 compiler, no TPU needed (libtpu; see `tpu_compile.py`).
 Tuning on an accelerator (one JSON line per block-size set, then per kernel):
@@ -28,7 +32,9 @@ plus 6*C*K*V (w S, the state update, q S); forward+backward counts 3x the forwar
 The backward differentiates sum(o * do) + sum(final_state * d_final_state) w.r.t. q, k, v, g, beta.
 """
 import functools
+import importlib.util
 import json
+import pathlib
 import statistics
 import time
 
@@ -71,6 +77,9 @@ flags.DEFINE_integer("arch", 90, "--resources: compute capability (90: H100, H20
 flags.DEFINE_string("tpu_compile", "", "Instead of timing: compile forward and forward+backward for "
                     "this compile-only TPU topology (e.g. v5e:2x2, v6e:2x2, v4:2x2x1; needs "
                     "libtpu), for the TPU defaults and each --sizes set; exit 1 if one fails.")
+flags.DEFINE_string("against", "", "Instead of the impls: time the chunked op against the function "
+                    "`jax_chunk_gated_delta_rule` of this Python file (MaxText's signature), float32, "
+                    "K = V = --head_dim_k, --iters alternating rounds; one JSON line of ratios per shape.")
 flags.DEFINE_bool("per_kernel", False, "Also time each Pallas kernel alone (wy_prep, recurrence, "
                   "output, reverse_recurrence, chunk_gradients) with the default block sizes and "
                   "with each --sizes set.")
@@ -211,6 +220,85 @@ def check(inputs, do, d_final, chunk):
     return {name: rel_rms(a, b) for name, a, b in zip(names, got, want)}
 
 
+PEER_FUNCTION = "jax_chunk_gated_delta_rule"
+PEER_TOLERANCE = 1e-4  # largest relative RMS of outputs and gradients between the two sides
+
+
+def load_peer(path: str):
+    """`jax_chunk_gated_delta_rule(query, key, value, g, beta, chunk_size=64, initial_state=None,
+    ...) -> (output, final_state)` of the Python file at `path`, imported as a module of its own."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ValueError(f"--against: {path!r} is not a file")
+    spec = importlib.util.spec_from_file_location(f"_peer_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, PEER_FUNCTION, None)):
+        raise ValueError(f"--against: {path!r} defines no function `{PEER_FUNCTION}`")
+    return getattr(module, PEER_FUNCTION)
+
+
+def _forward_and_gradient(forward, do, d_final):
+    """jitted forward (q, k, v, g, beta) -> (o, final state) and the gradients of
+    sum(o * do) + sum(final_state * d_final) w.r.t. q, k, v, g, beta."""
+    def loss(*args):
+        o, final_state = forward(*args)
+        return jnp.sum(o * do) + jnp.sum(final_state * d_final)
+
+    return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+
+
+def _alternating_ms(fns, args, repeats):
+    """Wall ms of each of `fns` on `args`, `repeats` rounds of one call each, the fns alternating
+    within a round (after one untimed call each). Returns one list of times per fn."""
+    for fn in fns:
+        jax.block_until_ready(fn(*args))
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, fn_times in zip(fns, times):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            fn_times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def op_ratios(path: str, *, batch=2, steps=2048, heads=4, head_dim=64, repeats=5) -> dict:
+    """`gated_delta_rule(impl="chunked")` against the peer function of the file `path` (see
+    `load_peer`), float32, chunk 64, K = V = head_dim, zero initial state, both returning the final
+    state. Checks first that outputs, final states and the gradients of every input agree within
+    PEER_TOLERANCE (relative RMS; ValueError otherwise), then times forward and forward+backward,
+    alternating the two sides. Returns JSON-ready numbers: the shape, fwd_ms_* / fwd_bwd_ms_* (ours)
+    and peer_fwd_ms_* / peer_fwd_bwd_ms_* (min, median), fwd_ratio_* / fwd_bwd_ratio_* (ours / peer),
+    `repeats` and `max_rel_rms` (the largest disagreement checked)."""
+    peer = load_peer(path)
+    inputs, do, d_final = make_inputs(batch, steps, heads, head_dim, head_dim, jnp.float32)
+    zero_state = jnp.zeros(d_final.shape, jnp.float32)
+
+    def ours(q, k, v, g, beta):
+        return gated_delta_rule(q, k, v, g, beta, initial_state=zero_state, output_final_state=True,
+                                impl="chunked", chunk_size=64)
+
+    def theirs(q, k, v, g, beta):
+        return peer(q, k, v, g, beta, chunk_size=64, initial_state=zero_state)
+
+    (fwd, fwd_bwd), (peer_fwd, peer_fwd_bwd) = (_forward_and_gradient(f, do, d_final) for f in (ours, theirs))
+    got, want = (*fwd(*inputs), *fwd_bwd(*inputs)), (*peer_fwd(*inputs), *peer_fwd_bwd(*inputs))
+    names = ("o", "final_state", "d_q", "d_k", "d_v", "d_g", "d_beta")
+    errors = {name: rel_rms(a, b) for name, a, b in zip(names, got, want)}
+    if not all(e <= PEER_TOLERANCE for e in errors.values()):   # NaN fails too
+        raise ValueError(f"op_ratios: {path!r} disagrees with the chunked op (relative RMS {errors}, "
+                         f"tolerance {PEER_TOLERANCE})")
+    row = dict(B=batch, T=steps, H=heads, K=head_dim, V=head_dim, dtype="float32", chunk_size=64,
+               repeats=repeats, max_rel_rms=_significant(max(errors.values())))
+    for kind, pair in (("fwd", (fwd, peer_fwd)), ("fwd_bwd", (fwd_bwd, peer_fwd_bwd))):
+        mine, peers = _alternating_ms(pair, inputs, repeats)
+        for stat, reduce in (("min", min), ("median", statistics.median)):
+            row[f"{kind}_ms_{stat}"] = _significant(reduce(mine))
+            row[f"peer_{kind}_ms_{stat}"] = _significant(reduce(peers))
+            row[f"{kind}_ratio_{stat}"] = round(reduce(mine) / reduce(peers), 4)
+    return row
+
+
 def _significant(x):
     return float(f"{x:.4g}")
 
@@ -252,6 +340,12 @@ def main(argv):
                     emit({**common, "backend": sizes_backend, "device": f"{target} (compiled only)",
                           **_sized(sizes), **row})
                     failed = failed or "error" in row
+            continue
+        if FLAGS.against:
+            if K != V:
+                raise app.UsageError(f"--against: --head_dim_k={K} must equal --head_dim_v={V}")
+            emit({"against": FLAGS.against, "backend": backend, "device": device,
+                  **op_ratios(FLAGS.against, batch=B, steps=T, heads=H, head_dim=K, repeats=FLAGS.iters)})
             continue
         inputs, do, d_final = make_inputs(B, T, H, K, V, dtype)
         flops = nominal_flops(B, T, H, K, V, C)

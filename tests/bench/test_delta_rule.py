@@ -71,3 +71,48 @@ def test_resources_mode_compiles_each_kernel_once_per_size_set(capsys):
     assert [r.get("sizes") for r in rows] == [None] * 5 + [{"num_warps": 8}] * 5
     assert [r["num_warps"] for r in rows] == [4] * 5 + [8] * 5
     assert all(r["device"] == "sm_90 (compiled only)" and r["registers"] > 0 for r in rows)
+
+
+# A stand-in for MaxText's `jax_chunk_gated_delta_rule` (same signature and layout): the recurrent
+# form, optionally with its output scaled, so the loader, the agreement check and the ratios run
+# without MaxText.
+STAND_IN = '''
+from sleep_jax.ops import gated_delta_rule
+
+
+def jax_chunk_gated_delta_rule(query, key, value, g, beta, chunk_size=64, initial_state=None,
+                               use_qk_norm_in_gdn=False):
+    o, final_state = gated_delta_rule(query, key, value, g, beta, initial_state=initial_state,
+                                      output_final_state=True, impl="recurrent")
+    return o * {factor}, final_state
+'''
+TINY = dict(batch=1, steps=12, heads=1, head_dim=4, repeats=2)
+
+
+def write_stand_in(tmp_path, factor=1.0):
+    path = tmp_path / f"peer_{str(factor).replace('.', '_')}.py"
+    path.write_text(STAND_IN.format(factor=factor))
+    return str(path)
+
+
+def test_op_ratios_refuses_a_peer_that_disagrees_or_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="disagrees"):
+        delta_rule.op_ratios(write_stand_in(tmp_path, factor=1.01), **TINY)
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="jax_chunk_gated_delta_rule"):
+        delta_rule.op_ratios(str(empty), **TINY)
+    with pytest.raises(ValueError, match="not a file"):
+        delta_rule.op_ratios(str(tmp_path / "absent.py"), **TINY)
+
+
+def test_against_flag_prints_the_ratios_of_op_ratios(capsys, tmp_path):
+    [row] = run_main(capsys, f"--against={write_stand_in(tmp_path)}", "--iters=2", "--shapes=1x12",
+                     "--heads=1", "--head_dim_k=4", "--head_dim_v=4")
+    assert row["against"].endswith(".py") and (row["B"], row["T"], row["K"]) == (1, 12, 4)
+    assert row["max_rel_rms"] <= delta_rule.PEER_TOLERANCE
+    for kind in ("fwd", "fwd_bwd"):
+        for stat in ("min", "median"):
+            ours, peer = row[f"{kind}_ms_{stat}"], row[f"peer_{kind}_ms_{stat}"]
+            assert ours > 0 and peer > 0
+            assert row[f"{kind}_ratio_{stat}"] == pytest.approx(ours / peer, rel=1e-2)

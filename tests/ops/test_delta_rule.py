@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sleep_jax.numerics import rel_rms
 from sleep_jax.ops import gated_delta_rule, gated_delta_rule_step
-from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule
+from sleep_jax.ops.delta_rule.chunked import chunked_gated_delta_rule, solve_unit_lower
 from tests.ops.util import random_inputs
 
 GOLDEN = np.load(pathlib.Path(__file__).parents[2] / "third_party/golden/gated_delta_rule.npz")
@@ -69,6 +69,26 @@ def test_matches_reference_vectors_bfloat16_inputs(case, impl):
     assert rel_rms(final_state, GOLDEN[f"case{case}/final_state"]) <= 2e-2
     for name, grad in grads.items():
         assert rel_rms(grad, GOLDEN[f"case{case}/d_{name}"]) <= 2e-2, name
+
+
+def test_solve_unit_lower_value_and_both_derivatives_match_float64():
+    # C = 64 rows: four diagonal blocks of 16 and block substitution between them. The derivative is
+    # dX = (I + A)^-1 (dR - dA X) forward, R_bar = (I + A)^-T X_bar and A_bar = -R_bar X^T backward.
+    rng = np.random.default_rng(21)
+    C, D = 64, 24
+    A = np.tril(rng.standard_normal((2, C, C)) / np.sqrt(C), -1)
+    R, dR, X_bar = (rng.standard_normal((2, C, D)) for _ in range(3))
+    dA = np.tril(rng.standard_normal((2, C, C)), -1)
+    L = np.eye(C) + A
+    X = np.linalg.solve(L, R)
+    f32 = lambda *xs: [jnp.asarray(x, jnp.float32) for x in xs]
+    got, tangent = jax.jvp(solve_unit_lower, f32(A, R), f32(dA, dR))
+    assert rel_rms(got, X) <= 1e-6
+    assert rel_rms(tangent, np.linalg.solve(L, dR - dA @ X)) <= 1e-5
+    A_bar, R_bar = jax.grad(lambda a, r: jnp.sum(solve_unit_lower(a, r) * X_bar), argnums=(0, 1))(*f32(A, R))
+    want_R_bar = np.linalg.solve(np.swapaxes(L, -1, -2), X_bar)
+    assert rel_rms(R_bar, want_R_bar) <= 1e-5
+    assert rel_rms(np.tril(A_bar, -1), np.tril(-want_R_bar @ np.swapaxes(X, -1, -2), -1)) <= 1e-5
 
 
 @settings(max_examples=15, deadline=None)
