@@ -29,7 +29,7 @@ very negative gates give finite values and gradients.
 import jax
 import jax.numpy as jnp
 
-from sleep_jax.ops.chunks import causal_decays, from_grouped_chunks, grouped_chunks, mm
+from sleep_jax.ops.chunks import causal_decays, from_grouped_chunks, grouped_chunks, mm, scale_rows
 
 
 DIAGONAL_BLOCK = 16  # rows of the diagonal blocks inverted by forward substitution in `solve_unit_lower`
@@ -120,8 +120,8 @@ def chunked_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, chunk_si
     G, decay = causal_decays(g)                                          # exp(G_t - G_j), j <= t
     G_last = G[..., -1:]
     strict_decay = decay * (1.0 - jnp.eye(decay.shape[-1], dtype=decay.dtype))   # j < t
-    A = beta[..., None] * strict_decay * mm("...tk,...jk->...tj", k, k)
-    rhs = beta[..., None] * jnp.concatenate([v, jnp.exp(G)[..., None] * k], axis=-1)
+    A = scale_rows(beta, strict_decay * mm("...tk,...jk->...tj", k, k))
+    rhs = scale_rows(beta, jnp.concatenate([v, jnp.exp(G)[..., None] * k], axis=-1))
     UW = solve_unit_lower(A, rhs)
     U, W = UW[..., :v.shape[-1]], UW[..., v.shape[-1]:]  # u = U - W S
     P = scale * decay * mm("...tk,...jk->...tj", q, k)  # intra-chunk attention, causal
