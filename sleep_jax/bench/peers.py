@@ -346,15 +346,22 @@ def train_row(sides: Sides, name: str, tokens: np.ndarray, repeats: int, toleran
 
 
 def maxtext_row(path: str, repeats: int) -> dict | None:
-    """{"what": "op_forward_vs_maxtext", ...} from `bench.delta_rule.op_ratios`, or None (after a
-    one-line error on stderr) when this checkout has no such function."""
+    """{"what": "op_forward_vs_maxtext", ...} from `bench.delta_rule.op_ratios` (its fields: ours /
+    MaxText's forward and forward + backward times and ratios), or None after a one-line error on
+    stderr when this checkout has no such function, or it refuses the file (not MaxText's
+    function, or one that disagrees with ours)."""
     try:
         from sleep_jax.bench.delta_rule import op_ratios
     except ImportError as error:
         print(f"--maxtext_gdn: sleep_jax.bench.delta_rule.op_ratios is not available here ({error})",
               file=sys.stderr, flush=True)
         return None
-    return {"what": "op_forward_vs_maxtext", **op_ratios(path, repeats=repeats)}
+    try:
+        found = op_ratios(path, repeats=repeats)
+    except ValueError as error:
+        print(f"--maxtext_gdn={path}: {error}", file=sys.stderr, flush=True)
+        return None
+    return {"what": "op_forward_vs_maxtext", **found, "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def header(sizes: PeerModel, model, seed: int, repeats: int) -> dict:
