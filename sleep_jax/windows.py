@@ -89,7 +89,7 @@ def survivors(kv: dict, eviction: str) -> dict:
 
 # ---- what a span or a token may see -------------------------------------------------------
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["positions", "past_positions"],
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["positions", "past_positions", "count"],
                    meta_fields=["window", "eviction"])
 @dataclasses.dataclass(frozen=True)
 class Span:
@@ -100,11 +100,15 @@ class Span:
     window, eviction: the mask rule (`attention_mask`); window=None is full causal attention.
     past_positions: [S] int32 positions of the retained keys/values a block is given beside the
       span's own (`past`; negative = empty slot), or None when there are none.
+    count: int32 scalar, the number of real tokens at the start of the span; the rest is padding
+      (a span padded to a fixed length), which must not change the recurrent state (a real query
+      never sees a padding key: they come after it). None: every token is real.
     """
     positions: jax.Array
     window: int | None = None
     eviction: str = "hard"
     past_positions: jax.Array | None = None
+    count: jax.Array | None = None
 
 
 def window_span(index, length: int, eviction: str) -> Span:
@@ -155,6 +159,18 @@ def ring_token(position: jax.Array, cache_positions: jax.Array, *, window: int |
     written = ring_slots(position, capacity)
     return Token(position, jnp.where(written, position[:, None], cache_positions), written,
                  window=window, eviction=eviction)
+
+
+def ring_write(ring: jax.Array, values: jax.Array, position: jax.Array, count: jax.Array) -> jax.Array:
+    """ring [B, C, ...] after row b wrote the first count[b] of a span's values [B, T, ...] (T <= C),
+    the span starting at absolute position[b]: its token i goes to slot (position[b] + i) % C, as
+    `ring_slots` places one token; count[b] <= C, so no token overwrites another of the span."""
+    capacity, length = ring.shape[1], values.shape[1]
+    index = (jnp.arange(capacity) - position[:, None]) % capacity                 # [B, C]: the span's token per slot
+    written = index < count[:, None]
+    trailing = lambda x, ndim: x.reshape(*x.shape, *(1,) * (ndim - 2))
+    taken = jnp.take_along_axis(values, trailing(jnp.minimum(index, length - 1), values.ndim), axis=1)
+    return jnp.where(trailing(written, ring.ndim), taken.astype(ring.dtype), ring)
 
 
 def evicted_cache(cache: dict, kv: dict, index, length: int, eviction: str) -> dict:

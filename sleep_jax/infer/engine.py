@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,8 +74,36 @@ def wake(model, window: int, eviction: str, tokens, active, rows: dict) -> dict:
     return _select_rows(active, new, rows)
 
 
+def read_span(model, window: int, eviction: str, tokens, count, row: dict) -> dict:
+    """One slot (row: batch 1) reads its next tokens in one parallel pass over a span.
+
+    tokens: int32 [1, P], of which the first `count` (int32 scalar, 1 <= count <= P) are real and
+    the rest padding; the real ones must not cross the slot's window end. The span starts from the
+    slot's state now and attends to its ring buffer (the window's tokens so far and, under sliding
+    eviction, the previous window's keys/values not yet overwritten), so it continues whatever
+    read the window before it. `windows.Span.count` keeps the padding out of the recurrent state;
+    only the real tokens' keys/values and tokens enter the ring buffers, and the logits are those
+    of the last real token (the head runs on that position only).
+    """
+    position, cache = row["position"], row["cache"]
+    steps = tokens.shape[1]
+    span_positions = position[0] + jnp.arange(steps, dtype=jnp.int32)
+    span = windows.Span(span_positions, window=window, eviction=eviction, past_positions=cache["positions"][0],
+                        count=count)
+    exits = []
+    hidden, state, kv = model.apply_blocks(model.embed(tokens), span, row["recurrent"], range(len(model.blocks)),
+                                           past=cache["layers"], exits=exits)
+    last = lambda h: jax.lax.dynamic_index_in_dim(h, count - 1, axis=1, keepdims=False)
+    logits = model.logits(last(hidden), [last(e) for e in exits])
+    write = lambda ring, values: windows.ring_write(ring, values, position, count[None])
+    cache = {"positions": write(cache["positions"], span_positions[None]),
+             "layers": jax.tree.map(write, cache["layers"], kv)}
+    return {**row, "recurrent": state, "cache": cache, "window_tokens": write(row["window_tokens"], tokens),
+            "logits": logits, "position": position + count}
+
+
 def sleep_row(model, sleep: SleepConfig, row: dict) -> dict:
-    """Sleep on one slot's full window (row: batch 1), then evict."""
+    """Sleep on one slot's full window (row: batch 1), then evict. The one call of `consolidate`."""
     window_index = row["position"][0] // sleep.window - 1
     state, kv = consolidate(model, row["window_tokens"], window_index, row["entry"], row["past"], sleep=sleep)
     state = window_entry(state, sleep)   # what the next window's wake starts from
@@ -83,28 +111,35 @@ def sleep_row(model, sleep: SleepConfig, row: dict) -> dict:
     return {**row, "recurrent": state, "entry": state, "cache": cache, "past": kv}
 
 
-def take_row(slots: dict, slot) -> dict:
-    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, slot, 1, axis=0), slots)
+def take_rows(slots: dict, indices) -> dict:
+    """The rows indices int32 [k] of the slots pytree (leading axis k)."""
+    return jax.tree.map(lambda x: x[indices], slots)
 
 
-def put_row(slots: dict, slot, row: dict) -> dict:
-    return jax.tree.map(lambda x, r: jax.lax.dynamic_update_slice_in_dim(x, r.astype(x.dtype), slot, axis=0),
-                        slots, row)
+def put_rows(slots: dict, indices, rows: dict) -> dict:
+    """The slots pytree with rows [k, ...] written at indices int32 [k] (distinct)."""
+    return jax.tree.map(lambda x, r: x.at[indices].set(r.astype(x.dtype)), slots, rows)
+
+
+def each_row(fn, rows: dict, *args) -> dict:
+    """fn(row, *row_args) on every row of `rows` [k, ...] as a batch-1 row, in one vectorised call
+    (`jax.vmap`): each row keeps its own positions (RoPE, masks, window index). args: arrays [k, ...]."""
+    def one(row, *row_args):
+        return fn(jax.tree.map(lambda x: x[None], row), *row_args)
+    return jax.tree.map(lambda x: x[:, 0], jax.vmap(one)(rows, *args))
 
 
 # Jitted entry points (module level, so engines over the same model share their compilations).
-# The wake programs take only (window, eviction): they are the same for every N.
+# The wake programs take only (window, eviction): they are the same for every N. Each compiles
+# once per number of rows k (and span length P), not per slot.
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction"), donate_argnames="slots")
-def _read_span(params, slot, tokens, count, slots, *, graphdef, window, eviction):
-    """Slot `slot` reads tokens[:count] (tokens int32 [L], padded), one wake pass each."""
+def _read_spans(params, indices, tokens, counts, slots, *, graphdef, window, eviction):
+    """Slots indices int32 [k] read tokens int32 [k, P] (row i: its first counts[i], the rest
+    padding), each in one parallel span (`read_span`), all rows in one call."""
     model = nnx.merge(graphdef, params)
-
-    def one(row, index):
-        return wake(model, window, eviction, tokens[index][None], (index < count)[None], row), None
-
-    row = jax.lax.scan(one, take_row(slots, slot), jnp.arange(tokens.shape[0]))[0]
-    return put_row(slots, slot, row)
+    read = lambda row, row_tokens, count: read_span(model, window, eviction, row_tokens[None], count, row)
+    return put_rows(slots, indices, each_row(read, take_rows(slots, indices), tokens, counts))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction", "temperature", "top_k", "top_p"),
@@ -117,17 +152,18 @@ def _generate_step(params, active, seed, slots, *, graphdef, window, eviction, t
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sleep"), donate_argnames="slots")
-def _sleep_slot(params, slot, slots, *, graphdef, sleep):
-    """Slot `slot`, whose window is full, sleeps."""
-    return put_row(slots, slot, sleep_row(nnx.merge(graphdef, params), sleep, take_row(slots, slot)))
+def _sleep_slots(params, indices, whole, given, slots, *, graphdef, sleep):
+    """Slots indices int32 [k], whose windows are full, sleep in one call (`sleep_row` on every
+    row, each at its own window). Row i where given[i] first takes the whole window whole[i]
+    (int32 [L]) unread: a window followed by more tokens goes straight to sleep."""
+    model = nnx.merge(graphdef, params)
 
+    def one(row, window_tokens, take):
+        row = {**row, "window_tokens": jnp.where(take, window_tokens[None], row["window_tokens"]),
+               "position": row["position"] + jnp.where(take, sleep.window, 0)}
+        return sleep_row(model, sleep, row)
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sleep"), donate_argnames="slots")
-def _fill_and_sleep(params, slot, tokens, slots, *, graphdef, sleep):
-    """Slot `slot`, at a window start, takes a whole window tokens int32 [L] and sleeps on it."""
-    row = take_row(slots, slot)
-    row = {**row, "window_tokens": tokens[None], "position": row["position"] + sleep.window}
-    return put_row(slots, slot, sleep_row(nnx.merge(graphdef, params), sleep, row))
+    return put_rows(slots, indices, each_row(one, take_rows(slots, indices), whole, given))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sleep", "count"))
@@ -135,7 +171,13 @@ def _empty_slots(params, *, graphdef, sleep, count):
     return empty_slots(nnx.merge(graphdef, params), sleep, count)
 
 
-_put_row = jax.jit(put_row, donate_argnums=0)
+_put_rows = jax.jit(put_rows, donate_argnums=0)
+
+
+def span_length(count: int, window: int) -> int:
+    """The padded length P of a span of `count` real tokens: the next power of two, at most the
+    window (a bounded number of compiled span programs: about log2(L))."""
+    return min(1 << (int(count) - 1).bit_length(), int(window))
 
 
 # ---- the engine ----------------------------------------------------------------------------
@@ -146,7 +188,8 @@ class Engine:
     Args:
       model: a HybridModel. sleep: its SleepConfig (window L, passes N, eviction) as trained.
       slots: the number of sessions. on_sleep: called as on_sleep(slot, window_index, seconds)
-        after each sleep (for progress lines).
+        for each window slept (for progress lines); seconds is the wall time of the sleep call,
+        shared by the slots that slept together in it.
     """
 
     def __init__(self, model, sleep: SleepConfig, *, slots: int,
@@ -158,7 +201,8 @@ class Engine:
         self.sleep = sleep
         self.slots = int(slots)
         self.on_sleep = on_sleep
-        self.stats = {"wake_steps": 0, "wake_seconds": 0.0, "sleeps": 0, "sleep_seconds": 0.0}
+        # wake_tokens: tokens read awake (all slots); sleeps: windows slept; sleep_calls: batched sleep calls
+        self.stats = {"wake_tokens": 0, "wake_seconds": 0.0, "sleeps": 0, "sleep_calls": 0, "sleep_seconds": 0.0}
         self._graphdef, self._params = nnx.split(model)
         self._fingerprint = None
         self._positions = np.zeros(self.slots, np.int64)   # host copy of state["position"]
@@ -201,7 +245,7 @@ class Engine:
     def reset(self, slot: int) -> None:
         """Empty slot `slot` (a new session)."""
         slot = self._check_slot(slot)
-        self._state = _put_row(self._state, slot, self._empty(1))
+        self._state = _put_rows(self._state, np.array([slot], np.int32), self._empty(1))
         self._positions[slot] = 0
 
     def _timed(self, fn, *args, **static):
@@ -209,51 +253,79 @@ class Engine:
         self._state = jax.block_until_ready(fn(*args, **static))
         return time.perf_counter() - start
 
-    def _sleep_if_full(self, slot: int) -> None:
-        if self._positions[slot] % self.sleep.window == 0:
-            seconds = self._timed(_sleep_slot, self._params, slot, self._state, graphdef=self._graphdef,
-                                  sleep=self.sleep)
-            self._record_sleep(slot, seconds)
+    def _read(self, pieces: dict[int, np.ndarray]) -> None:
+        """Slots pieces' keys read their pieces (each within its window), one span per slot, in one call."""
+        slots = list(pieces)
+        counts = np.array([pieces[s].size for s in slots], np.int32)
+        tokens = np.zeros((len(slots), span_length(counts.max(), self.sleep.window)), np.int32)
+        for row, slot in enumerate(slots):
+            tokens[row, :counts[row]] = pieces[slot]
+        self.stats["wake_seconds"] += self._timed(_read_spans, self._params, np.array(slots, np.int32), tokens,
+                                                  counts, self._state, **self._wake_static())
+        self.stats["wake_tokens"] += int(counts.sum())
+        self._positions[slots] += counts
 
-    def _record_sleep(self, slot: int, seconds: float) -> None:
-        self.stats["sleeps"] += 1
+    def _sleep_full(self, full: list[int], whole: dict[int, np.ndarray] | None = None) -> None:
+        """The slots `full` (windows full) and the slots of `whole` (each given a whole window
+        unread) sleep together in one call."""
+        whole = whole or {}
+        slots = list(full) + list(whole)
+        if not slots:
+            return
+        windows_given = np.zeros((len(slots), self.sleep.window), np.int32)
+        for row, slot in enumerate(slots[len(full):], start=len(full)):
+            windows_given[row] = whole[slot]
+        given = np.arange(len(slots)) >= len(full)
+        seconds = self._timed(_sleep_slots, self._params, np.array(slots, np.int32), windows_given, given,
+                              self._state, graphdef=self._graphdef, sleep=self.sleep)
+        self._positions[list(whole)] += self.sleep.window
+        self.stats["sleeps"] += len(slots)
+        self.stats["sleep_calls"] += 1
         self.stats["sleep_seconds"] += seconds
         if self.on_sleep is not None:
-            self.on_sleep(slot, int(self._positions[slot]) // self.sleep.window - 1, seconds)
+            for slot in slots:
+                self.on_sleep(slot, int(self._positions[slot]) // self.sleep.window - 1, seconds)
 
     def prefill(self, slot: int, tokens: Sequence[int]) -> np.ndarray:
-        """Read `tokens` (any number) into slot `slot`, sleeping each time its window fills.
+        """`prefill_many({slot: tokens})`: float32 [vocab], the logits after the last token read."""
+        return self.prefill_many({slot: tokens})[self._check_slot(slot)]
 
-        Returns float32 [vocab]: the logits predicting the token after the last one read.
-        A whole window that is followed by more of `tokens` goes straight to sleep (its wake pass
-        would be discarded by the sleep anyway).
+    def prefill_many(self, prompts: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """Each slot of `prompts` reads its tokens (any number), sleeping each time its window fills.
+
+        Reading goes in rounds: in each, every slot with tokens left takes what is left of its
+        window (a piece). The pieces are read together, one parallel span per slot (`read_span`),
+        except a whole window followed by more tokens, which goes straight to sleep unread (its
+        wake pass would be discarded by the sleep anyway); then every slot whose window is full
+        sleeps, all in one call. Returns {slot: float32 [vocab]}, the logits predicting the token
+        after each slot's last one. Bad input raises ValueError before any slot changes.
         """
-        slot, tokens = self._check_slot(slot), self._check_tokens(tokens)
-        length, read = self.sleep.window, 0
-        while read < tokens.size:
-            offset = int(self._positions[slot]) % length
-            count = min(length - offset, tokens.size - read)
-            piece = tokens[read:read + count]
-            read += count
-            if offset == 0 and count == length and read < tokens.size:
-                seconds = self._timed(_fill_and_sleep, self._params, slot, piece, self._state,
-                                      graphdef=self._graphdef, sleep=self.sleep)
-                self._positions[slot] += length
-                self._record_sleep(slot, seconds)
-                continue
-            padded = np.zeros(length, np.int32)
-            padded[:count] = piece
-            self.stats["wake_seconds"] += self._timed(_read_span, self._params, slot, padded, np.int32(count),
-                                                      self._state, **self._wake_static())
-            self.stats["wake_steps"] += count
-            self._positions[slot] += count
-            self._sleep_if_full(slot)
-        return self.logits(slot)
+        if not isinstance(prompts, Mapping) or not prompts:
+            raise ValueError(f"prompts must be a non-empty mapping slot -> tokens, got {prompts!r}")
+        prompts = {self._check_slot(slot): self._check_tokens(tokens) for slot, tokens in prompts.items()}
+        length, read = self.sleep.window, dict.fromkeys(prompts, 0)
+        while any(read[slot] < tokens.size for slot, tokens in prompts.items()):
+            pieces, whole = {}, {}
+            for slot, tokens in prompts.items():
+                if read[slot] == tokens.size:
+                    continue
+                offset = int(self._positions[slot]) % length
+                piece = tokens[read[slot]:read[slot] + length - offset]
+                read[slot] += piece.size
+                if piece.size == length and read[slot] < tokens.size:
+                    whole[slot] = piece
+                else:
+                    pieces[slot] = piece
+            if pieces:
+                self._read(pieces)
+            self._sleep_full([slot for slot in pieces if self._positions[slot] % length == 0], whole)
+        return {slot: self.logits(slot) for slot in prompts}
 
     def generate(self, slots: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()) -> np.ndarray:
         """Generate `max_new_tokens` tokens in each of `slots` (prefilled), one batched pass per token.
 
-        Returns int32 [len(slots), max_new_tokens]. A window that fills during generation sleeps.
+        Returns int32 [len(slots), max_new_tokens]. The windows that fill at a step sleep together
+        in one call.
         """
         slots = [slots] if isinstance(slots, (int, np.integer)) else list(slots)
         slots = [self._check_slot(s) for s in slots]
@@ -277,10 +349,9 @@ class Engine:
                                                  **static)
             out.append(np.asarray(tokens)[slots])
             self.stats["wake_seconds"] += time.perf_counter() - start
-            self.stats["wake_steps"] += 1
+            self.stats["wake_tokens"] += len(slots)
             self._positions[active] += 1
-            for slot in slots:
-                self._sleep_if_full(slot)
+            self._sleep_full([slot for slot in slots if self._positions[slot] % self.sleep.window == 0])
         return np.stack(out, axis=1)
 
     # ---- snapshots -------------------------------------------------------------------------
@@ -305,5 +376,5 @@ class Engine:
         arrays = snapshot_lib.read(path, self._snapshot_metadata(),
                                    {name: (leaf.shape[1:], leaf.dtype) for name, leaf in ours.items()})
         row = jax.tree.unflatten(jax.tree.structure(self._state), [arrays[name][None] for name in ours])
-        self._state = _put_row(self._state, slot, row)
+        self._state = _put_rows(self._state, np.array([slot], np.int32), row)
         self._positions[slot] = int(arrays["position"])

@@ -43,17 +43,25 @@ class GDNFields(Fields):
                              f"model.gdn_heads ({self.gdn_heads})")
 
 
-def causal_depthwise_conv(x: jax.Array, weight: jax.Array, tail: jax.Array):
+def conv_tail(padded: jax.Array, tail_length: int, count=None) -> jax.Array:
+    """The conv tail [B, W-1, C] after the first `count` inputs of a span (None: all of them), from
+    padded = [previous tail (W-1 = tail_length inputs), the span's T inputs] [B, W-1+T, C]."""
+    if count is None:
+        return padded[:, padded.shape[1] - tail_length:]
+    return jax.lax.dynamic_slice_in_dim(padded, count, tail_length, axis=1)
+
+
+def causal_depthwise_conv(x: jax.Array, weight: jax.Array, tail: jax.Array, count=None):
     """Depthwise causal conv of x [B, T, C] with weight [W, C] after the previous inputs tail [B, W-1, C].
 
     y[t] = sum_j weight[j] * x[t - (W-1) + j]. Returns (y [B, T, C], new tail [B, W-1, C]: the last
-    W-1 inputs, taken from `tail` too when T < W-1).
+    W-1 inputs up to input `count` (int32 scalar; None = T), taken from `tail` too when fewer).
     """
     width = weight.shape[0]
     steps = x.shape[1]
     padded = jnp.concatenate([tail.astype(x.dtype), x], axis=1)               # [B, T+W-1, C]
     y = sum(padded[:, j:j + steps] * weight[j] for j in range(width))
-    return y, padded[:, steps:]
+    return y, conv_tail(padded, width - 1, count)
 
 
 def decay_params(rngs: nnx.Rngs, v_heads: int, param_dtype) -> tuple[nnx.Param, nnx.Param]:
@@ -74,8 +82,8 @@ class DeltaRuleMixer(Mixer):
 
     A subclass declares the parameters of its own input path in `_declare_inputs` (called between
     the projections and the decay parameters, so the initialisation draws keep that order), sets
-    `conv_channels`, and makes q, k, v in `_qkv(x [B, T, D], conv tail) -> (q, k [B, T, H, K]
-    L2-normalised, v [B, T, HV, V], new tail)`.
+    `conv_channels`, and makes q, k, v in `_qkv(x [B, T, D], conv tail, count=None) -> (q, k [B, T,
+    H, K] L2-normalised, v [B, T, HV, V], the tail after the first `count` tokens (None: all))`.
     """
     has_state = True
     impls = IMPLS
@@ -128,11 +136,16 @@ class DeltaRuleMixer(Mixer):
         return jnp.einsum("...hk,hkd->...d", o, self._w(self.w_o))
 
     def span(self, x: jax.Array, state: dict, past=None, span=None):
-        """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state, None). `past` and `span`
-        (what attention reads) are not used."""
+        """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state, None). `past` is not used;
+        of `span` only `count`: the state is that after the span's first `count` tokens (padding
+        after them gets g = beta = 0, which leaves S as it is, and the conv tail ends at `count`)."""
         x = x.astype(self.dtype)
-        q, k, v, tail = self._qkv(x, state["conv"])
+        count = None if span is None else span.count
+        q, k, v, tail = self._qkv(x, state["conv"], count)
         g, beta = self._gates(x)
+        if count is not None:
+            real = (jnp.arange(x.shape[1]) < count)[:, None]                    # [T, 1]
+            g, beta = jnp.where(real, g, 0.0), jnp.where(real, beta, 0.0)
         o, fast_weights = self.rule(q, k, v, g, beta, initial_state=state["S"], output_final_state=True,
                                     impl=self.impl, chunk_size=self.chunk_size)
         return self._output(x, o), {"S": fast_weights, "conv": tail.astype(state["conv"].dtype)}, None
@@ -192,7 +205,8 @@ class GDNMixer(DeltaRuleMixer):
         parts = [jnp.einsum("...d,dhk->...hk", x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v)]
         return jnp.concatenate([p.reshape(*x.shape[:-1], -1) for p in parts], axis=-1)
 
-    def _qkv(self, x, tail):
-        """x [B, T, D], conv tail -> q, k [B, T, H, K] (L2-normalised), v [B, T, HV, V], new tail."""
-        qkv, tail = causal_depthwise_conv(self._project_qkv(x), self._conv_weight(), tail)
+    def _qkv(self, x, tail, count=None):
+        """x [B, T, D], conv tail -> q, k [B, T, H, K] (L2-normalised), v [B, T, HV, V], the tail
+        after the first `count` tokens (None: all)."""
+        qkv, tail = causal_depthwise_conv(self._project_qkv(x), self._conv_weight(), tail, count)
         return (*self._split_qkv(jax.nn.silu(qkv)), tail)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleep_jax.layers.common import dense_param, make_param
-from sleep_jax.layers.gdn import DeltaRuleMixer
+from sleep_jax.layers.gdn import DeltaRuleMixer, conv_tail
 from sleep_jax.layers.mixer import Fields
 from sleep_jax.layers.norms import l2_normalize
 
@@ -49,17 +49,17 @@ class JetFields(Fields):
             raise ValueError(f"model.jet_norm_eps must be > 0, got {self.jet_norm_eps}")
 
 
-def dynamic_causal_conv(x: jax.Array, kernels: jax.Array, tail: jax.Array):
+def dynamic_causal_conv(x: jax.Array, kernels: jax.Array, tail: jax.Array, count=None):
     """Causal conv of x [B, T, C] with per-token kernels [B, T, C, W] after the previous inputs tail [B, W-1, C].
 
     y[t] = sum_j kernels[t, :, j] * x[t - (W-1) + j]. Returns (y [B, T, C], new tail [B, W-1, C]:
-    the last W-1 inputs, taken from `tail` too when T < W-1).
+    the last W-1 inputs up to input `count` (int32 scalar; None = T), taken from `tail` too when fewer).
     """
     width = kernels.shape[-1]
     steps = x.shape[1]
     padded = jnp.concatenate([tail.astype(x.dtype), x], axis=1)               # [B, T+W-1, C]
     y = sum(padded[:, j:j + steps] * kernels[..., j] for j in range(width))
-    return y, padded[:, steps:]
+    return y, conv_tail(padded, width - 1, count)
 
 
 class JetMixer(DeltaRuleMixer):
@@ -110,9 +110,10 @@ class JetMixer(DeltaRuleMixer):
         kernels = jnp.einsum("...r,rhvw->...hvw", hidden, self._w(self.w_gen2)) + self._w(self.b_gen2)
         return kernels.reshape(*x.shape[:-1], self.conv_channels, self.conv_kernel)
 
-    def _qkv(self, x, tail):
-        """x [B, T, D], conv tail -> q, k [B, T, H, K] (L2-normalised), v [B, T, H, V], new tail."""
+    def _qkv(self, x, tail, count=None):
+        """x [B, T, D], conv tail -> q, k [B, T, H, K] (L2-normalised), v [B, T, H, V], the tail
+        after the first `count` tokens (None: all)."""
         q, k = (l2_normalize(jax.nn.silu(jnp.einsum("btd,dhk->bthk", x, self._w(w)))) for w in (self.w_q, self.w_k))
         v_in = jnp.einsum("btd,dhv->bthv", x, self._w(self.w_v)).reshape(*x.shape[:2], self.conv_channels)
-        v, tail = dynamic_causal_conv(v_in, self._kernels(x), tail)
+        v, tail = dynamic_causal_conv(v_in, self._kernels(x), tail, count)
         return q, k, jax.nn.silu(v).reshape(*x.shape[:2], self.v_heads, self.v_head_dim), tail

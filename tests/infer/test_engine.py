@@ -1,4 +1,7 @@
-"""The engine against the training path, its bad-input errors and its snapshots."""
+"""The engine against the training path and against token-by-token reading, batched sleep against
+one slot at a time, its bad-input errors and its snapshots."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +9,7 @@ import pytest
 from flax import nnx
 
 from sleep_jax.infer import Engine, Sampling
+from sleep_jax.infer import engine as engine_lib
 from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.numerics import rel_rms
 from sleep_jax.sleep import SleepConfig, sequence_logits
@@ -63,6 +67,79 @@ def test_engine_logits_equal_the_training_path(eviction, passes, carry_conv_tail
         np.testing.assert_allclose(logits, reference[row, position], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(new, reference[:, prompt - 1:prompt + generated - 1].argmax(-1))
     assert engine.stats["sleeps"] == 2 * 2  # window 0 while reading, window 1 while generating
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction"))
+def _decode_step(params, tokens, active, slots, *, graphdef, window, eviction):
+    return engine_lib.wake(nnx.merge(graphdef, params), window, eviction, tokens, active, slots)
+
+
+def read_token_by_token(engine, slot, tokens):
+    """The reference reading: slot `slot` reads `tokens` one decode step each (as generation does),
+    sleeping when its window fills. Returns the logits after the last one."""
+    active = np.arange(engine.slots) == slot
+    for token in tokens:
+        engine._state = _decode_step(engine._params, np.full(engine.slots, token, np.int32), active, engine._state,
+                                     **engine._wake_static())
+        engine._positions[slot] += 1
+        engine._sleep_full([slot] if engine._positions[slot] % WINDOW == 0 else [])
+    return engine.logits(slot)
+
+
+def assert_slots_close(got, want, slots):
+    for slot in slots:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a[slot], np.float64), np.asarray(b[slot], np.float64),
+                                                             atol=1e-5, rtol=0), got._state, want._state)
+
+
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_parallel_prefill_equals_token_by_token_reading(eviction):
+    """Slot 0 reads a stream in pieces that start at a window's start and inside it (offset > 0),
+    padded to their span length (3 tokens -> 4), one whole window straight to sleep; slot 1 reads a
+    prompt shorter than a window; both then generate across a window boundary. Every logit, every
+    generated token and the whole slot state (fast weights, conv tails, ring buffers, the kept
+    keys/values) equal those of reading the same tokens one decode step each, within 1e-5."""
+    model = tiny_model()
+    sleep = SleepConfig(passes=3, window=WINDOW, eviction=eviction)
+    stream = np.asarray(jax.random.randint(jax.random.key(2), (14,), 0, 13), np.int32)
+    parallel, stepwise = Engine(model, sleep, slots=2), Engine(model, sleep, slots=2)
+    read = 0
+    for size in (1, 3, 5, 3, 2):     # offsets 0, 1, 0 (whole window, then 1), 1, 0
+        piece = stream[read:read + size]
+        read += size
+        np.testing.assert_allclose(parallel.prefill(0, piece), read_token_by_token(stepwise, 0, piece),
+                                   atol=1e-5, rtol=0, err_msg=f"after token {read}")
+    assert parallel.stats["sleeps"] == stepwise.stats["sleeps"] == 3
+    short = stream[:3]
+    np.testing.assert_allclose(parallel.prefill(1, short), read_token_by_token(stepwise, 1, short), atol=1e-5, rtol=0)
+    assert_slots_close(parallel, stepwise, [0, 1])
+    np.testing.assert_array_equal(parallel.generate([0, 1], 4), stepwise.generate([0, 1], 4))
+    assert_slots_close(parallel, stepwise, [0, 1])
+    assert parallel.position(0) == 18 and parallel.stats["sleeps"] == 3 + 2
+
+
+def test_slots_that_fill_together_sleep_in_one_call():
+    """Three slots at different windows (so different positions and window indices per row) fill
+    their windows in the same prefill round, then two fill at the same generation step: each time
+    they sleep in one batched call, and every logit and token equals each slot read on its own."""
+    model = tiny_model()
+    sleep = SleepConfig(passes=3, window=WINDOW, eviction="sliding")
+    streams = np.asarray(jax.random.randint(jax.random.key(3), (3, 13), 0, 13), np.int32)
+    together, alone = Engine(model, sleep, slots=3), Engine(model, sleep, slots=3)
+    rounds = [{0: (0, 2), 1: (0, 6)}, {0: (2, 9), 1: (6, 13), 2: (0, 4)}]
+    for prompts in rounds:
+        got = together.prefill_many({slot: streams[slot, a:b] for slot, (a, b) in prompts.items()})
+        for slot, (a, b) in prompts.items():
+            np.testing.assert_allclose(got[slot], alone.prefill(slot, streams[slot, a:b]), atol=1e-5, rtol=0)
+    # sleeps: slot 1's whole window 0; windows 0, 1, 0 of slots 0, 1, 2 filled by one round; windows
+    # 1 and 2 of slots 0 and 1 whole
+    assert (together.stats["sleeps"], together.stats["sleep_calls"]) == (6, 3)
+    assert alone.stats["sleeps"] == 6
+    new = together.generate([0, 1, 2], 4)    # slots 0 and 1 fill at the third step, slot 2 at the fourth
+    assert (together.stats["sleeps"], together.stats["sleep_calls"]) == (9, 5)
+    for slot in range(3):
+        np.testing.assert_array_equal(new[slot], alone.generate([slot], 4)[0])
+    assert_slots_close(together, alone, [0, 1, 2])
 
 
 def test_bad_input_is_a_clear_error_and_leaves_the_slots_intact(tmp_path):
