@@ -13,16 +13,31 @@ Each slot holds, as one row of the engine's state pytree (leading axis = slot):
 - "position": int32, the number of tokens the slot has read.
 
 Semantics (those of `sleep.sequence_logits`): the stream is cut into windows of L tokens. Tokens are
-read by wake, one pass each (`HybridModel.decode_step`), so the logits inside a window are those of
-a prediction window. When a window is full the slot sleeps at once (`sleep.consolidate`: N passes
-over the window from its entry state), then evicts: under hard eviction the cache empties; under
-sliding eviction the cache and "past" become the last sleep pass's keys/values. The wake pass's
-state of a full window is discarded, exactly as a consolidation window's one-pass state would be.
+read by wake, one pass each, so the logits inside a window are those of a prediction window. When a
+window is full the slot sleeps at once (`sleep.consolidate`: N passes over the window from its entry
+state), then evicts: under hard eviction the cache empties; under sliding eviction the cache and
+"past" become the last sleep pass's keys/values. The wake pass's state of a full window is
+discarded, exactly as a consolidation window's one-pass state would be.
 
-Scheduling (a sleep queue, not masking): wake steps run all slots together in one batched call; a
-slot whose window fills is then put to sleep alone (a batch-1 `consolidate` on its row), and the
-others wait only for that sleep. Masking (every slot's row in every sleep call) would make each
-sleep cost B rows of N passes and, done inside the step, every step pay for it.
+Prefill (`prefill_many`, `prefill` for one slot) reads in rounds: in each, every slot with tokens
+left takes what is left of its window (a piece). A piece is read by one parallel span forward
+(`read_span`: the blocks' span form, as training reads a prediction window) from the slot's state
+now, attending to its ring buffer (the window's earlier tokens, and under sliding eviction the
+previous window's keys/values not yet overwritten), so it continues a window partly read before by
+spans or decode steps; it writes the fast weights, conv tails, ring buffer and window tokens and
+gives the last token's logits. Pieces are padded to a power of two (`span_length`, at least
+MIN_SPAN, at most L: a few compiled programs); the padding comes after the real tokens (no real
+query sees it), `windows.Span.count` keeps it out of the recurrent state, and only real tokens
+enter the ring buffer. All the round's pieces are read in one call (a vmap over their rows, each
+at its own positions). A whole window followed by more tokens goes straight to sleep unread (its
+wake pass would be discarded). Generation reads one token per step in every slot
+(`HybridModel.decode_step`).
+
+Sleep scheduling (a sleep queue, not masking): after a generation step or a prefill round, the
+slots whose windows are full sleep together in one call (`sleep_row` on each of their rows, a vmap:
+each row has its own window index, hence its own RoPE positions and masks); the other slots wait
+only for that call. Masking (every slot's row in every sleep call) would make each sleep cost B
+rows of N passes and, done inside the step, every step pay for it.
 
 Every jitted function is pure: (params, inputs, slots) -> slots (or (outputs, slots)).
 """
@@ -174,10 +189,15 @@ def _empty_slots(params, *, graphdef, sleep, count):
 _put_rows = jax.jit(put_rows, donate_argnums=0)
 
 
+# The shortest padded span: below it a span's time hardly depends on its length (reading the
+# weights dominates), so shorter pieces share its program.
+MIN_SPAN = 16
+
+
 def span_length(count: int, window: int) -> int:
-    """The padded length P of a span of `count` real tokens: the next power of two, at most the
-    window (a bounded number of compiled span programs: about log2(L))."""
-    return min(1 << (int(count) - 1).bit_length(), int(window))
+    """The padded length P of a span of `count` real tokens: the next power of two, at least
+    MIN_SPAN, at most the window (a bounded number of compiled span programs: log2(L / 16) + 1)."""
+    return min(max(1 << (int(count) - 1).bit_length(), MIN_SPAN), int(window))
 
 
 # ---- the engine ----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ residuals and MLP around it are `layers.block.Block`'s. It implements exactly:
     init_kv(batch, length)                   zero keys/values {"k", "v"} (None: it keeps none)
     span(x [B,T,D], state, past, span: windows.Span) -> (y [B,T,D], state, kv)
         a span of tokens; `past`: retained keys/values of earlier tokens (attention), kv: this
-        span's own keys/values (None without attention)
+        span's own keys/values (None without attention); with `span.count` set, the tokens after
+        the first `count` are padding: the returned state is that after the `count`-th token
     step(x [B,D], state, cache, token: windows.Token) -> (y [B,D], state, cache)
         one token per row; `cache`: this layer's ring buffer (None without attention)
 

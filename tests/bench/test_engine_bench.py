@@ -1,8 +1,10 @@
-"""The engine benchmark on a tiny setting: its row has the reported fields, and a slot's memory
-does not grow from 10 to 100 windows read."""
+"""The engine benchmark on a tiny setting: its rows have the reported fields, a slot's memory does
+not grow from 10 to 100 windows read, slots filling together sleep in one call, and the engine's
+first token matches the model's forward."""
 import json
 
 from sleep_jax.bench import engine as bench
+from sleep_jax.bench.models import bench_model_config
 
 
 def test_engine_bench_row():
@@ -12,3 +14,14 @@ def test_engine_bench_row():
     assert (row["passes"], row["slots"]) == (2, 1) and row["decode_ms_per_token"] > 0
     assert row["sleeps_timed"] >= 1 + 90     # while decoding, and while reading windows 10..100
     assert row["device_bytes_after_100_windows"] == row["device_bytes_after_10_windows"]
+
+
+def test_batched_sleep_and_first_token_rows():
+    row = bench.measure_batched_sleep(2, passes=1, window=4, d_model=16, eviction="hard", repeats=2)
+    json.dumps(row)
+    assert row["sleep_calls_per_round"] == {"together": 1, "one_by_one": 2}
+    assert row["sleep_ms_per_window_together"]["min"] > 0 and row["ratio_together_over_one_by_one"]["median"] > 0
+    row = bench.measure_first_token(3, window=4, repeats=2, config=bench_model_config(16))   # checks the logits
+    json.dumps(row)
+    assert row["engine_prefill_ms"]["min"] > 0 and row["model_forward_ms"]["min"] > 0
+    assert {"load_average", "ratio_engine_over_forward"} <= set(row)

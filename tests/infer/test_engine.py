@@ -95,14 +95,15 @@ def assert_slots_close(got, want, slots):
 @pytest.mark.parametrize("eviction", ["hard", "sliding"])
 def test_parallel_prefill_equals_token_by_token_reading(eviction):
     """Slot 0 reads a stream in pieces that start at a window's start and inside it (offset > 0),
-    padded to their span length (3 tokens -> 4), one whole window straight to sleep; slot 1 reads a
+    one whole window straight to sleep; slot 1 reads a
     prompt shorter than a window; both then generate across a window boundary. Every logit, every
     generated token and the whole slot state (fast weights, conv tails, ring buffers, the kept
-    keys/values) equal those of reading the same tokens one decode step each, within 1e-5."""
+    keys/values) equal those of reading the same tokens one decode step each, within 1e-5. (Every
+    piece is padded: the window, 4, is the shortest span.)"""
     model = tiny_model()
     sleep = SleepConfig(passes=3, window=WINDOW, eviction=eviction)
     stream = np.asarray(jax.random.randint(jax.random.key(2), (14,), 0, 13), np.int32)
-    parallel, stepwise = Engine(model, sleep, slots=2), Engine(model, sleep, slots=2)
+    parallel, stepwise = Engine(model, sleep, slots=3), Engine(model, sleep, slots=3)
     read = 0
     for size in (1, 3, 5, 3, 2):     # offsets 0, 1, 0 (whole window, then 1), 1, 0
         piece = stream[read:read + size]
@@ -119,26 +120,30 @@ def test_parallel_prefill_equals_token_by_token_reading(eviction):
 
 
 def test_slots_that_fill_together_sleep_in_one_call():
-    """Three slots at different windows (so different positions and window indices per row) fill
-    their windows in the same prefill round, then two fill at the same generation step: each time
-    they sleep in one batched call, and every logit and token equals each slot read on its own."""
+    """Three slots in different windows (so each row has its own positions and window index) fill
+    their windows in the same prefill round (slot 2 with a whole window straight to sleep), then
+    all three at the same generation step: each time they sleep in one batched call, and every
+    logit and token equals each slot read on its own."""
     model = tiny_model()
     sleep = SleepConfig(passes=3, window=WINDOW, eviction="sliding")
-    streams = np.asarray(jax.random.randint(jax.random.key(3), (3, 13), 0, 13), np.int32)
+    streams = np.asarray(jax.random.randint(jax.random.key(3), (3, 15), 0, 13), np.int32)
     together, alone = Engine(model, sleep, slots=3), Engine(model, sleep, slots=3)
-    rounds = [{0: (0, 2), 1: (0, 6)}, {0: (2, 9), 1: (6, 13), 2: (0, 4)}]
-    for prompts in rounds:
-        got = together.prefill_many({slot: streams[slot, a:b] for slot, (a, b) in prompts.items()})
-        for slot, (a, b) in prompts.items():
-            np.testing.assert_allclose(got[slot], alone.prefill(slot, streams[slot, a:b]), atol=1e-5, rtol=0)
-    # sleeps: slot 1's whole window 0; windows 0, 1, 0 of slots 0, 1, 2 filled by one round; windows
-    # 1 and 2 of slots 0 and 1 whole
-    assert (together.stats["sleeps"], together.stats["sleep_calls"]) == (6, 3)
-    assert alone.stats["sleeps"] == 6
-    new = together.generate([0, 1, 2], 4)    # slots 0 and 1 fill at the third step, slot 2 at the fourth
+    setup, after = {0: 2, 1: 6, 2: 8}, {0: 7, 1: 11, 2: 15}    # positions after each prefill
+    for slot, end in setup.items():
+        np.testing.assert_allclose(together.prefill(slot, streams[slot, :end]),
+                                   alone.prefill(slot, streams[slot, :end]), atol=1e-5, rtol=0)
+    assert (together.stats["sleeps"], together.stats["sleep_calls"]) == (3, 3)
+    # round 1: slots 0 and 1 fill windows 0 and 1 by a span, slot 2 takes window 2 whole: one sleep
+    # call; round 2: each reads the rest (3 tokens) of its next window
+    got = together.prefill_many({slot: streams[slot, setup[slot]:end] for slot, end in after.items()})
+    for slot, end in after.items():
+        np.testing.assert_allclose(got[slot], alone.prefill(slot, streams[slot, setup[slot]:end]), atol=1e-5, rtol=0)
+    assert (together.stats["sleeps"], together.stats["sleep_calls"]) == (6, 4)
+    new = together.generate([0, 1, 2], 3)         # every slot fills its window at the first step
     assert (together.stats["sleeps"], together.stats["sleep_calls"]) == (9, 5)
     for slot in range(3):
-        np.testing.assert_array_equal(new[slot], alone.generate([slot], 4)[0])
+        np.testing.assert_array_equal(new[slot], alone.generate([slot], 3)[0])
+    assert alone.stats["sleeps"] == 9
     assert_slots_close(together, alone, [0, 1, 2])
 
 
