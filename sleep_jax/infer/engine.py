@@ -24,8 +24,9 @@ left takes what is left of its window (a piece). A piece is read by one parallel
 (`read_span`: the blocks' span form, as training reads a prediction window) from the slot's state
 now, attending to its ring buffer (the window's earlier tokens, and under sliding eviction the
 previous window's keys/values not yet overwritten), so it continues a window partly read before by
-spans or decode steps; it writes the fast weights, conv tails, ring buffer and window tokens and
-gives the last token's logits. Pieces are padded to a power of two (`span_length`, at least
+spans or decode steps (a slot whose ring holds no visible key, e.g. a fresh one, skips it); it
+writes the fast weights, conv tails, ring buffer and window tokens and gives the last token's
+logits. Pieces are padded to a power of two (`span_length`, at least
 MIN_SPAN, at most L: a few compiled programs); the padding comes after the real tokens (no real
 query sees it), `windows.Span.count` keeps it out of the recurrent state, and only real tokens
 enter the ring buffer. All the round's pieces are read in one call (a vmap over their rows, each
@@ -89,25 +90,26 @@ def wake(model, window: int, eviction: str, tokens, active, rows: dict) -> dict:
     return _select_rows(active, new, rows)
 
 
-def read_span(model, window: int, eviction: str, tokens, count, row: dict) -> dict:
+def read_span(model, window: int, eviction: str, tokens, count, row: dict, *, attend_ring: bool = True) -> dict:
     """One slot (row: batch 1) reads its next tokens in one parallel pass over a span.
 
     tokens: int32 [1, P], of which the first `count` (int32 scalar, 1 <= count <= P) are real and
     the rest padding; the real ones must not cross the slot's window end. The span starts from the
     slot's state now and attends to its ring buffer (the window's tokens so far and, under sliding
     eviction, the previous window's keys/values not yet overwritten), so it continues whatever
-    read the window before it. `windows.Span.count` keeps the padding out of the recurrent state;
+    read the window before it; attend_ring=False (static) skips the ring when none of its keys is
+    visible (`ring_visible`). `windows.Span.count` keeps the padding out of the recurrent state;
     only the real tokens' keys/values and tokens enter the ring buffers, and the logits are those
     of the last real token (the head runs on that position only).
     """
     position, cache = row["position"], row["cache"]
     steps = tokens.shape[1]
     span_positions = position[0] + jnp.arange(steps, dtype=jnp.int32)
-    span = windows.Span(span_positions, window=window, eviction=eviction, past_positions=cache["positions"][0],
-                        count=count)
+    span = windows.Span(span_positions, window=window, eviction=eviction, count=count,
+                        past_positions=cache["positions"][0] if attend_ring else None)
     exits = []
     hidden, state, kv = model.apply_blocks(model.embed(tokens), span, row["recurrent"], range(len(model.blocks)),
-                                           past=cache["layers"], exits=exits)
+                                           past=cache["layers"] if attend_ring else None, exits=exits)
     last = lambda h: jax.lax.dynamic_index_in_dim(h, count - 1, axis=1, keepdims=False)
     logits = model.logits(last(hidden), [last(e) for e in exits])
     write = lambda ring, values: windows.ring_write(ring, values, position, count[None])
@@ -148,12 +150,14 @@ def each_row(fn, rows: dict, *args) -> dict:
 # The wake programs take only (window, eviction): they are the same for every N. Each compiles
 # once per number of rows k (and span length P), not per slot.
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction"), donate_argnames="slots")
-def _read_spans(params, indices, tokens, counts, slots, *, graphdef, window, eviction):
+@functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction", "attend_ring"),
+                   donate_argnames="slots")
+def _read_spans(params, indices, tokens, counts, slots, *, graphdef, window, eviction, attend_ring):
     """Slots indices int32 [k] read tokens int32 [k, P] (row i: its first counts[i], the rest
     padding), each in one parallel span (`read_span`), all rows in one call."""
     model = nnx.merge(graphdef, params)
-    read = lambda row, row_tokens, count: read_span(model, window, eviction, row_tokens[None], count, row)
+    read = lambda row, row_tokens, count: read_span(model, window, eviction, row_tokens[None], count, row,
+                                                    attend_ring=attend_ring)
     return put_rows(slots, indices, each_row(read, take_rows(slots, indices), tokens, counts))
 
 
@@ -187,6 +191,12 @@ def _empty_slots(params, *, graphdef, sleep, count):
 
 
 _put_rows = jax.jit(put_rows, donate_argnums=0)
+
+
+def ring_visible(position: int, window: int, eviction: str) -> bool:
+    """Host-side: may a slot that has read `position` tokens see any key of its ring buffer? Its
+    window's earlier tokens (position % L > 0), or under sliding eviction the previous window's."""
+    return position % window > 0 or (eviction == "sliding" and position >= window)
 
 
 # The shortest padded span: below it a span's time hardly depends on its length (reading the
@@ -280,8 +290,10 @@ class Engine:
         tokens = np.zeros((len(slots), span_length(counts.max(), self.sleep.window)), np.int32)
         for row, slot in enumerate(slots):
             tokens[row, :counts[row]] = pieces[slot]
+        attend_ring = any(ring_visible(int(self._positions[s]), self.sleep.window, self.sleep.eviction)
+                          for s in slots)
         self.stats["wake_seconds"] += self._timed(_read_spans, self._params, np.array(slots, np.int32), tokens,
-                                                  counts, self._state, **self._wake_static())
+                                                  counts, self._state, attend_ring=attend_ring, **self._wake_static())
         self.stats["wake_tokens"] += int(counts.sum())
         self._positions[slots] += counts
 
