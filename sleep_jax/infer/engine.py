@@ -26,10 +26,10 @@ now, attending to its ring buffer (the window's earlier tokens, and under slidin
 previous window's keys/values not yet overwritten), so it continues a window partly read before by
 spans or decode steps (a slot whose ring holds no visible key, e.g. a fresh one, skips it); it
 writes the fast weights, conv tails, ring buffer and window tokens and gives the last token's
-logits. Pieces are padded to a power of two (`span_length`, at least
-MIN_SPAN, at most L: a few compiled programs); the padding comes after the real tokens (no real
-query sees it), `windows.Span.count` keeps it out of the recurrent state, and only real tokens
-enter the ring buffer. All the round's pieces are read in one call (a vmap over their rows, each
+logits. Pieces are padded to a power of two (`span_length`, at least MIN_SPAN, at most L: a few
+compiled programs); the padding comes after the real tokens (no real query sees it),
+`windows.Span.count` keeps it out of the recurrent state, and only real tokens enter the ring
+buffer. All the round's pieces are read in one call (a vmap over their rows, each
 at its own positions). A whole window followed by more tokens goes straight to sleep unread (its
 wake pass would be discarded). Generation reads one token per step in every slot
 (`HybridModel.decode_step`).
