@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleep_jax import windows
-from sleep_jax.layers import KINDS, Block, NORM_STYLES, RMSNorm
+from sleep_jax.layers import KINDS, Block, HaltingHead, NORM_STYLES, RMSNorm
 from sleep_jax.layers.common import dense_param, dtype_from_name, make_param
 from sleep_jax.layers.mixer import Fields
 from sleep_jax.ops.common import check_options
@@ -76,6 +76,7 @@ class StackFields(Fields):
     ut_exit: str = "last"                 # readout: "last" step, "expected" (exit-pdf weighted logits, Ouro's
                                           # training loss) or "threshold" (first step whose cumulative exit
     ut_exit_threshold: float = 1.0        # probability reaches ut_exit_threshold; the last if none does)
+    halting_head: bool = False            # adaptive sleep's halting head (layers.halting), for sleep.halting="learned"
     layer_index_fields = ("no_mlp_layers", "moe_layers")
 
     def __post_init__(self):
@@ -113,6 +114,8 @@ class StackFields(Fields):
             raise ValueError(f"model.exit_gate={self.exit_gate} / model.ut_exit={self.ut_exit!r} need model.ut_steps")
         if self.ut_exit != "last" and not self.exit_gate:
             raise ValueError(f"model.ut_exit={self.ut_exit!r} needs model.exit_gate=True")
+        if not isinstance(self.halting_head, bool):
+            raise ValueError(f"model.halting_head must be True or False, got {self.halting_head!r}")
 
 
 # The config groups a ModelConfig holds: the stack's, then each mixer's (in registry order, once).
@@ -157,6 +160,9 @@ class _ModelConfigBase:
         for name in LAYER_VALUE_FIELDS:
             if getattr(self, name) and len(getattr(self, name)) != n:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be empty or one value per layer ({n})")
+        if self.halting_head and not self.looped_stateful:
+            raise ValueError(f"model.halting_head=True reads the fast weights of the looped segment, but "
+                             f"model.pattern={self.pattern!r} (model.loop={self.loop}) has no stateful block there")
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -170,6 +176,13 @@ class _ModelConfigBase:
     def depth(self) -> int:
         """Blocks run per pass: len(pattern), times ut_steps for a looped LM."""
         return len(self.pattern) * (self.ut_steps or 1)
+
+    @property
+    def looped_stateful(self) -> int:
+        """The number of stateful blocks (GDN, JetBlock, ...) in the looped segment: what adaptive
+        sleep reads (`sleep.halting` "converged" and "learned" need at least one)."""
+        letters = self.pattern * (self.ut_steps or 1)
+        return sum(KINDS[letters[i]].mixer.has_state for i in self.layer_groups[1])
 
     @property
     def layer_groups(self) -> tuple[range, range, range]:
@@ -203,7 +216,7 @@ def layer_name(index: int) -> str:
 class HybridModel(nnx.Module):
     """Embedding, a stack of blocks from `config.pattern` (`layers.Block`), final RMSNorm, LM head;
     for a looped LM the stack unrolled `ut_steps` times (`self.blocks[u * n + i]` is block i) and
-    the early-exit gate."""
+    the early-exit gate; with `config.halting_head` adaptive sleep's halting head."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -221,6 +234,9 @@ class HybridModel(nnx.Module):
                                   dtype=config.compute_dtype, param_dtype=param_dtype, style=config.norm_style)
         self.lm_head = None if config.tie_embeddings else dense_param(
             rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), fan_in=config.d_model, dtype=param_dtype)
+        # Built last and without a random draw, so every other parameter is as without it.
+        self.halting_head = (HaltingHead(config.d_model, config.looped_stateful, param_dtype=param_dtype)
+                             if config.halting_head else None)
 
     # ---- structure -------------------------------------------------------------------------
 

@@ -14,6 +14,13 @@ of the same label (e.g. seeds) is drawn at their mean, with an error bar of thei
 deviation. Runs of different tasks are refused unless ``--mix_tasks`` (then each label names its
 task, so no line joins two tasks' buckets). Training calls ``plot_runs`` for its own run
 (``eval.png``).
+
+    python -m sleep_jax.plot runs/fixed_n* runs/learned_* --against_passes --out=fig.png [--table]
+
+draws exact-match accuracy against the mean number of sleep passes per consolidation window
+(eval.json's ``mean_passes``; ``passes`` for fixed-N records without it): one point per label
+(fixed N joined by a line, each adaptive rule its own marker), error bars = standard deviation
+over the label's runs (e.g. seeds) in both directions.
 """
 from __future__ import annotations
 
@@ -42,8 +49,9 @@ def bucket_order(name: str) -> tuple:
 
 
 def load_eval(run_dir: str) -> dict:
-    """``run_dir/eval.json`` as a dict (``task``, ``passes``, ``accuracy``, ``by_difficulty``...)."""
-    path = os.path.join(run_dir, "eval.json")
+    """``run_dir/eval.json`` as a dict (``task``, ``passes``, ``accuracy``, ``by_difficulty``...);
+    ``run_dir`` may also name an eval record itself (``.../eval-sleep.passes=2.json``)."""
+    path = run_dir if run_dir.endswith(".json") and os.path.isfile(run_dir) else os.path.join(run_dir, "eval.json")
     if not os.path.exists(path):
         raise ValueError(f"{run_dir!r}: no eval.json (has the run finished its evaluation?)")
     with open(path) as f:
@@ -81,10 +89,30 @@ def run_labels(results: Sequence[Mapping], labels: Sequence[str] | None = None) 
     run's task when the runs hold several tasks."""
     if labels is not None and len(labels) != len(results):
         raise ValueError(f"labels: {len(labels)} labels for {len(results)} runs")
-    names = list(labels) if labels else [f"N = {result['passes']}" for result in results]
+    names = list(labels) if labels else [_default_label(result) for result in results]
     if len({str(result.get("task", "?")) for result in results}) > 1:
         names = [f"{result.get('task', '?')} {name}" for result, name in zip(results, names)]
     return names
+
+
+def _default_label(result: Mapping) -> str:
+    """``N = <passes>`` for fixed N; for an adaptive rule its name, its key and the cap, e.g.
+    ``learned, ponder 0.01 (N <= 4)``."""
+    rule = result.get("halting")
+    if rule is None:
+        return f"N = {result['passes']}"
+    key = f"ponder {result['ponder_cost']:g}" if rule == "learned" else f"tolerance {result['tolerance']:g}"
+    return f"{rule}, {key} (N <= {result['passes']})"
+
+
+def mean_passes(result: Mapping) -> float:
+    """Mean sleep passes per consolidation window of a run: eval.json's ``mean_passes``, else
+    (a fixed-N record written before it existed) ``passes``."""
+    if "mean_passes" in result:
+        return float(result["mean_passes"])
+    if "halting" in result:
+        raise ValueError(f"an eval record of rule {result['halting']!r} lacks mean_passes")
+    return float(result["passes"])
 
 
 def values_by_label(results: Sequence[Mapping], labels: Sequence[str] | None = None,
@@ -187,9 +215,67 @@ def _draw_training_loss(ax, results: Sequence[Mapping], names: Sequence[str],
     ax.legend()
 
 
-def plot_runs(results: Sequence[Mapping], out: str, **options) -> str:
-    """``draw_runs(results, **options)`` written to the PNG ``out``; returns ``out``."""
-    fig = draw_runs(results, **options)
+def passes_table(results: Sequence[Mapping], labels: Sequence[str] | None = None) -> str:
+    """A markdown table, one row per label: mean passes per consolidation window and exact-match
+    accuracy (``mean ± standard deviation`` over its runs), and each run's (passes, accuracy)."""
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for label, result in zip(run_labels(results, labels), results):
+        rows.setdefault(label, []).append((mean_passes(result), float(result["accuracy"])))
+    lines = ["| run | mean passes per window | exact match | per run (passes, accuracy) |", "| --- | --- | --- | --- |"]
+    for label, runs in rows.items():
+        passes, accuracy = np.array(runs).T
+        each = ", ".join(f"({p:.2f}, {a:.3f})" for p, a in runs)
+        lines.append(f"| {label} | {passes.mean():.2f} ± {passes.std():.2f} | {accuracy.mean():.3f} ± "
+                     f"{accuracy.std():.3f} | {each} |")
+    return "\n".join(lines)
+
+
+def draw_accuracy_by_passes(results: Sequence[Mapping], *, labels: Sequence[str] | None = None,
+                            title: str | None = None) -> matplotlib.figure.Figure:
+    """Exact-match accuracy against mean sleep passes per consolidation window: one point per
+    label (mean over its runs, error bars = standard deviation in both), the fixed-N labels
+    joined by a line, each adaptive label a marker of its own."""
+    if not results:
+        raise ValueError("results: nothing to plot")
+    check_one_task(results)
+    names = run_labels(results, labels)
+    points: dict[str, list[tuple[float, float]]] = {}
+    for label, result in zip(names, results):
+        points.setdefault(label, []).append((mean_passes(result), float(result["accuracy"])))
+    fixed = {label for label, result in zip(names, results) if "halting" not in result}
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
+    summary = {label: (np.mean(np.array(runs), axis=0), np.std(np.array(runs), axis=0))
+               for label, runs in points.items()}
+    line = sorted((label for label in summary if label in fixed), key=lambda label: summary[label][0][0])
+    if line:
+        ax.plot([summary[label][0][0] for label in line], [summary[label][0][1] for label in line],
+                color="grey", linewidth=1, zorder=1)
+    markers = iter("s^Dv<>ph*")
+    for i, (label, (mean, spread)) in enumerate(summary.items()):
+        ax.errorbar(mean[0], mean[1], xerr=spread[0], yerr=spread[1], marker="o" if label in fixed else next(markers),
+                    markersize=7, capsize=3, linestyle="none", color=f"C{i}", label=label)
+    chances = sorted({round(float(r["chance"]), 6) for r in results if "chance" in r})
+    for chance in chances:
+        ax.axhline(chance, color="dimgrey", linestyle="--", linewidth=1, label=f"chance {chance:.3g}")
+    ax.set_xlabel("mean sleep passes per consolidation window")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(bottom=0.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))   # beside the axes: no point hidden
+    ax.set_title(title or str(results[0].get("task", "")))
+    fig.tight_layout()
+    return fig
+
+
+def plot_runs(results: Sequence[Mapping], out: str, *, against_passes: bool = False, **options) -> str:
+    """``draw_runs(results, **options)`` (``draw_accuracy_by_passes`` with ``against_passes``)
+    written to the PNG ``out``; returns ``out``."""
+    if against_passes:
+        options.pop("losses", None)
+        options.pop("mix_tasks", None)
+        fig = draw_accuracy_by_passes(results, **options)
+    else:
+        fig = draw_runs(results, **options)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -242,19 +328,25 @@ def draw_runs(results: Sequence[Mapping], *, labels: Sequence[str] | None = None
 def main(argv: Sequence[str] | None = None) -> None:
     parser = cli.ArgumentParser(prog="python -m sleep_jax.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", help="run directories holding eval.json")
+    parser.add_argument("run_dirs", nargs="+", help="run directories holding eval.json, or eval records (.json)")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--title", default=None)
     parser.add_argument("--table", action="store_true", help="also print markdown tables (mean ± std over runs)")
     parser.add_argument("--labels", default=None, help="comma-separated, one label per run directory")
     parser.add_argument("--mix_tasks", action="store_true",
                         help="draw runs of different tasks on one figure (labels name the task)")
+    parser.add_argument("--against_passes", action="store_true",
+                        help="accuracy against mean sleep passes per window, one point per label (adaptive sleep)")
     args = parser.parse_args(argv)
     results = [load_eval(d) for d in args.run_dirs]
     labels = args.labels.split(",") if args.labels else None
-    print(plot_runs(results, args.out, labels=labels, title=args.title,
+    if args.against_passes and args.mix_tasks:
+        raise ValueError("--against_passes draws one task; drop --mix_tasks")
+    print(plot_runs(results, args.out, labels=labels, title=args.title, against_passes=args.against_passes,
                     losses=[training_loss(d) for d in args.run_dirs], mix_tasks=args.mix_tasks))
-    if args.table:
+    if args.table and args.against_passes:
+        print(passes_table(results, labels))
+    elif args.table:
         for key in PANELS:
             if any(key in r for r in results):
                 print(summary_table(results, labels, key))

@@ -44,6 +44,12 @@ Jacobian is the natural choice here: a pass adds a delta-rule update to S, so S_
 is the early passes' additive contribution, and the identity is the exact Jacobian of S through
 that sum when the update is treated as a constant (as in truncated BPTT with a skip path).
 
+Adaptive sleep (`sleep.halting`, `sleep_jax.halting`): a window may stop before N passes, per
+batch row ("converged": once its fast weights stop changing; "learned": by the model's halting
+head). Training keeps the scan at N steps per window and leaves each row's stopping-pass values;
+eval and the engine really stop (`stop_early`: a while loop over passes). "fixed" is the N-pass
+program above, unchanged.
+
 Recurrent-state contract (generic over block kinds): each stateful block's state is a dict; its
 entry `FAST_WEIGHTS` ("S") is carried from pass to pass and window to window; every other entry
 (the conv tail, ...) is a tail of the token sequence, so each pass restarts from its value at
@@ -59,13 +65,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sleep_jax import halting as halting_lib
 from sleep_jax import windows
+from sleep_jax.layers.mixer import FAST_WEIGHTS   # carried across passes; the other entries restart
 
 WINDOW_KINDS = ("C", "P")
 # What a rematerialised pass / window / group of passes keeps for the backward pass: its inputs only.
 REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
-# The entry of a block's recurrent state carried across passes; the others restart every pass.
-FAST_WEIGHTS = "S"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +103,11 @@ class SleepConfig:
     carry_conv_tail: bool = False  # False: only S crosses a window boundary (Algorithm 1), a window's conv
                                    # starts from zeros; True: the conv tail crosses too (the reference
                                    # models' streaming behaviour)
+    halting: str = "fixed"     # adaptive sleep (sleep_jax.halting): "fixed" N passes per window, "converged"
+                               # (stop once the fast weights stop changing) or "learned" (the halting head)
+    tolerance: float = 1e-3    # "converged": stop after a pass that changes every S by less than this (relative)
+    halt_threshold: float = 0.5  # "learned": stop at the first pass whose cumulative stop probability reaches it
+    ponder_cost: float = 0.01  # "learned": loss per expected pass per consolidation window
 
     def __post_init__(self):
         if int(self.passes) < 1:
@@ -110,6 +121,25 @@ class SleepConfig:
             raise ValueError(f"sleep.truncate_passes >= 0 required, got {self.truncate_passes}")
         if not isinstance(self.carry_conv_tail, bool):
             raise ValueError(f"sleep.carry_conv_tail must be True or False, got {self.carry_conv_tail!r}")
+        if self.halting not in halting_lib.HALTINGS:
+            raise ValueError(f"sleep.halting={self.halting!r} must be one of {halting_lib.HALTINGS}")
+        if not float(self.tolerance) >= 0:
+            raise ValueError(f"sleep.tolerance >= 0 required (0: never stop early), got {self.tolerance}")
+        if not 0 < float(self.halt_threshold) < 1:
+            raise ValueError(f"sleep.halt_threshold must lie in (0, 1), got {self.halt_threshold}")
+        if not float(self.ponder_cost) >= 0:
+            raise ValueError(f"sleep.ponder_cost >= 0 required, got {self.ponder_cost}")
+        if self.halting != "fixed" and 0 < self.truncate_passes < self.passes:
+            raise ValueError(f"sleep.truncate_passes={self.truncate_passes} needs sleep.halting='fixed' (a window "
+                             f"that may stop early has no fixed early passes to run undifferentiated)")
+
+    @property
+    def halting_record(self) -> dict:
+        """The adaptive rule and the keys it reads, as eval records hold them ({} for "fixed")."""
+        if self.halting == "fixed":
+            return {}
+        keys = ("tolerance",) if self.halting == "converged" else ("halt_threshold", "ponder_cost")
+        return {"halting": self.halting, **{key: getattr(self, key) for key in keys}}
 
     @property
     def remat_plan(self) -> RematPlan:
@@ -257,12 +287,25 @@ class SleepCarry(NamedTuple):
     window_past: {layer: {"k", "v"}} the keys/values the current window attends to (sliding; else {}).
     latest_kv: {layer: {"k", "v"}} the keys/values the latest pass wrote (sliding; else {}).
     outputs: [n, B, L, D] each window's final-pass hidden states, or None when they are not kept.
+    halt: the current window's `halting.Halt` (adaptive sleep; None for "fixed").
+    passes, expected_passes: int32 / float32 [n, B], each finished window's passes and expected
+      passes (adaptive sleep; None for "fixed").
     """
     hidden: jax.Array
     state: dict
     window_past: dict
     latest_kv: dict
     outputs: jax.Array | None
+    halt: halting_lib.Halt | None = None
+    passes: jax.Array | None = None
+    expected_passes: jax.Array | None = None
+
+
+class SleepRecord(NamedTuple):
+    """How long each consolidation window slept: passes int32 [n, B] (N under "fixed") and
+    expected_passes float32 [n, B] (sum_n n p_n under "learned", the ponder term; else = passes)."""
+    passes: jax.Array
+    expected_passes: jax.Array
 
 
 def _restore_tails(new_state: dict, window_entry_state: dict, keep_new_tails) -> dict:
@@ -274,11 +317,20 @@ def _restore_tails(new_state: dict, window_entry_state: dict, keep_new_tails) ->
             for name, layer in new_state.items()}
 
 
-def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepConfig, keep_outputs: bool):
-    """N passes of the looped segment over each of `count` consecutive consolidation windows.
+def _put(buffer, index, value, write):
+    """buffer [n, ...] with row `index` set to value where the traced bool `write` holds."""
+    kept = jax.lax.dynamic_index_in_dim(buffer, index, keepdims=False)
+    return jax.lax.dynamic_update_index_in_dim(buffer, jnp.where(write, value, kept), index, 0)
+
+
+def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepConfig, keep_outputs: bool,
+                  stop_early: bool = False):
+    """Up to N passes of the looped segment over each of `count` consecutive consolidation windows.
 
     Pass p of a window reads the hidden states pass p-1 wrote (pass 0 reads `entry`), carries the
     fast weights across passes and windows, and starts from the tails the window was entered with.
+    How many passes a window runs is `sleep.halting`'s (`sleep_jax.halting`): N under "fixed";
+    under an adaptive rule a window leaves what its stopping pass wrote.
 
     The (window, differentiated pass) steps are one flat `lax.scan` over a `SleepCarry`, so with
     remat "pass" each step keeps exactly its carry for the backward pass; "sqrt" splits that scan
@@ -286,17 +338,21 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
     keeps the [count, B, L, D] buffer of final-pass outputs); "window" nests a scan over passes
     inside a checkpointed scan over windows. With truncation, a window's first step also runs its
     undifferentiated passes (a scan on stop-gradient parameters) and enters their effect
-    straight-through (module docstring).
+    straight-through (module docstring). Under an adaptive rule the scan still runs N steps per
+    window and masks what follows a row's stop; with `stop_early` (eval, the engine: not
+    differentiable) each window is a `lax.while_loop` that ends once every row has stopped.
 
     Args:
       entry: [count, B, L, D] segment inputs (the prelude's outputs) of windows first, first+1, ...
       state, past: at entry. keep_outputs: also return the final pass's hidden states.
     Returns:
-      (final-pass outputs [count, B, L, D] or None, state, past updated for the segment's blocks).
+      (final-pass outputs [count, B, L, D] or None, state, past updated for the segment's blocks,
+      `SleepRecord` [count, B]).
     """
     _, segment, _ = model.config.layer_groups
     plan = sleep.remat_plan
-    count = entry.shape[0]
+    count, batch = entry.shape[0], entry.shape[1]
+    adaptive = sleep.halting != "fixed"
     differentiated = sleep.differentiated_passes
     undifferentiated = sleep.passes - differentiated
     sliding = sleep.eviction == "sliding"
@@ -304,6 +360,15 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
 
     def one_pass(hidden, looped_state, window_past, span):
         return model.apply_blocks(hidden, span, looped_state, segment, past=_past(window_past, sleep))
+
+    segment_past = {name: past[name] for name in model.attention_layers(segment)} if sliding else {}
+    segment_state = {name: state[name] for name in model.stateful_layers(segment)}
+    if adaptive:
+        halting_lib.check(sleep, model.config)
+        first_halt = halting_lib.start((entry[0], segment_state, segment_past), sleep)
+    if adaptive and stop_early:
+        return _sleep_segment_stopping(model, one_pass, entry, first, segment_state, segment_past, first_halt,
+                                       state, past, sleep=sleep, keep_outputs=keep_outputs)
 
     def undifferentiated_passes(hidden, looped_state, window_past, span):
         """The window's first N - k passes, not differentiated, entered straight-through."""
@@ -334,18 +399,31 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
             hidden, looped_state = jax.lax.cond(window_start, undifferentiated_passes,
                                                 lambda h, s, *_: (h, s), hidden, looped_state, window_past, span)
         hidden, new_state, kv = one_pass(hidden, looped_state, window_past, span)
+        kv = windows.survivors(kv, sleep.eviction)
+        halt, passes, expected_passes = carry.halt, carry.passes, carry.expected_passes
+        if adaptive:   # the window leaves what each row's stopping pass wrote
+            halt = halting_lib.after_pass(model, sleep, _tree_where(window_start, first_halt, halt), pass_index,
+                                          looped_state, (hidden, new_state, kv))
+            left_hidden, left_state, left_kv = halting_lib.outcome(halt, sleep, differentiated=True)
+            hidden = jnp.where(final_pass, left_hidden, hidden)
+            next_state = _tree_where(final_pass, left_state, _restore_tails(new_state, entry_state, False))
+            kv = _tree_where(final_pass, left_kv, kv)
+            passes = _put(passes, window, halt.passes, final_pass)
+            expected_passes = _put(expected_passes, window, halt.expected_passes, final_pass)
+        else:
+            next_state = _restore_tails(new_state, entry_state, final_pass)
         outputs = carry.outputs
         if outputs is not None:
-            kept = jax.lax.dynamic_index_in_dim(outputs, window, keepdims=False)
-            outputs = jax.lax.dynamic_update_index_in_dim(outputs, jnp.where(final_pass, hidden, kept), window, 0)
-        return SleepCarry(hidden=hidden, state=_restore_tails(new_state, entry_state, final_pass),
-                          window_past=window_past, latest_kv=windows.survivors(kv, sleep.eviction), outputs=outputs)
+            outputs = _put(outputs, window, hidden, final_pass)
+        return SleepCarry(hidden=hidden, state=next_state, window_past=window_past, latest_kv=kv, outputs=outputs,
+                          halt=halt, passes=passes, expected_passes=expected_passes)
 
-    segment_past = {name: past[name] for name in model.attention_layers(segment)} if sliding else {}
-    carry = SleepCarry(hidden=jnp.zeros_like(entry[0]),
-                       state={name: state[name] for name in model.stateful_layers(segment)},
+    carry = SleepCarry(hidden=jnp.zeros_like(entry[0]), state=segment_state,
                        window_past=segment_past, latest_kv=segment_past,
                        outputs=jnp.zeros_like(entry) if keep_outputs and not plan.each_window else None)
+    if adaptive:
+        carry = carry._replace(halt=first_halt, passes=jnp.zeros((count, batch), jnp.int32),
+                               expected_passes=jnp.zeros((count, batch), jnp.float32))
     indices = jnp.arange(count * differentiated, dtype=jnp.int32)
     if plan.each_window:
         def one_window(carry, window_indices):
@@ -357,32 +435,78 @@ def sleep_segment(model, entry, first, state: dict, past: dict, *, sleep: SleepC
     else:
         carry = scan_steps(step, carry, indices, sqrt_groups=plan.sqrt_groups)
         outputs = carry.outputs
-    return outputs, {**state, **carry.state}, {**past, **carry.latest_kv}
+    if adaptive:
+        record = SleepRecord(carry.passes, carry.expected_passes)
+    else:
+        record = SleepRecord(jnp.full((count, batch), sleep.passes, jnp.int32),
+                             jnp.full((count, batch), float(sleep.passes), jnp.float32))
+    return outputs, {**state, **carry.state}, {**past, **carry.latest_kv}, record
 
 
-def consolidate_run(model, tokens, first, state: dict, past: dict, *, sleep: SleepConfig):
-    """Sleep on n consecutive consolidation windows: embed once, prelude once, N passes of the
-    looped segment, coda once, window after window.
+def _sleep_segment_stopping(model, one_pass, entry, first, segment_state, segment_past, first_halt, state, past,
+                            *, sleep: SleepConfig, keep_outputs: bool):
+    """`sleep_segment` under an adaptive rule, really stopping: a scan over windows, each a
+    `lax.while_loop` over passes that ends when every row has stopped (or after N passes).
+    The same `halting.after_pass` decides as in the masked scan, so the same rows stop after
+    the same passes with the same results. Not differentiable (a while loop)."""
+    def one_window(carry, window_entry_inputs):
+        state, window_past = carry
+        hidden, window = window_entry_inputs
+        span = _span(first + window, sleep)
+        entered = window_entry(state, sleep)
+
+        def running(loop):
+            pass_index, _, _, halt = loop
+            return (pass_index < sleep.passes) & ~jnp.all(halt.stopped)
+
+        def one(loop):
+            pass_index, hidden, looped_state, halt = loop
+            hidden, new_state, kv = one_pass(hidden, looped_state, window_past, span)
+            halt = halting_lib.after_pass(model, sleep, halt, pass_index, looped_state,
+                                          (hidden, new_state, windows.survivors(kv, sleep.eviction)))
+            return pass_index + 1, hidden, _restore_tails(new_state, entered, False), halt
+
+        loop = (jnp.int32(0), hidden, entered, first_halt)
+        halt = jax.lax.while_loop(running, one, loop)[3]
+        left_hidden, left_state, left_kv = halt.result
+        return (left_state, left_kv), (left_hidden if keep_outputs else None, halt.passes, halt.expected_passes)
+
+    windows_index = jnp.arange(entry.shape[0], dtype=jnp.int32)
+    (segment_state, latest_kv), (outputs, passes, expected_passes) = jax.lax.scan(
+        one_window, (segment_state, segment_past), (entry, windows_index))
+    return outputs, {**state, **segment_state}, {**past, **latest_kv}, SleepRecord(passes, expected_passes)
+
+
+def consolidate_run(model, tokens, first, state: dict, past: dict, *, sleep: SleepConfig, stop_early: bool = False):
+    """Sleep on n consecutive consolidation windows: embed once, prelude once, up to N passes of
+    the looped segment (`sleep.halting`), coda once, window after window.
 
     Args:
       model: HybridModel. tokens: int [n, B, L], windows first, first+1, ... (positions of window
         i start at i * L). state: recurrent state at entry.
       past: keys/values of the window before `first` (sliding eviction; `initial_past` for the
         first window), {} for hard eviction.
+      stop_early: under an adaptive rule, windows really stop (eval, engine; not differentiable)
+        instead of masking the passes after a stop (training); the results are the same.
     Returns:
       (recurrent state after the last window, keys/values of its final pass for every attention
-      block under sliding eviction, else {}).
+      block under sliding eviction, else {}, `SleepRecord` [n, B]).
     """
     prelude, _, coda = model.config.layer_groups
     hidden, state, past = run_layers_once(model, model.embed(tokens), first, prelude, state, past, sleep=sleep)
-    hidden, state, past = sleep_segment(model, hidden, first, state, past, sleep=sleep, keep_outputs=len(coda) > 0)
+    hidden, state, past, record = sleep_segment(model, hidden, first, state, past, sleep=sleep,
+                                                keep_outputs=len(coda) > 0, stop_early=stop_early)
     _, state, past = run_layers_once(model, hidden, first, coda, state, past, sleep=sleep)
-    return state, past
+    return state, past, record
 
 
-def consolidate(model, tokens, window_index, state: dict, past: dict, *, sleep: SleepConfig):
-    """Sleep on one window: tokens int [B, L] at window `window_index`; see `consolidate_run`."""
-    return consolidate_run(model, tokens[None], window_index, state, past, sleep=sleep)
+def consolidate(model, tokens, window_index, state: dict, past: dict, *, sleep: SleepConfig,
+                stop_early: bool = False):
+    """Sleep on one window: tokens int [B, L] at window `window_index`; see `consolidate_run`.
+    Returns (state, past, `SleepRecord` [B])."""
+    state, past, record = consolidate_run(model, tokens[None], window_index, state, past, sleep=sleep,
+                                          stop_early=stop_early)
+    return state, past, SleepRecord(record.passes[0], record.expected_passes[0])
 
 
 def predict(model, tokens, window_index, state: dict, past: dict, *, sleep: SleepConfig):
@@ -416,12 +540,14 @@ def _check_sequence(tokens, loss_mask, sleep, kinds):
         raise ValueError(f"kinds={kinds!r} may only hold the letters {WINDOW_KINDS}")
 
 
-def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds: str):
-    """Read the windows in order; return score(logits, targets, mask) per prediction window.
+def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds: str, stop_early: bool):
+    """Read the windows in order; return score(logits, targets, mask) per prediction window, and
+    how long each consolidation window slept.
 
     score maps (logits f32 [B, L, V], targets int32 [B, L], mask f32 [B, L]) to a pytree of [B, L]
-    arrays. Returns that pytree assembled to [B, T] (zeros in consolidation windows, and in the
-    windows after the last of `kinds`, which are not read).
+    arrays. Returns (that pytree assembled to [B, T] (zeros in consolidation windows, and in the
+    windows after the last of `kinds`, which are not read), `SleepRecord` of [B, C] arrays for the
+    C consolidation windows in order). stop_early: see `consolidate_run`.
     """
     _check_sequence(tokens, loss_mask, sleep, kinds)
     batch, steps = tokens.shape
@@ -449,11 +575,13 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
         prediction_window = _checkpoint(prediction_window)
 
     carry = (model.init_state(batch), initial_past(model, batch, sleep))
-    outputs = []
+    outputs, records = [], [SleepRecord(jnp.zeros((0, batch), jnp.int32), jnp.zeros((0, batch), jnp.float32))]
     for kind, first, n in window_runs(kinds):
         run = jax.tree.map(lambda x: x[first:first + n], windows)
         if kind == "C":
-            carry = consolidate_run(model, run[0], first, *carry, sleep=sleep)
+            *after, record = consolidate_run(model, run[0], first, *carry, sleep=sleep, stop_early=stop_early)
+            carry = tuple(after)
+            records.append(record)
             outputs.append(jax.tree.map(lambda s: jnp.zeros((n, *s.shape), s.dtype), score_shape))
         else:
             carry, scored = jax.lax.scan(prediction_window, carry, run)
@@ -461,7 +589,8 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
     if len(kinds) < count:   # the windows after the last one read
         outputs.append(jax.tree.map(lambda s: jnp.zeros((count - len(kinds), *s.shape), s.dtype), score_shape))
     stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *outputs)           # [W, B, L, ...]
-    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(batch, steps, *x.shape[3:]), stacked)
+    record = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0).T, *records)            # [B, C]
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(batch, steps, *x.shape[3:]), stacked), record
 
 
 def _prediction_scores(logits, targets, mask):
@@ -476,8 +605,25 @@ def _token_scores(logits, targets, mask):
     return {"nll": scores["nll"] * mask, "correct": correct * mask, "mask": mask}
 
 
+def sleep_metrics(record: SleepRecord, sleep: SleepConfig) -> dict:
+    """What training logs of how long windows slept ([B, C] record; {} without consolidation
+    windows): "passes", the mean passes per consolidation window; under an adaptive rule also
+    "passes/<n>", the fraction of windows that ran n passes (n = 1..N), and "ponder", the mean
+    expected passes (the ponder term under "learned")."""
+    if record.passes.size == 0:
+        return {}
+    metrics = {"passes": jnp.mean(record.passes.astype(jnp.float32))}
+    if sleep.halting != "fixed":
+        for n in range(1, sleep.passes + 1):
+            metrics[f"passes/{n}"] = jnp.mean((record.passes == n).astype(jnp.float32))
+        metrics["ponder"] = jnp.mean(record.expected_passes)
+    return metrics
+
+
 def sequence_loss(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str):
-    """Mean masked next-token cross-entropy over a sequence read window by window with sleep.
+    """Mean masked next-token cross-entropy over a sequence read window by window with sleep; under
+    `sleep.halting="learned"` plus `sleep.ponder_cost` x the mean expected passes per consolidation
+    window (`sleep_jax.halting`).
 
     Args:
       model: HybridModel. tokens: int [B, T]. loss_mask: [B, T]; 1 = the logits at i (predicting
@@ -486,28 +632,38 @@ def sequence_loss(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str):
         from the first (`kinds_from_mask`); windows after the last letter are not read; masks
         outside prediction windows are ignored.
     Returns:
-      (loss, metrics) with metrics "loss", "token_accuracy" (over scored tokens), "sequence_accuracy"
-      (rows with every scored token right, among rows with any), "scored" (number of scored tokens).
+      (loss, metrics) with metrics "loss" (the cross-entropy alone), "token_accuracy" (over scored
+      tokens), "sequence_accuracy" (rows with every scored token right, among rows with any),
+      "scored" (number of scored tokens), and `sleep_metrics`.
     """
-    scores = _walk_windows(model, tokens, loss_mask, _token_scores, sleep=sleep, kinds=kinds)
+    scores, record = _walk_windows(model, tokens, loss_mask, _token_scores, sleep=sleep, kinds=kinds,
+                                   stop_early=False)
     scored = jnp.sum(scores["mask"])
     denominator = jnp.maximum(scored, 1.0)
-    loss = jnp.sum(scores["nll"]) / denominator
+    cross_entropy = jnp.sum(scores["nll"]) / denominator
     rows_scored = jnp.sum(scores["mask"], axis=1) > 0
     rows_right = jnp.sum(scores["correct"], axis=1) == jnp.sum(scores["mask"], axis=1)
     metrics = {
-        "loss": loss,
+        "loss": cross_entropy,
         "token_accuracy": jnp.sum(scores["correct"]) / denominator,
         "sequence_accuracy": jnp.sum(rows_scored & rows_right) / jnp.maximum(jnp.sum(rows_scored), 1),
         "scored": scored,
+        **sleep_metrics(record, sleep),
     }
+    loss = cross_entropy
+    if sleep.halting == "learned" and record.passes.size:
+        loss = loss + sleep.ponder_cost * metrics["ponder"]
     return loss, metrics
 
 
 def sequence_scores(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str) -> dict:
     """What evaluation scores: `{"predictions": int32 [B, T]` greedy next tokens (position i predicts
-    token i+1), `"nll": float32 [B, T]` cross-entropy (nats) of token i+1}; 0 in consolidation windows."""
-    return _walk_windows(model, tokens, loss_mask, _prediction_scores, sleep=sleep, kinds=kinds)
+    token i+1), `"nll": float32 [B, T]` cross-entropy (nats) of token i+1 (0 in consolidation
+    windows), `"passes": int32 [B, C]` the passes each of the C consolidation windows ran}. Windows
+    under an adaptive rule really stop (`consolidate_run(stop_early=True)`)."""
+    scores, record = _walk_windows(model, tokens, loss_mask, _prediction_scores, sleep=sleep, kinds=kinds,
+                                   stop_early=True)
+    return {**scores, "passes": record.passes}
 
 
 def sequence_predictions(model, tokens, loss_mask, *, sleep: SleepConfig, kinds: str) -> jax.Array:
@@ -516,5 +672,7 @@ def sequence_predictions(model, tokens, loss_mask, *, sleep: SleepConfig, kinds:
 
 
 def sequence_logits(model, tokens, *, sleep: SleepConfig, kinds: str) -> jax.Array:
-    """Logits float32 [B, T, vocab] of the prediction windows (0 in consolidation windows)."""
-    return _walk_windows(model, tokens, None, lambda logits, targets, mask: logits, sleep=sleep, kinds=kinds)
+    """Logits float32 [B, T, vocab] of the prediction windows (0 in consolidation windows); adaptive
+    windows really stop, as in eval and the engine."""
+    return _walk_windows(model, tokens, None, lambda logits, targets, mask: logits, sleep=sleep, kinds=kinds,
+                         stop_early=True)[0]

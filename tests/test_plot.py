@@ -90,3 +90,30 @@ def test_runs_of_different_tasks_are_refused_unless_mixed(tmp_path, capsys):
     assert out.exists()
     legend = draw_runs([load_eval(r) for r in runs], mix_tasks=True).axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["rule110 N = 1", "rule110 N = 2", "depo N = 1"]
+
+
+def test_accuracy_against_mean_passes_labels_each_rule(tmp_path, capsys):
+    """--against_passes: fixed-N runs at x = N (records without mean_passes), a learned rule at
+    its mean passes, labelled by rule and ponder cost; the table gives mean ± spread per label."""
+    runs = []
+    for seed, accuracy in ((0, 0.3), (1, 0.5)):
+        for passes in (1, 3):
+            runs.append(write_run(tmp_path / f"n{passes}_s{seed}", passes, {"t=2": accuracy}))
+        path = tmp_path / f"learned_s{seed}"
+        path.mkdir()
+        (path / "eval.json").write_text(json.dumps({
+            "task": "rule110", "passes": 4, "halting": "learned", "halt_threshold": 0.5, "ponder_cost": 0.01,
+            "accuracy": accuracy, "by_difficulty": {"t=2": accuracy}, "examples": 64, "mean_passes": 2.0 + seed}))
+        runs.append(str(path))
+    out = tmp_path / "passes.png"
+    main([*runs, f"--out={out}", "--against_passes", "--table"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "| N = 3 | 3.00 ± 0.00 | 0.500 ± 0.000 |" in table   # write_run records accuracy 0.5
+    assert "| learned, ponder 0.01 (N <= 4) | 2.50 ± 0.50 | 0.400 ± 0.100 | (2.00, 0.300), (3.00, 0.500) |" in table
+    bad = tmp_path / "no_mean"
+    bad.mkdir()
+    (bad / "eval.json").write_text(json.dumps({"task": "rule110", "passes": 4, "halting": "converged",
+                                               "tolerance": 0.1, "accuracy": 0.1, "by_difficulty": {}}))
+    with pytest.raises(ValueError, match="rule 'converged' lacks mean_passes"):
+        main([str(bad), f"--out={out}", "--against_passes"])

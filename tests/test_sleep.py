@@ -90,7 +90,7 @@ def test_gradient_flows_through_the_fast_weights_of_a_consolidation_window():
 
     def loss(sleeping_params, waking_params, cut):
         state, past = model.init_state(2), initial_past(model, 2, sleep)
-        state, past = consolidate(nnx.merge(graphdef, sleeping_params), x[:, :WINDOW], 0, state, past, sleep=sleep)
+        state, past, _ = consolidate(nnx.merge(graphdef, sleeping_params), x[:, :WINDOW], 0, state, past, sleep=sleep)
         if cut:
             state = jax.lax.stop_gradient(state)
         logits, _, _ = predict(nnx.merge(graphdef, waking_params), x[:, WINDOW:], 1, state, past, sleep=sleep)
@@ -268,7 +268,7 @@ def test_truncated_backprop_still_reaches_the_first_window():
         sleep = SleepConfig(passes=3, window=WINDOW, eviction="sliding", truncate_passes=truncate)
         model = nnx.merge(graphdef, params)
         past = initial_past(model, 2, sleep)
-        state, _ = consolidate_run(model, x, 0, model.init_state(2), past, sleep=sleep)
+        state, _, _ = consolidate_run(model, x, 0, model.init_state(2), past, sleep=sleep)
         return jnp.sum(state["layer1"]["S"] ** 2)
 
     results = {k: jax.jit(jax.value_and_grad(final_fast_weights), static_argnums=1)(params, k) for k in (0, 1)}

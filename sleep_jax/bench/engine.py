@@ -4,6 +4,7 @@
         [--decode_windows=2] [--d_model=128] [--eviction=hard]
         [--measures=decode,batched_sleep,first_token] [--batched_sleep_slots=8] [--prompt=512]
         [--first_token_window=2048] [--repeats=7]
+    python -m sleep_jax.bench.engine --measures=halting --workdir=RUN [--stream_windows=16]
 
 For each number of slots it builds the small AGAG model of `bench.models` and one `Engine` per N,
 starts every slot at a different fill level, generates `decode_windows` windows of tokens in all
@@ -30,9 +31,16 @@ and run XLA single-threaded for numbers worth comparing):
   the mid-size model (`bench.models.mid_model_config`) in one window of `--first_token_window`
   tokens (one parallel span), against the model's own parallel forward of the same tokens
   (`HybridModel.__call__`, jitted): ms of each and their ratio.
+- "halting" (needs `--workdir`, a trained run): adaptive sleep against fixed N on a stream mixing
+  padding windows (every token the task's `<pad>`) and content windows (the first windows of the
+  task's eval examples), `--stream_windows` of each in turn: one engine with the run's sleep
+  (its `sleep.halting` rule) and one with fixed N = the run's `sleep.passes`, window by window
+  alternating; for each engine and window kind the sleep ms per window (min / median) and the
+  mean passes, and the adaptive / fixed ratio of the medians.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -50,7 +58,7 @@ from sleep_jax.infer import Engine
 from sleep_jax.model import HybridModel
 from sleep_jax.sleep import SleepConfig
 
-MEASURES = ("decode", "batched_sleep", "first_token")
+MEASURES = ("decode", "batched_sleep", "first_token", "halting")
 
 
 def resident_mb() -> float:
@@ -203,6 +211,47 @@ def measure_first_token(prompt: int, *, window: int, repeats: int, config=None) 
             **run_context()}
 
 
+def measure_halting(model, sleep: SleepConfig, task, *, stream_windows: int) -> list[dict]:
+    """Sleep time per window and passes, adaptive (`sleep`) against fixed N = sleep.passes, on a
+    stream of padding and content windows in turn (module docstring); one row per window kind."""
+    from sleep_jax.train.data import eval_batches
+
+    if sleep.halting == "fixed":
+        raise ValueError("--workdir: the run sleeps a fixed N (sleep.halting='fixed'); the halting measure "
+                         "compares an adaptive rule with fixed N")
+    length = sleep.window
+    contents = []
+    for batch in eval_batches(task, batch_size=stream_windows, seed=0):
+        contents += [row[:length] for row in np.asarray(batch["tokens"])]
+        if len(contents) >= stream_windows:
+            break
+    padding = np.full(length, task.vocab.pad_id, np.int32)
+    engines = {"adaptive": Engine(model, sleep, slots=1),
+               "fixed": Engine(model, dataclasses.replace(sleep, halting="fixed"), slots=1)}
+    for engine in engines.values():      # compile
+        engine.prefill(0, padding)
+    samples = {(name, kind): {"seconds": [], "passes": []} for name in engines for kind in ("padding", "content")}
+    for i in range(stream_windows):
+        for kind, window in (("padding", padding), ("content", contents[i % len(contents)])):
+            for name in (list(engines) if (2 * i + (kind == "content")) % 2 == 0 else list(engines)[::-1]):
+                engine = engines[name]
+                before = dict(engine.stats)
+                engine.prefill(0, window)
+                samples[name, kind]["seconds"].append(engine.stats["sleep_seconds"] - before["sleep_seconds"])
+                samples[name, kind]["passes"].append(engine.stats["sleep_passes"] - before["sleep_passes"])
+    rows = []
+    for kind in ("padding", "content"):
+        row = {"measure": "halting", "window_kind": kind, "halting": sleep.halting, "passes": sleep.passes,
+               "window": length, "windows": stream_windows}
+        for name in engines:
+            row[f"{name}_sleep_ms_per_window"] = min_median(samples[name, kind]["seconds"])
+            row[f"{name}_mean_passes"] = round(float(np.mean(samples[name, kind]["passes"])), 3)
+        row["ratio_adaptive_over_fixed"] = round(row["adaptive_sleep_ms_per_window"]["median"]
+                                                 / row["fixed_sleep_ms_per_window"]["median"], 3)
+        rows.append({**row, **run_context()})
+    return rows
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags (defined only when run as a command: `bench.sleep` has flags of the same
     names, and tests import both modules)."""
@@ -213,7 +262,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          flag_values=flag_values)
     flags.DEFINE_integer("d_model", 128, "Model width.", lower_bound=1, flag_values=flag_values)
     flags.DEFINE_enum("eviction", "hard", ["hard", "sliding"], "Eviction.", flag_values=flag_values)
-    flags.DEFINE_list("measures", list(MEASURES), f"What to measure, of {MEASURES} (module docstring).",
+    flags.DEFINE_list("measures", list(MEASURES[:3]), f"What to measure, of {MEASURES} (module docstring).",
                       flag_values=flag_values)
     flags.register_validator("measures", lambda names: set(names) <= set(MEASURES),
                              f"--measures must name some of {MEASURES}", flag_values=flag_values)
@@ -224,6 +273,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          lower_bound=2, flag_values=flag_values)
     flags.DEFINE_integer("repeats", 7, "Timed repeats of each side (batched_sleep, first_token).", lower_bound=1,
                          flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "A trained run with an adaptive sleep.halting (halting).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("stream_windows", 16, "Padding and content windows each in the stream (halting).",
+                         lower_bound=1, flag_values=flag_values)
     cli.check_flags_as_fields(SleepConfig, "passes", "window", flag_values=flag_values)
 
 
@@ -244,6 +297,14 @@ def main(argv):
     if "first_token" in FLAGS.measures:
         print(json.dumps(measure_first_token(FLAGS.prompt, window=FLAGS.first_token_window, repeats=FLAGS.repeats)),
               flush=True)
+    if "halting" in FLAGS.measures:
+        from sleep_jax.generate import load_run
+
+        if FLAGS.workdir is None:
+            raise ValueError("--measures=halting needs --workdir (a run trained with an adaptive sleep.halting)")
+        model, sleep, task, _ = load_run(FLAGS.workdir, need_task=True)
+        for row in measure_halting(model, sleep, task, stream_windows=FLAGS.stream_windows):
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

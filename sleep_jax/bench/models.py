@@ -3,11 +3,12 @@ the mid-size one (`bench.engine`'s time to first token)."""
 from sleep_jax.model import ModelConfig
 
 
-def bench_model_config(d_model: int = 128, impl: str = "auto") -> ModelConfig:
-    """The small model of this benchmark: AGAG, 4 attention heads, 2 GDN heads of 32."""
+def bench_model_config(d_model: int = 128, impl: str = "auto", halting_head: bool = False) -> ModelConfig:
+    """The small model of this benchmark: AGAG, 4 attention heads, 2 GDN heads of 32 (and the
+    halting head of adaptive sleep, for `sleep.halting="learned"`)."""
     return ModelConfig(vocab_size=256, d_model=d_model, pattern="AGAG", attn_heads=4, attn_kv_heads=2,
                        attn_head_dim=32, gdn_heads=2, gdn_v_heads=2, gdn_head_dim=32, gdn_v_head_dim=32,
-                       mlp_hidden=4 * d_model, delta_rule_impl=impl, chunk_size=32)
+                       mlp_hidden=4 * d_model, delta_rule_impl=impl, chunk_size=32, halting_head=halting_head)
 
 
 def mid_model_config(impl: str = "auto") -> ModelConfig:

@@ -1,7 +1,9 @@
-"""Memory and time of one loss+grad step as the sleep deepens; one JSON line per (passes, remat).
+"""Memory and time of one loss+grad step as the sleep deepens; one JSON line per (passes, remat,
+halting rule).
 
     python -m sleep_jax.bench.sleep [--passes=1,2,4,8] [--remat=none,pass,window] [--truncate_passes=0,1] [--batch=8]
-        [--window=64] [--sleeping_windows=3] [--d_model=128]
+        [--window=64] [--sleeping_windows=3] [--d_model=128] [--halting=fixed,converged,learned]
+        [--tolerance=1e-3] [--halt_bias=-2]
 
 Each setting builds a small hybrid model (pattern AGAG) and a sequence of `sleeping_windows`
 consolidation windows followed by one prediction window, jits `value_and_grad` of
@@ -14,7 +16,13 @@ consolidation windows followed by one prediction window, jits `value_and_grad` o
   recurrent state) times the number of sleeping windows: what each extra pass must keep for the
   backward pass when passes are rematerialised;
 - step_ms: median wall time of the compiled step over `repeats` runs (after one warm-up run);
-- compile_s: time to lower and compile the step.
+- compile_s: time to lower and compile the step;
+- sleep_ms_per_window, mean_passes: the eval-time sleep (`consolidate_run(stop_early=True)`: an
+  adaptive window really stops) over the same consolidation windows, median wall time divided by
+  the windows, and the passes they ran. Training always runs N passes (the rule masks what follows a
+  stop), so step_ms shows what a rule's bookkeeping costs; sleep_ms_per_window what stopping saves.
+  On this random model "converged" stops where `--tolerance` says, and "learned" where the
+  halting head's bias `--halt_bias` puts the stop (a new head's -2 runs every pass up to N = 5).
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ from sleep_jax import cli
 from sleep_jax.bench.models import bench_model_config
 from sleep_jax.bench.programs import peak_bytes
 from sleep_jax.model import HybridModel
-from sleep_jax.sleep import SleepConfig, sequence_loss
+from sleep_jax.sleep import SleepConfig, consolidate_run, initial_past, sequence_loss
 
 
 def carry_bytes(model: HybridModel, batch: int, sleep: SleepConfig, kinds: str) -> int:
@@ -55,6 +63,28 @@ def compile_step(model: HybridModel, tokens, loss_mask, sleep: SleepConfig, kind
     return compiled, (params, tokens, loss_mask), time.perf_counter() - start
 
 
+def _median_ms(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def sleep_only(model: HybridModel, tokens, sleep: SleepConfig, windows: int, repeats: int) -> dict:
+    """Eval-time sleep over the first `windows` windows of tokens [B, T]: median ms per window and
+    the mean passes the windows ran."""
+    batch = tokens.shape[0]
+    by_window = tokens[:, :windows * sleep.window].reshape(batch, windows, sleep.window).swapaxes(0, 1)
+    state, past = model.init_state(batch), initial_past(model, batch, sleep)
+    run = jax.jit(lambda x: consolidate_run(model, x, 0, state, past, sleep=sleep, stop_early=True))
+    passes = run(by_window)[2].passes
+    return {"sleep_ms_per_window": round(_median_ms(run, by_window, repeats=repeats) / windows, 3),
+            "mean_passes": round(float(np.mean(passes)), 3)}
+
+
 def measure(model: HybridModel, *, batch: int, sleep: SleepConfig, sleeping_windows: int, repeats: int = 5,
             run: bool = True) -> dict:
     """One JSON-able record for a model, batch and sleep setting (run=False: memory only)."""
@@ -64,17 +94,13 @@ def measure(model: HybridModel, *, batch: int, sleep: SleepConfig, sleeping_wind
     tokens = jnp.asarray(rng.integers(0, model.config.vocab_size, (batch, steps)), jnp.int32)
     loss_mask = jnp.zeros((batch, steps), jnp.int32).at[:, -sleep.window:-1].set(1)
     compiled, args, compile_s = compile_step(model, tokens, loss_mask, sleep, kinds)
-    record = {"passes": sleep.passes, "remat": sleep.remat, "truncate_passes": sleep.truncate_passes, "peak_bytes": peak_bytes(compiled),
+    record = {"passes": sleep.passes, "remat": sleep.remat, "truncate_passes": sleep.truncate_passes,
+              "halting": sleep.halting, "peak_bytes": peak_bytes(compiled),
               "carry_bytes": carry_bytes(model, batch, sleep, kinds), "compile_s": round(compile_s, 3),
               "batch": batch, "window": sleep.window, "kinds": kinds, "backend": jax.default_backend()}
     if run:
-        jax.block_until_ready(compiled(*args))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times.append(1e3 * (time.perf_counter() - start))
-        record["step_ms"] = round(statistics.median(times), 3)
+        record["step_ms"] = round(_median_ms(compiled, *args, repeats=repeats), 3)
+        record.update(sleep_only(model, tokens, sleep, sleeping_windows, repeats))
     return record
 
 
@@ -88,18 +114,27 @@ flags.DEFINE_integer("sleeping_windows", 3, "Consolidation windows before the pr
 flags.DEFINE_integer("d_model", 128, "Model width.")
 flags.DEFINE_string("impl", "auto", "Delta rule implementation.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per setting (median reported).")
-cli.check_flags_as_fields(SleepConfig, "passes", "remat", "truncate_passes", "window")
+flags.DEFINE_list("halting", ["fixed"], "sleep.halting rules to measure (fixed, converged, learned).")
+flags.DEFINE_float("tolerance", 1e-3, "sleep.tolerance of the converged rule.")
+flags.DEFINE_float("halt_bias", -2.0, "The halting head's bias (its other weights are zero): where learned stops.")
+cli.check_flags_as_fields(SleepConfig, "passes", "remat", "truncate_passes", "window", "halting", "tolerance")
 
 
 def main(argv):
     del argv
-    model = HybridModel(bench_model_config(FLAGS.d_model, FLAGS.impl), rngs=nnx.Rngs(0))
+    learned = "learned" in FLAGS.halting
+    model = HybridModel(bench_model_config(FLAGS.d_model, FLAGS.impl, halting_head=learned), rngs=nnx.Rngs(0))
+    if learned:
+        model.halting_head.weight[...] = model.halting_head.weight[...].at[-1, 0].set(FLAGS.halt_bias)   # the bias
     for remat in FLAGS.remat:
         for truncate in FLAGS.truncate_passes:
             for passes in FLAGS.passes:
-                sleep = SleepConfig(passes=int(passes), window=FLAGS.window, remat=remat, truncate_passes=int(truncate))
-                print(json.dumps(measure(model, batch=FLAGS.batch, sleep=sleep,
-                                         sleeping_windows=FLAGS.sleeping_windows, repeats=FLAGS.repeats)), flush=True)
+                for rule in FLAGS.halting:
+                    sleep = SleepConfig(passes=int(passes), window=FLAGS.window, remat=remat,
+                                        truncate_passes=int(truncate), halting=rule, tolerance=FLAGS.tolerance)
+                    print(json.dumps(measure(model, batch=FLAGS.batch, sleep=sleep,
+                                             sleeping_windows=FLAGS.sleeping_windows, repeats=FLAGS.repeats)),
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sleep_jax import windows
+from sleep_jax import halting, windows
 from sleep_jax.infer import snapshot as snapshot_lib
 from sleep_jax.infer.sampling import Sampling, sample_tokens
 from sleep_jax.sleep import SleepConfig, consolidate, initial_past, require_sleep_config, window_entry
@@ -119,13 +119,16 @@ def read_span(model, window: int, eviction: str, tokens, count, row: dict, *, at
             "logits": logits, "position": position + count}
 
 
-def sleep_row(model, sleep: SleepConfig, row: dict) -> dict:
-    """Sleep on one slot's full window (row: batch 1), then evict. The one call of `consolidate`."""
+def sleep_row(model, sleep: SleepConfig, row: dict) -> tuple[dict, jax.Array]:
+    """Sleep on one slot's full window (row: batch 1), then evict; (row, passes int32 [1]: the
+    passes the window ran, N under "fixed"). The one call of `consolidate` (adaptive windows
+    really stop)."""
     window_index = row["position"][0] // sleep.window - 1
-    state, kv = consolidate(model, row["window_tokens"], window_index, row["entry"], row["past"], sleep=sleep)
+    state, kv, record = consolidate(model, row["window_tokens"], window_index, row["entry"], row["past"],
+                                    sleep=sleep, stop_early=True)
     state = window_entry(state, sleep)   # what the next window's wake starts from
     cache = windows.evicted_cache(row["cache"], kv, window_index, sleep.window, sleep.eviction)
-    return {**row, "recurrent": state, "entry": state, "cache": cache, "past": kv}
+    return {**row, "recurrent": state, "entry": state, "cache": cache, "past": kv}, record.passes
 
 
 def take_rows(slots: dict, indices) -> dict:
@@ -173,8 +176,9 @@ def _generate_step(params, active, seed, slots, *, graphdef, window, eviction, t
 @functools.partial(jax.jit, static_argnames=("graphdef", "sleep"), donate_argnames="slots")
 def _sleep_slots(params, indices, whole, given, slots, *, graphdef, sleep):
     """Slots indices int32 [k], whose windows are full, sleep in one call (`sleep_row` on every
-    row, each at its own window). Row i where given[i] first takes the whole window whole[i]
-    (int32 [L]) unread: a window followed by more tokens goes straight to sleep."""
+    row, each at its own window): (passes int32 [k] each window ran, slots). Row i where given[i]
+    first takes the whole window whole[i] (int32 [L]) unread: a window followed by more tokens
+    goes straight to sleep. Under an adaptive rule the call lasts as long as its longest sleep."""
     model = nnx.merge(graphdef, params)
 
     def one(row, window_tokens, take):
@@ -182,7 +186,8 @@ def _sleep_slots(params, indices, whole, given, slots, *, graphdef, sleep):
                "position": row["position"] + jnp.where(take, sleep.window, 0)}
         return sleep_row(model, sleep, row)
 
-    return put_rows(slots, indices, each_row(one, take_rows(slots, indices), whole, given))
+    rows, passes = each_row(one, take_rows(slots, indices), whole, given)
+    return passes, put_rows(slots, indices, rows)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sleep", "count"))
@@ -225,14 +230,17 @@ class Engine:
     def __init__(self, model, sleep: SleepConfig, *, slots: int,
                  on_sleep: Callable[[int, int, float], None] | None = None):
         require_sleep_config(sleep)
+        halting.check(sleep, model.config)
         if int(slots) < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.model_config = model.config
         self.sleep = sleep
         self.slots = int(slots)
         self.on_sleep = on_sleep
-        # wake_tokens: tokens read awake (all slots); sleeps: windows slept; sleep_calls: batched sleep calls
-        self.stats = {"wake_tokens": 0, "wake_seconds": 0.0, "sleeps": 0, "sleep_calls": 0, "sleep_seconds": 0.0}
+        # wake_tokens: tokens read awake (all slots); sleeps: windows slept; sleep_calls: batched sleep
+        # calls; sleep_passes: passes run over all windows slept; passes_histogram: {n: windows that ran n}
+        self.stats = {"wake_tokens": 0, "wake_seconds": 0.0, "sleeps": 0, "sleep_calls": 0, "sleep_seconds": 0.0,
+                      "sleep_passes": 0, "passes_histogram": {}}
         self._graphdef, self._params = nnx.split(model)
         self._fingerprint = None
         self._positions = np.zeros(self.slots, np.int64)   # host copy of state["position"]
@@ -308,12 +316,18 @@ class Engine:
         for row, slot in enumerate(slots[len(full):], start=len(full)):
             windows_given[row] = whole[slot]
         given = np.arange(len(slots)) >= len(full)
-        seconds = self._timed(_sleep_slots, self._params, np.array(slots, np.int32), windows_given, given,
-                              self._state, graphdef=self._graphdef, sleep=self.sleep)
+        start = time.perf_counter()
+        passes, self._state = _sleep_slots(self._params, np.array(slots, np.int32), windows_given, given,
+                                           self._state, graphdef=self._graphdef, sleep=self.sleep)
+        passes = np.asarray(passes)   # waits for the call
+        seconds = time.perf_counter() - start
         self._positions[list(whole)] += self.sleep.window
         self.stats["sleeps"] += len(slots)
         self.stats["sleep_calls"] += 1
         self.stats["sleep_seconds"] += seconds
+        self.stats["sleep_passes"] += int(passes.sum())
+        for n in passes.tolist():
+            self.stats["passes_histogram"][n] = self.stats["passes_histogram"].get(n, 0) + 1
         if self.on_sleep is not None:
             for slot in slots:
                 self.on_sleep(slot, int(self._positions[slot]) // self.sleep.window - 1, seconds)

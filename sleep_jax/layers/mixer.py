@@ -4,7 +4,9 @@ A mixer is the part of a block that differs by kind (attention, GDN, JetBlock, .
 residuals and MLP around it are `layers.block.Block`'s. It implements exactly:
 
     from_config(config, index, *, rngs)      build layer `index` from a `model.ModelConfig`
-    init_state(batch)                        its zero recurrent state (None: it has none)
+    init_state(batch)                        its zero recurrent state (None: it has none): a dict
+                                             holding its fast weights under FAST_WEIGHTS ("S"),
+                                             the rest tails of the token sequence (the conv's)
     init_kv(batch, length)                   zero keys/values {"k", "v"} (None: it keeps none)
     span(x [B,T,D], state, past, span: windows.Span) -> (y [B,T,D], state, kv)
         a span of tokens; `past`: retained keys/values of earlier tokens (attention), kv: this
@@ -21,6 +23,10 @@ import dataclasses
 from typing import ClassVar
 
 from flax import nnx
+
+# The entry of a stateful mixer's state that holds its fast weights (sleep carries it across
+# passes and windows; the other entries restart every pass).
+FAST_WEIGHTS = "S"
 
 
 @dataclasses.dataclass(frozen=True)

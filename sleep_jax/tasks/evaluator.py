@@ -33,8 +33,12 @@ class ExactMatchEvaluator:
         self._loss: dict[int, float] = {}
         self._units_without_loss = 0
         self._examples = 0
+        self._passes: dict[int, float] = {}        # bucket value -> sum over its units of the row's mean passes
+        self._histogram: dict[int, int] = {}       # passes -> consolidation windows (of rows with units)
+        self._units_without_passes = 0
 
-    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray, nll: np.ndarray | None = None) -> None:
+    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray, nll: np.ndarray | None = None,
+            passes: np.ndarray | None = None) -> None:
         """Scores one batch.
 
         Args:
@@ -42,6 +46,8 @@ class ExactMatchEvaluator:
           predictions: `int[B, T]`, the greedy token predicted at each position (for token i+1).
           nll: optional `float[B, T]`, the cross-entropy (nats) of token i+1 at each position; when
             given for every batch, the result holds the loss overall and by difficulty.
+          passes: optional `int[B, C]`, the sleep passes each of the row's C consolidation windows
+            ran; when given for every batch, the result holds the passes overall and by difficulty.
         """
         tokens, answer_id, difficulty = (np.asarray(batch[k]) for k in ("tokens", "answer_id", "difficulty"))
         predictions = np.asarray(predictions)
@@ -76,11 +82,32 @@ class ExactMatchEvaluator:
                 self._loss[value] = self._loss.get(value, 0.0) + loss
         else:
             self._units_without_loss += int(present.sum())
+        if passes is not None:
+            self._add_passes(np.asarray(passes), present, difficulty)
+        else:
+            self._units_without_passes += int(present.sum())
         self._examples += int(present.any(axis=1).sum())
+
+    def _add_passes(self, passes: np.ndarray, present: np.ndarray, difficulty: np.ndarray) -> None:
+        """Each unit counts its row's mean passes per consolidation window; the histogram counts
+        the windows of rows with units."""
+        if passes.ndim != 2 or passes.shape[0] != present.shape[0]:
+            raise ValueError(f"passes must be [B, C] with B={present.shape[0]}, got {passes.shape}")
+        if passes.shape[1] == 0:
+            return
+        row_mean = np.broadcast_to(passes.mean(axis=1, dtype=np.float64)[:, None], present.shape)
+        for value, mean in zip(difficulty[present].tolist(), row_mean[present].tolist()):
+            self._passes[value] = self._passes.get(value, 0.0) + mean
+        counts = np.bincount(passes[present.any(axis=1)].ravel())
+        for n in np.flatnonzero(counts).tolist():
+            self._histogram[n] = self._histogram.get(n, 0) + int(counts[n])
 
     def result(self) -> dict:
         """`{"accuracy", "by_difficulty": {"<bucket>=<value>": accuracy}, "examples", "answers"}`, and
-        `"loss"`, `"loss_by_difficulty": {"<bucket>=<value>": mean unit loss}` when every batch had `nll`."""
+        `"loss"`, `"loss_by_difficulty": {"<bucket>=<value>": mean unit loss}` when every batch had `nll`;
+        `"mean_passes"` (sleep passes per consolidation window, over units), `"mean_passes_by_difficulty"`
+        and `"passes_histogram": {"<n>": windows that ran n passes}` when every batch had `passes`
+        and some had consolidation windows."""
         answers = sum(self._total.values())
         result = {
             "accuracy": sum(self._right.values()) / answers if answers else 0.0,
@@ -93,4 +120,9 @@ class ExactMatchEvaluator:
             result["loss"] = sum(self._loss.values()) / answers
             result["loss_by_difficulty"] = {f"{self.bucket}={value}": self._loss[value] / self._total[value]
                                             for value in sorted(self._total)}
+        if answers and not self._units_without_passes and self._passes:
+            result["mean_passes"] = sum(self._passes.values()) / answers
+            result["mean_passes_by_difficulty"] = {f"{self.bucket}={value}": self._passes[value] / self._total[value]
+                                              for value in sorted(self._total)}
+            result["passes_histogram"] = {str(n): self._histogram[n] for n in sorted(self._histogram)}
         return result

@@ -61,8 +61,9 @@ class Rule110Evaluator(ExactMatchEvaluator):
         self._label_right = np.zeros(STATES, np.int64)
         self._label_total = 0
 
-    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray, nll: np.ndarray | None = None) -> None:
-        super().add(batch, predictions, nll)
+    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray, nll: np.ndarray | None = None,
+            passes: np.ndarray | None = None) -> None:
+        super().add(batch, predictions, nll, passes)
         tokens, predictions = np.asarray(batch["tokens"]), np.asarray(predictions)
         real = (np.asarray(batch["answer_id"])[:, self._positions] >= 0).all(axis=1)
         right = predictions[real][:, self._positions] == tokens[real][:, self._positions + 1]

@@ -221,11 +221,13 @@ def validate(config: ml_collections.ConfigDict, task: Any, device_count: int,
       batch_divisor_fn: ``mesh_shape -> int``, how many ways the batch is split (default
         ``data * fsdp``).
     """
+    from sleep_jax import halting
+
     try:
         check_structure(config)
         train = train_config(config)
-        model_config(config, task)   # ModelConfig checks its own fields
-        sleep_config(config)         # SleepConfig checks its own fields
+        halting.check(sleep_config(config), model_config(config, task))   # each checks its own fields, then
+                                                                          # sleep.halting against the model
         if config.sleep.window != task.layout.window:
             raise ConfigError(f"sleep.window={config.sleep.window}: does not fit the task "
                               f"layout: task {task.name!r} uses windows of "

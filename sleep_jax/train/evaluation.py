@@ -2,7 +2,8 @@
 
 Writes ``<workdir>/eval.json`` (``eval-<tag>.json`` for an eval with other settings than the
 run's) — ``{"task", "passes", "step", "accuracy", "by_difficulty", "chance",
-"examples", ...}`` (every key of the evaluator's result is kept) — and ``<workdir>/eval.png``:
+"examples", ...}`` (every key of the evaluator's result is kept; under adaptive sleep also
+``halting`` with its keys and ``mean_passes``) — and ``<workdir>/eval.png``:
 accuracy by difficulty against chance and 1.0, held-out loss, and the run's training loss. Those files
 hold the eval of the run's newest step: an eval of an older step (a checkpoint fallback, or a
 step below the one the file already holds) writes ``eval@step<k>.json`` / ``.png``
@@ -31,8 +32,9 @@ def evaluate(predicts: Callable[[str], Callable], params: Any, task: Any, *, bat
 
     Args:
       predicts: ``kinds -> `` jitted ``(params, {"tokens", "loss_mask"}) -> {"predictions": int32
-        [B, T], "nll": float32 [B, T]}`` for batches of those window kinds (`sleep.kinds_from_mask`
-        of each batch: eval batches hold examples whose answers start in the same window).
+        [B, T], "nll": float32 [B, T], "passes": int32 [B, C]}`` (``sleep.sequence_scores``) for
+        batches of those window kinds (`sleep.kinds_from_mask` of each batch: eval batches hold
+        examples whose answers start in the same window).
     """
     evaluator = task.evaluator()
     for batch in eval_batches(task, batch_size=batch_size, seed=seed):
@@ -40,7 +42,8 @@ def evaluate(predicts: Callable[[str], Callable], params: Any, task: Any, *, bat
         scores = predict(params, host_to_global(batch, batch_sharding))
         if jax.process_count() > 1:
             scores = multihost_utils.process_allgather(scores, tiled=True)
-        evaluator.add(batch, np.asarray(scores["predictions"]), nll=np.asarray(scores["nll"]))
+        evaluator.add(batch, np.asarray(scores["predictions"]), nll=np.asarray(scores["nll"]),
+                      passes=np.asarray(scores["passes"]))
     return {**evaluator.result(), "chance": task.chance()}
 
 
@@ -57,15 +60,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_eval(workdir: str, result: dict, *, task_name: str, passes: int, step: int,
-               name: str = "eval", newest_step: int | None = None) -> tuple[dict, str]:
+               name: str = "eval", newest_step: int | None = None, halting: dict | None = None) -> tuple[dict, str]:
     """Writes ``<name>.json`` and ``<name>.png`` into ``workdir`` (atomically); returns the JSON
     dict and the JSON file's path. ``name`` is ``eval`` for the run's own settings,
     ``eval-<tag>`` for others. An eval of a step below ``newest_step`` (the newest checkpoint's)
-    or below the step ``<name>.json`` holds goes to ``<name>@step<step>`` instead.
+    or below the step ``<name>.json`` holds goes to ``<name>@step<step>`` instead. ``halting``
+    (``SleepConfig.halting_record``: the adaptive rule and its keys, {} for fixed N) goes into
+    the record beside ``passes``.
 
     The caller holds the run lock (``record.lock_run``), so no other writer comes between the
     read of the held step and the write."""
-    record = {"task": task_name, "passes": int(passes), "step": int(step),
+    record = {"task": task_name, "passes": int(passes), "step": int(step), **(halting or {}),
               **_jsonable(result)}
     for key in ("accuracy", "by_difficulty", "examples"):
         if key not in record:

@@ -160,6 +160,8 @@ def _run_eval(exp: Experiment, predicts: Callable[[str], Callable], params: Any)
 def _eval_metrics(result: dict) -> dict[str, float]:
     metrics = {"accuracy": result["accuracy"]}
     metrics.update({f"accuracy/{bucket}": acc for bucket, acc in result["by_difficulty"].items()})
+    if "mean_passes" in result:
+        metrics["passes"] = result["mean_passes"]
     return metrics
 
 
@@ -316,11 +318,12 @@ def _finish(exp: Experiment, workdir: str, result: dict, step: int, name: str,
             newest_step: int | None = None) -> dict:
     """Writes the eval record of ``step`` (process 0; ``write_eval``: an older step than
     ``newest_step`` or than ``<name>.json``'s goes to its own file) and returns it."""
-    record = {"task": exp.task.name, "passes": exp.sleep.passes, "step": step, **result}
+    record = {"task": exp.task.name, "passes": exp.sleep.passes, "step": step, **exp.sleep.halting_record,
+              **result}
     if jax.process_index() == 0:
         record, path = write_eval(workdir, result, task_name=exp.task.name,
                                   passes=exp.sleep.passes, step=step, name=name,
-                                  newest_step=newest_step)
+                                  newest_step=newest_step, halting=exp.sleep.halting_record)
         logging.info("eval at step %d: accuracy %.4f by difficulty %s -> %s", step,
                      record["accuracy"], json.dumps(record["by_difficulty"]), path)
     return record

@@ -255,6 +255,6 @@ def model_loss_fn(graphdef: nnx.GraphDef, *, sleep: SleepConfig, kinds: str) -> 
 
 
 def model_predict_fn(graphdef: nnx.GraphDef, *, sleep: SleepConfig, kinds: str) -> Callable:
-    """``(params, batch) -> {"predictions": int32 [B, T], "nll": float32 [B, T]}`` through
-    ``sleep.sequence_scores``."""
+    """``(params, batch) -> {"predictions": int32 [B, T], "nll": float32 [B, T], "passes": int32
+    [B, C]}`` through ``sleep.sequence_scores``."""
     return _on_model(sequence_scores, graphdef, sleep, kinds)

@@ -25,3 +25,28 @@ def test_batched_sleep_and_first_token_rows():
     json.dumps(row)
     assert row["engine_prefill_ms"]["min"] > 0 and row["model_forward_ms"]["min"] > 0
     assert {"load_average", "ratio_engine_over_forward"} <= set(row)
+
+
+def test_halting_rows_compare_an_adaptive_rule_with_fixed_n():
+    """A learned rule whose head stops at once (bias +6) against fixed N = 3 on padding and content
+    windows of the tiny Rule 110 task: rows per window kind, 1 pass against 3."""
+    from flax import nnx
+
+    from configs import rule110
+    from sleep_jax import tasks
+    from sleep_jax.model import HybridModel, ModelConfig
+    from sleep_jax.sleep import SleepConfig
+
+    task = tasks.make(rule110.get_config("tiny").task)
+    model = HybridModel(ModelConfig(vocab_size=task.vocab.size, d_model=16, pattern="AG", attn_heads=2,
+                                    attn_kv_heads=1, attn_head_dim=8, gdn_heads=1, gdn_v_heads=1, gdn_head_dim=8,
+                                    gdn_v_head_dim=8, mlp_hidden=32, delta_rule_impl="recurrent", chunk_size=16,
+                                    halting_head=True), rngs=nnx.Rngs(0))
+    model.halting_head.weight[...] = model.halting_head.weight[...].at[-1, 0].set(6.0)   # the bias
+    sleep = SleepConfig(passes=3, window=task.layout.window, halting="learned")
+    rows = bench.measure_halting(model, sleep, task, stream_windows=2)
+    json.dumps(rows)
+    assert [row["window_kind"] for row in rows] == ["padding", "content"]
+    for row in rows:
+        assert row["adaptive_mean_passes"] == 1 and row["fixed_mean_passes"] == 3
+        assert row["adaptive_sleep_ms_per_window"]["min"] > 0 and row["ratio_adaptive_over_fixed"] > 0

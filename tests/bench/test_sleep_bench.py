@@ -21,6 +21,9 @@ def records():
                for remat in ("pass", "none") for n in (1, 8)}
     records[("none", 8, "truncate 1")] = bench.measure(
         model, batch=2, sleep=SleepConfig(passes=8, window=8, truncate_passes=1), sleeping_windows=3, run=False)
+    records[("pass", 8, "converged")] = bench.measure(
+        model, batch=2, sleep=SleepConfig(passes=8, window=8, remat="pass", halting="converged", tolerance=1e9),
+        sleeping_windows=3, repeats=5)
     return records
 
 
@@ -30,6 +33,14 @@ def test_records_have_the_reported_fields(records):
     json.dumps(record)
     # carry: hidden [2, 8, 32] f32 + GDN S [2, 2, 16, 16] f32 + conv tail [2, 3, 96] f32, x 3 windows
     assert record["carry_bytes"] == 3 * (2 * 8 * 32 * 4 + 2 * 2 * 16 * 16 * 4 + 2 * 3 * 96 * 4)
+
+
+def test_a_window_that_stops_early_sleeps_faster(records):
+    """converged with a huge tolerance: the first window (entered with S = 0) stops after 2 passes,
+    the others after 1, so eval-time sleep runs 4 of 24 passes; training still runs all 8."""
+    fixed, converged = records[("pass", 8)], records[("pass", 8, "converged")]
+    assert fixed["mean_passes"] == 8 and converged["mean_passes"] == round(4 / 3, 3)
+    assert converged["sleep_ms_per_window"] < fixed["sleep_ms_per_window"] / 2, (converged, fixed)
 
 
 def test_per_pass_remat_keeps_only_each_extra_pass_carry(records):

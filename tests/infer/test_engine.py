@@ -12,7 +12,7 @@ from sleep_jax.infer import Engine, Sampling
 from sleep_jax.infer import engine as engine_lib
 from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.numerics import rel_rms
-from sleep_jax.sleep import SleepConfig, sequence_logits
+from sleep_jax.sleep import SleepConfig, sequence_logits, sequence_loss, sequence_scores
 
 WINDOW = 4
 
@@ -67,6 +67,33 @@ def test_engine_logits_equal_the_training_path(eviction, passes, carry_conv_tail
         np.testing.assert_allclose(logits, reference[row, position], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(new, reference[:, prompt - 1:prompt + generated - 1].argmax(-1))
     assert engine.stats["sleeps"] == 2 * 2  # window 0 while reading, window 1 while generating
+
+
+def test_adaptive_windows_stop_where_the_training_path_stops():
+    """sleep.halting="learned" (a halting head with random weights, so windows stop after different
+    passes): four slots filling together stop each window after the passes the training path's
+    windows stop after (the same histogram as `sequence_scores` and as the masked training scan),
+    and the logits after the stream equal the training path's."""
+    model = tiny_model(halting_head=True)
+    weight = 2.0 * jax.random.normal(jax.random.key(7), model.halting_head.weight.shape)
+    model.halting_head.weight[...] = weight.at[-1, 0].set(0.0)   # [-1, 0]: the bias
+    sleep = SleepConfig(passes=4, window=WINDOW, eviction="sliding", halting="learned")
+    streams = np.asarray(jax.random.randint(jax.random.key(2), (4, 3 * WINDOW), 0, 13), np.int32)
+    engine = Engine(model, sleep, slots=4)
+    logits = engine.prefill_many({row: streams[row] for row in range(4)})
+    assert engine.stats["sleeps"] == 4 * 3 and engine.stats["sleep_calls"] == 3
+    reference = training_logits(model, streams, sleep)
+    for row in range(4):
+        np.testing.assert_allclose(logits[row], reference[row, -1], atol=1e-5, rtol=0)
+    scores = jax.jit(lambda x: sequence_scores(model, x, None, sleep=sleep, kinds="CCC"))(jnp.asarray(streams))
+    passes = np.asarray(scores["passes"])
+    assert len(set(passes.ravel().tolist())) > 1, passes
+    histogram = {n: int(c) for n, c in enumerate(np.bincount(passes.ravel())) if c}
+    assert engine.stats["passes_histogram"] == histogram
+    assert engine.stats["sleep_passes"] == passes.sum()
+    _, metrics = jax.jit(lambda x: sequence_loss(model, x, jnp.ones(x.shape), sleep=sleep, kinds="CCP"))(
+        jnp.asarray(streams))
+    np.testing.assert_allclose(metrics["passes"], passes[:, :2].mean(), rtol=1e-6)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction"))
