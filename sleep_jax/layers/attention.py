@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleep_jax import windows
-from sleep_jax.layers.common import dense_param, make_param
+from sleep_jax.layers.common import dense, dense_param, make_param
 from sleep_jax.layers.mixer import Fields, Mixer
 from sleep_jax.layers.norms import RMSNorm
 from sleep_jax.layers.rope import apply_rope
@@ -120,7 +120,7 @@ class AttentionMixer(Mixer):
     def project(self, x: jax.Array, positions: jax.Array):
         """x [B, T, D], positions [T] -> q [B,T,H,Dh], k [B,T,KVH,Dh] (both RoPE'd), v [B,T,KVH,Dh]."""
         x = x.astype(self.dtype)
-        q, k, v = (jnp.einsum("btd,dhk->bthk", x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v))
+        q, k, v = (dense(x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v))
         if self.b_q is not None:
             q, k, v = q + self._w(self.b_q), k + self._w(self.b_k), v + self._w(self.b_v)
         if self.q_norm is not None:
@@ -141,9 +141,9 @@ class AttentionMixer(Mixer):
         mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
         o = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5)
         if self.w_gate is not None:
-            gate = jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), self._w(self.w_gate))
+            gate = dense(x.astype(self.dtype), self._w(self.w_gate))
             o = o * jax.nn.sigmoid(gate)
-        return jnp.einsum("bthk,hkd->btd", o, self._w(self.w_o))
+        return dense(o, self._w(self.w_o), contract=2)
 
     def span(self, x: jax.Array, state, past: dict | None, span: windows.Span):
         """Attention over the span's own tokens, plus retained keys/values of earlier tokens.
