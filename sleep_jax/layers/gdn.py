@@ -188,9 +188,10 @@ class GDNMixer(DeltaRuleMixer):
         return l2_normalize(q), l2_normalize(k), v
 
     def _project_qkv(self, x):
-        """x [..., D] -> concatenated q, k, v projections [..., C] (before the conv)."""
-        parts = [dense(x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v)]
-        return jnp.concatenate([p.reshape(*x.shape[:-1], -1) for p in parts], axis=-1)
+        """x [..., D] -> concatenated q, k, v projections [..., C] (before the conv): one product
+        with the weights side by side [D, C], so no [..., C] activation is concatenated."""
+        weights = [self._w(w).reshape(x.shape[-1], -1) for w in (self.w_q, self.w_k, self.w_v)]
+        return dense(x, jnp.concatenate(weights, axis=1))
 
     def _qkv(self, x, tail):
         """x [B, T, D], conv tail -> q, k [B, T, H, K] (L2-normalised), v [B, T, HV, V], new tail."""
