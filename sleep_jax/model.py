@@ -39,7 +39,7 @@ from flax import nnx
 
 from sleep_jax import windows
 from sleep_jax.layers import KINDS, Block, HaltingHead, NORM_STYLES, RMSNorm
-from sleep_jax.layers.common import dense_param, dtype_from_name, make_param
+from sleep_jax.layers.common import dense, dense_param, dtype_from_name, make_param
 from sleep_jax.layers.mixer import Fields
 from sleep_jax.ops.common import check_options
 
@@ -318,7 +318,7 @@ class HybridModel(nnx.Module):
             w = self.embedding[...].astype(h.dtype).T
         else:
             w = self.lm_head[...].astype(h.dtype)
-        return (h @ w).astype(jnp.float32)
+        return dense(h, w).astype(jnp.float32)
 
     def apply_blocks(self, hidden: jax.Array, span: windows.Span, state: dict, layers, *,
                      past: dict | None = None, exits: list | None = None):

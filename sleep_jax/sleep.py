@@ -593,10 +593,35 @@ def _walk_windows(model, tokens, loss_mask, score, *, sleep: SleepConfig, kinds:
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(batch, steps, *x.shape[3:]), stacked), record
 
 
-def _prediction_scores(logits, targets, mask):
+@jax.custom_vjp
+def cross_entropy(logits, targets):
+    """Cross-entropy (nats) float32 [...] of logits float32 [..., V] at int targets [...]:
+    logsumexp(logits) - logits[target].
+
+    Its gradient, softmax - onehot(target), is recomputed from the logits in the backward pass,
+    so it keeps only the logits and the log-partition [...] (autodiff of logsumexp also keeps
+    exp(logits - max): a second [..., V] buffer) and writes no scatter of the targets.
+    """
+    return _cross_entropy_fwd(logits, targets)[0]
+
+
+def _cross_entropy_fwd(logits, targets):
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return {"predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32), "nll": log_z - target_logit}
+    return log_z - target_logit, (logits, log_z, targets)
+
+
+def _cross_entropy_bwd(residuals, g):
+    logits, log_z, targets = residuals
+    onehot = targets[..., None] == jnp.arange(logits.shape[-1], dtype=targets.dtype)
+    return g[..., None] * (jnp.exp(logits - log_z[..., None]) - onehot), None
+
+
+cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+
+
+def _prediction_scores(logits, targets, mask):
+    return {"predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32), "nll": cross_entropy(logits, targets)}
 
 
 def _token_scores(logits, targets, mask):

@@ -8,8 +8,9 @@ from flax import nnx
 
 from sleep_jax.model import HybridModel, ModelConfig
 from sleep_jax.numerics import rel_rms
-from sleep_jax.sleep import (SleepConfig, consolidate, consolidate_run, initial_past, predict, scan_steps,
-                             sequence_logits, sequence_loss, sequence_predictions, sqrt_group, window_runs)
+from sleep_jax.sleep import (SleepConfig, consolidate, consolidate_run, cross_entropy, initial_past, predict,
+                             scan_steps, sequence_logits, sequence_loss, sequence_predictions, sqrt_group,
+                             window_runs)
 from sleep_jax.windows import Span, kinds_from_mask
 from tests.windowed import windowed_forward, zero_tails
 
@@ -335,3 +336,18 @@ def test_bfloat16_sliding_sleep_keeps_its_carry_dtypes():
     sleep = SleepConfig(passes=3, window=WINDOW, eviction="sliding")
     loss, metrics = jax.jit(lambda x, m: sequence_loss(model, x, m, sleep=sleep, kinds=kinds))(x, scored_mask(kinds))
     assert loss.dtype == jnp.float32 and np.isfinite(float(loss)) and float(metrics["scored"]) == 2 * 3
+
+
+def test_cross_entropy_and_its_gradient_are_those_of_log_softmax():
+    logits = 3.0 * jax.random.normal(jax.random.key(0), (2, 5, 11))
+    targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
+    weights = jax.random.uniform(jax.random.key(2), (2, 5))
+
+    def autodiff(logits):
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.sum(weights * jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0])
+
+    value, grad = jax.value_and_grad(lambda x: jnp.sum(weights * cross_entropy(x, targets)))(logits)
+    expected_value, expected_grad = jax.value_and_grad(autodiff)(logits)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)

@@ -11,12 +11,37 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleep_jax import windows
-from sleep_jax.layers.common import dense_param, make_param
+from sleep_jax.layers.common import dense, dense_param, make_param
 from sleep_jax.layers.mixer import Fields, Mixer
 from sleep_jax.layers.norms import RMSNorm
 from sleep_jax.layers.rope import apply_rope
 
 QK_NORMS = (None, "head", "full")
+
+
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: float) -> jax.Array:
+    """Softmax attention of q [B, T, H, Dh] over k, v [B, S, KVH, Dh] where mask [T, S] (or per row
+    [B, T, S]) allows -> [B, T, H, Dh]; query head h reads key/value head h // (H // KVH).
+
+    The numbers of `jax.nn.dot_product_attention` (its XLA form: float32 scores and softmax,
+    masked scores set to -0.7 * float32 max, probabilities cast to v's dtype), in a layout that
+    needs no copy of the [T, S] scores: the G = H // KVH query heads of a key/value head are one
+    [G * T, Dh] block, so the score and value products and their gradients are one batched matmul
+    per (row, key/value head), and only the [.., T, Dh] operands are transposed.
+    """
+    batch, steps, heads, dim = q.shape
+    keys, kv_heads = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    blocks = q.reshape(batch, steps, kv_heads, group, dim).transpose(0, 2, 3, 1, 4)
+    blocks = blocks.reshape(batch, kv_heads, group * steps, dim)                       # [B, KVH, G*T, Dh]
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)                            # [B, KVH, S, Dh]
+    scores = jnp.einsum("bkqd,bksd->bkqs", blocks, k, preferred_element_type=jnp.float32) * scale
+    scores = scores.reshape(batch, kv_heads, group, steps, keys)
+    mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+    scores = jnp.where(mask, scores, -0.7 * jnp.finfo(jnp.float32).max)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch, kv_heads, group * steps, keys)
+    o = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(batch, kv_heads, group, steps, dim)
+    return o.transpose(0, 3, 1, 2, 4).reshape(batch, steps, heads, dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +145,7 @@ class AttentionMixer(Mixer):
     def project(self, x: jax.Array, positions: jax.Array):
         """x [B, T, D], positions [T] -> q [B,T,H,Dh], k [B,T,KVH,Dh] (both RoPE'd), v [B,T,KVH,Dh]."""
         x = x.astype(self.dtype)
-        q, k, v = (jnp.einsum("btd,dhk->bthk", x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v))
+        q, k, v = (dense(x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v))
         if self.b_q is not None:
             q, k, v = q + self._w(self.b_q), k + self._w(self.b_k), v + self._w(self.b_v)
         if self.q_norm is not None:
@@ -138,12 +163,11 @@ class AttentionMixer(Mixer):
     def attend(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
         """Softmax attention of q [B,T,H,Dh] over k, v [B,S,KVH,Dh] where mask [T, S] (or per row
         [B, T, S]) allows; -> [B, T, D]."""
-        mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
-        o = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5)
+        o = grouped_attention(q, k, v, mask, scale=self.head_dim ** -0.5)
         if self.w_gate is not None:
-            gate = jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), self._w(self.w_gate))
+            gate = dense(x.astype(self.dtype), self._w(self.w_gate))
             o = o * jax.nn.sigmoid(gate)
-        return jnp.einsum("bthk,hkd->btd", o, self._w(self.w_o))
+        return dense(o, self._w(self.w_o), contract=2)
 
     def span(self, x: jax.Array, state, past: dict | None, span: windows.Span):
         """Attention over the span's own tokens, plus retained keys/values of earlier tokens.

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sleep_jax import ops
-from sleep_jax.layers.common import dense_param, make_param
+from sleep_jax.layers.common import dense, dense_param, make_param
 from sleep_jax.layers.mixer import Fields, Mixer
 from sleep_jax.layers.norms import RMSNorm, l2_normalize
 from sleep_jax.ops.common import IMPLS
@@ -124,16 +124,16 @@ class DeltaRuleMixer(Mixer):
     def _gates(self, x):
         """x [..., D] -> (g, beta) [..., HV] float32."""
         x32 = x.astype(jnp.float32)
-        beta = self.beta_scale * jax.nn.sigmoid(x32 @ self.w_beta[...].astype(jnp.float32))
-        a = x32 @ self.w_a[...].astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        beta = self.beta_scale * jax.nn.sigmoid(dense(x32, self.w_beta[...].astype(jnp.float32)))
+        a = dense(x32, self.w_a[...].astype(jnp.float32)) + self.dt_bias[...].astype(jnp.float32)
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
         return g, beta
 
     def _output(self, x, o):
         """o [..., HV, V] -> y [..., D]: RMSNorm(o) * SiLU(x W_z), then W_o."""
-        z = jnp.einsum("...d,dhk->...hk", x, self._w(self.w_z))
+        z = dense(x, self._w(self.w_z))
         o = self.o_norm(o) * jax.nn.silu(z)
-        return jnp.einsum("...hk,hkd->...d", o, self._w(self.w_o))
+        return dense(o, self._w(self.w_o), contract=2)
 
     def span(self, x: jax.Array, state: dict, past=None, span=None):
         """x [B, T, D], state {"S", "conv"} -> (y [B, T, D], new state, None). `past` is not used;
@@ -201,9 +201,10 @@ class GDNMixer(DeltaRuleMixer):
         return l2_normalize(q), l2_normalize(k), v
 
     def _project_qkv(self, x):
-        """x [..., D] -> concatenated q, k, v projections [..., C] (before the conv)."""
-        parts = [jnp.einsum("...d,dhk->...hk", x, self._w(w)) for w in (self.w_q, self.w_k, self.w_v)]
-        return jnp.concatenate([p.reshape(*x.shape[:-1], -1) for p in parts], axis=-1)
+        """x [..., D] -> concatenated q, k, v projections [..., C] (before the conv): one product
+        with the weights side by side [D, C], so no [..., C] activation is concatenated."""
+        weights = [self._w(w).reshape(x.shape[-1], -1) for w in (self.w_q, self.w_k, self.w_v)]
+        return dense(x, jnp.concatenate(weights, axis=1))
 
     def _qkv(self, x, tail, count=None):
         """x [B, T, D], conv tail -> q, k [B, T, H, K] (L2-normalised), v [B, T, HV, V], the tail

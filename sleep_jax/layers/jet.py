@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sleep_jax.layers.common import dense_param, make_param
+from sleep_jax.layers.common import dense, dense_param, make_param
 from sleep_jax.layers.gdn import DeltaRuleMixer, conv_tail
 from sleep_jax.layers.mixer import Fields
 from sleep_jax.layers.norms import l2_normalize
@@ -106,14 +106,14 @@ class JetMixer(DeltaRuleMixer):
 
     def _kernels(self, x):
         """x [..., D] -> per-token conv kernels [..., H*V, W]."""
-        hidden = jax.nn.silu(x @ self._w(self.w_gen1))
-        kernels = jnp.einsum("...r,rhvw->...hvw", hidden, self._w(self.w_gen2)) + self._w(self.b_gen2)
+        hidden = jax.nn.silu(dense(x, self._w(self.w_gen1)))
+        kernels = dense(hidden, self._w(self.w_gen2)) + self._w(self.b_gen2)
         return kernels.reshape(*x.shape[:-1], self.conv_channels, self.conv_kernel)
 
     def _qkv(self, x, tail, count=None):
         """x [B, T, D], conv tail -> q, k [B, T, H, K] (L2-normalised), v [B, T, H, V], the tail
         after the first `count` tokens (None: all)."""
-        q, k = (l2_normalize(jax.nn.silu(jnp.einsum("btd,dhk->bthk", x, self._w(w)))) for w in (self.w_q, self.w_k))
-        v_in = jnp.einsum("btd,dhv->bthv", x, self._w(self.w_v)).reshape(*x.shape[:2], self.conv_channels)
+        q, k = (l2_normalize(jax.nn.silu(dense(x, self._w(w)))) for w in (self.w_q, self.w_k))
+        v_in = dense(x, self._w(self.w_v)).reshape(*x.shape[:2], self.conv_channels)
         v, tail = dynamic_causal_conv(v_in, self._kernels(x), tail, count)
         return q, k, jax.nn.silu(v).reshape(*x.shape[:2], self.v_heads, self.v_head_dim), tail

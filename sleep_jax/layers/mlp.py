@@ -2,7 +2,7 @@
 import jax
 from flax import nnx
 
-from sleep_jax.layers.common import dense_param
+from sleep_jax.layers.common import dense, dense_param
 
 
 class SwiGLU(nnx.Module):
@@ -15,6 +15,6 @@ class SwiGLU(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [..., D] -> [..., D] in the compute dtype."""
         x = x.astype(self.dtype)
-        gate = x @ self.w_gate[...].astype(self.dtype)
-        up = x @ self.w_up[...].astype(self.dtype)
-        return (jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype)
+        gate = dense(x, self.w_gate[...].astype(self.dtype))
+        up = dense(x, self.w_up[...].astype(self.dtype))
+        return dense(jax.nn.silu(gate) * up, self.w_down[...].astype(self.dtype))

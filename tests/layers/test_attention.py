@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from sleep_jax.layers import AttentionMixer
-from sleep_jax.layers.attention import AttentionFields
+from sleep_jax.layers.attention import AttentionFields, grouped_attention
 from sleep_jax.windows import Span, attention_mask
 
 
@@ -84,3 +84,15 @@ def test_past_keys_extend_the_context():
 def test_rejects_bad_head_grouping():
     with pytest.raises(ValueError, match="attn_kv_heads"):
         AttentionFields(attn_heads=3, attn_kv_heads=2, attn_head_dim=8)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_grouped_attention_is_dot_product_attention(per_row):
+    # GQA (6 query heads over 2 key/value heads), retained keys before the span's own (S > T).
+    keys = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(keys[0], (2, 5, 6, 8))
+    k, v = (jax.random.normal(key, (2, 7, 2, 8)) for key in keys[1:3])
+    mask = jax.random.bernoulli(keys[3], 0.6, (2, 5, 7) if per_row else (5, 7)).at[..., 0].set(True)
+    expected = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None] if not per_row else mask[:, None],
+                                            scale=0.3)
+    np.testing.assert_allclose(grouped_attention(q, k, v, mask, scale=0.3), expected, rtol=1e-5, atol=1e-6)
