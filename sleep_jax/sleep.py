@@ -631,17 +631,18 @@ def _token_scores(logits, targets, mask):
 
 
 def sleep_metrics(record: SleepRecord, sleep: SleepConfig) -> dict:
-    """What training logs of how long windows slept ([B, C] record; {} without consolidation
-    windows): "passes", the mean passes per consolidation window; under an adaptive rule also
-    "passes/<n>", the fraction of windows that ran n passes (n = 1..N), and "ponder", the mean
-    expected passes (the ponder term under "learned")."""
-    if record.passes.size == 0:
+    """What training logs of how long windows slept under an adaptive rule ([B, C] record; {}
+    under "fixed", where every window runs N, and without consolidation windows): "passes", the
+    mean passes per consolidation window, "passes/<n>", the fraction of windows that ran n passes
+    (n = 1..N), and "ponder", the mean expected passes (the ponder term under "learned"). (A
+    constant metric under "fixed" also made XLA:TPU's memory analysis of the step report no
+    temporary bytes: tests/bench/test_memory.py.)"""
+    if record.passes.size == 0 or sleep.halting == "fixed":
         return {}
     metrics = {"passes": jnp.mean(record.passes.astype(jnp.float32))}
-    if sleep.halting != "fixed":
-        for n in range(1, sleep.passes + 1):
-            metrics[f"passes/{n}"] = jnp.mean((record.passes == n).astype(jnp.float32))
-        metrics["ponder"] = jnp.mean(record.expected_passes)
+    for n in range(1, sleep.passes + 1):
+        metrics[f"passes/{n}"] = jnp.mean((record.passes == n).astype(jnp.float32))
+    metrics["ponder"] = jnp.mean(record.expected_passes)
     return metrics
 
 
