@@ -39,7 +39,7 @@ from flax import nnx
 
 from sleep_jax import windows
 from sleep_jax.layers import KINDS, Block, HaltingHead, NORM_STYLES, RMSNorm
-from sleep_jax.layers.common import dense, dense_param, dtype_from_name, make_param
+from sleep_jax.layers.common import dense, dense_param, dense_rows, dtype_from_name, make_param
 from sleep_jax.layers.mixer import Fields
 from sleep_jax.ops.common import check_options
 
@@ -315,10 +315,8 @@ class HybridModel(nnx.Module):
         `apply_blocks`) feed its exit rule (`config.ut_exit`)."""
         h = self.final_norm(hidden) if self.config.ut_steps is None else self._exit_hidden(hidden, exits)
         if self.lm_head is None:
-            w = self.embedding[...].astype(h.dtype).T
-        else:
-            w = self.lm_head[...].astype(h.dtype)
-        return dense(h, w).astype(jnp.float32)
+            return dense_rows(h, self.embedding[...].astype(h.dtype)).astype(jnp.float32)
+        return dense(h, self.lm_head[...].astype(h.dtype)).astype(jnp.float32)
 
     def apply_blocks(self, hidden: jax.Array, span: windows.Span, state: dict, layers, *,
                      past: dict | None = None, exits: list | None = None):

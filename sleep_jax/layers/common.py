@@ -55,3 +55,16 @@ def dense(x: jax.Array, w: jax.Array, contract: int = 1) -> jax.Array:
     lead, outs = x.shape[:x.ndim - contract], w.shape[contract:]
     size = math.prod(ins)
     return (x.reshape(-1, size) @ w.reshape(size, -1)).reshape(*lead, *outs)
+
+
+def dense_rows(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., D] times w [out, D] transposed -> [..., out]: a tied LM head (w the embedding table).
+
+    One dot contracting both operands' last axes, as stored: written as x @ w.T, XLA's CPU
+    backend copies the whole table transposed on every call (a 16384 x 512 table: 32 MiB written
+    and read again per decoded token).
+    """
+    if x.shape[-1] != w.shape[-1]:
+        raise ValueError(f"dense_rows: the last axis of x {x.shape} must equal the last of w {w.shape}")
+    flat = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), w, (((1,), (1,)), ((), ())))
+    return flat.reshape(*x.shape[:-1], w.shape[0])

@@ -201,9 +201,15 @@ class GDNMixer(DeltaRuleMixer):
         return l2_normalize(q), l2_normalize(k), v
 
     def _project_qkv(self, x):
-        """x [..., D] -> concatenated q, k, v projections [..., C] (before the conv): one product
-        with the weights side by side [D, C], so no [..., C] activation is concatenated."""
+        """x [..., D] -> concatenated q, k, v projections [..., C] (before the conv).
+
+        Whichever concatenation is smaller: for more rows than D (a span), one product with the
+        weights side by side [D, C]; for fewer (a decode step), three products and the [..., C]
+        activations joined (copying the weights would cost more than reading them).
+        """
         weights = [self._w(w).reshape(x.shape[-1], -1) for w in (self.w_q, self.w_k, self.w_v)]
+        if math.prod(x.shape[:-1]) < x.shape[-1]:
+            return jnp.concatenate([dense(x, w) for w in weights], axis=-1)
         return dense(x, jnp.concatenate(weights, axis=1))
 
     def _qkv(self, x, tail, count=None):

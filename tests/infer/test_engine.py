@@ -1,6 +1,8 @@
 """The engine against the training path and against token-by-token reading, batched sleep against
 one slot at a time, its bad-input errors and its snapshots."""
 import functools
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -96,9 +98,9 @@ def test_adaptive_windows_stop_where_the_training_path_stops():
     np.testing.assert_allclose(metrics["passes"], passes[:, :2].mean(), rtol=1e-6)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "window", "eviction"))
-def _decode_step(params, tokens, active, slots, *, graphdef, window, eviction):
-    return engine_lib.wake(nnx.merge(graphdef, params), window, eviction, tokens, active, slots)
+@functools.partial(jax.jit, static_argnames=("model", "window", "eviction"))
+def _decode_step(params, tokens, active, slots, *, model, window, eviction):
+    return engine_lib.wake(model.merge(params), window, eviction, tokens, active, slots)
 
 
 def read_token_by_token(engine, slot, tokens):
@@ -172,6 +174,25 @@ def test_slots_that_fill_together_sleep_in_one_call():
         np.testing.assert_array_equal(new[slot], alone.generate([slot], 3)[0])
     assert alone.stats["sleeps"] == 9
     assert_slots_close(together, alone, [0, 1, 2])
+
+
+def test_a_generation_step_copies_no_weight():
+    """The compiled generation step (one token per slot) holds no copy, transpose or
+    concatenation as large as a weight matrix: decoding reads each weight once, in place. (The
+    tied LM head written as embedding.T copied the table every token; the GDN's fused q/k/v
+    product copied its three weights side by side.)"""
+    model = tiny_model(vocab_size=96, d_model=48, attn_head_dim=16, gdn_heads=2, gdn_head_dim=12, gdn_v_head_dim=12,
+                       mlp_hidden=96)
+    engine = Engine(model, SleepConfig(passes=1, window=WINDOW), slots=2)
+    smallest = min(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))   # the matrices
+                   if leaf.ndim >= 2 and min(leaf.shape[0], leaf.shape[-1]) >= 8)
+    assert max(leaf[0].size for leaf in jax.tree.leaves(engine._state)) < smallest   # a state row is smaller
+    static = dict(engine._wake_static(), temperature=0.0, top_k=0, top_p=1.0)
+    hlo = engine_lib._generate_step.lower(engine._params, np.ones(2, bool), np.uint32(0), engine._state,
+                                          **static).compile().as_text()
+    moved = [(op, shape) for _, shape, op in re.findall(r"= (\w+)\[([\d,]*)\]\{[^}]*\} (copy|transpose|concatenate)\(", hlo)
+             if math.prod(int(n) for n in shape.split(",") if n) >= smallest]
+    assert not moved, f"weight-sized {moved} (smallest weight: {smallest} elements)"
 
 
 def test_bad_input_is_a_clear_error_and_leaves_the_slots_intact(tmp_path):
