@@ -4,7 +4,9 @@ Before ``main`` runs, ``run``
 - parses the flags (``parse_flags``): a bad flag, a missing config file or a config override that
   cannot be applied is one line on stderr, exit status 1;
 - makes JAX use the CPU on a machine without a TPU or GPU, before anything starts a backend
-  (``parallel.use_cpu_without_accelerator``: no libtpu error and source trace);
+  (``parallel.use_cpu_without_accelerator``: no libtpu error and source trace), and there keeps
+  freed host memory in the process (``parallel.keep_freed_host_memory``: XLA:CPU's temporaries
+  are not faulted in again on every step);
 - keeps the INFO lines of checkpointing internals (orbax) and one harmless orbax warning off
   stderr (``QuietLibraries``).
 While ``main`` runs, a ``ConfigError`` or ``absl.app.UsageError`` (bad config, flag or input)
@@ -143,9 +145,11 @@ def _start(main: Callable[[list[str]], None], argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(QuietLibraries())
-    from sleep_jax.parallel import use_cpu_without_accelerator
+    from sleep_jax.parallel import keep_freed_host_memory, runs_on_cpu, use_cpu_without_accelerator
 
     use_cpu_without_accelerator()
+    if runs_on_cpu():
+        keep_freed_host_memory()
     try:
         main(argv)
     except (ConfigError, app.UsageError) as error:

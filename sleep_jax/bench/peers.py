@@ -30,7 +30,9 @@ alternating:
 - train B x T: forward + backward of the loss; ours jitted `jax.value_and_grad` of the train step's
   loss (`train.step.model_loss_fn`: `sleep.sequence_loss`, one prediction window over the whole
   sequence, N = 1), theirs `model(input_ids, labels=input_ids).loss.backward()`; loss and global
-  gradient norm compared;
+  gradient norm compared; `page_faults_median`: the minor page faults of one turn of each side
+  (a command keeps freed host memory, `parallel.keep_freed_host_memory`: XLA:CPU's temporaries
+  are faulted in once, not every step);
 - with `--maxtext_gdn=PATH`: the delta rule's chunked forward against MaxText's
   `jax_chunk_gated_delta_rule` read from PATH (`bench.delta_rule.op_ratios`).
 
@@ -46,6 +48,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -340,9 +343,21 @@ def train_row(sides: Sides, name: str, tokens: np.ndarray, repeats: int, toleran
         sides.peer.zero_grad(set_to_none=True)
         return elapsed(sides.peer_train_step, tokens)[0]
 
-    seconds = alternate({"ours": lambda: elapsed(step, tokens)[0], "peer": peer}, repeats)
+    faults = {"ours": [], "peer": []}
+
+    def counted(side: str, fn: Callable[[], float]) -> Callable[[], float]:
+        def run():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            seconds = fn()
+            faults[side].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            return seconds
+        return run
+
+    seconds = alternate({"ours": counted("ours", lambda: elapsed(step, tokens)[0]), "peer": counted("peer", peer)},
+                        repeats)
     return row("train", seconds, shape=name, loss=round(float(loss), 5), loss_rel_err=float(f"{loss_err:.3g}"),
-               grad_norm_rel_err=float(f"{norm_err:.3g}"), ok=max(loss_err, norm_err) <= tolerance)
+               grad_norm_rel_err=float(f"{norm_err:.3g}"), ok=max(loss_err, norm_err) <= tolerance,
+               page_faults_median={side: int(statistics.median(f)) for side, f in faults.items()})
 
 
 def maxtext_row(path: str, repeats: int) -> dict | None:
