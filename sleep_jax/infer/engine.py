@@ -151,19 +151,25 @@ def each_row(fn, rows: dict, *args) -> dict:
 
 class ModelDef:
     """The static half of a split model, for the jitted entry points: its nnx graphdef and the
-    tree structure of its parameters. The parameters travel as a flat list of arrays (`leaves`).
+    tree structure of its parameters, which travel as a flat list of arrays (`split`).
 
     jit hashes its static arguments on every call, and hashing a graphdef walks the whole module
     graph in Python (~1.5 ms for an 8-layer model, a tenth of a decode step on one CPU core); so
     is flattening an `nnx.State` (~1 ms more). The hash is computed once here, and equality is
-    identity first, so each engine step pays neither.
+    identity first, so each engine step pays neither. It holds no array: jit's cache keeps its
+    static arguments alive.
     """
 
-    def __init__(self, model):
+    def __init__(self, graphdef, treedef):
+        self.graphdef, self.treedef = graphdef, treedef
+        self._hash = hash((graphdef, treedef))
+
+    @classmethod
+    def split(cls, model) -> tuple["ModelDef", list]:
+        """(the ModelDef of `model`, its parameters as a flat list of arrays)."""
         graphdef, params = nnx.split(model)
-        leaves, self.treedef = jax.tree.flatten(params)
-        self.graphdef, self.params, self.leaves = graphdef, params, leaves
-        self._hash = hash((graphdef, self.treedef))
+        leaves, treedef = jax.tree.flatten(params)
+        return cls(graphdef, treedef), leaves
 
     def __hash__(self) -> int:
         return self._hash
@@ -172,9 +178,13 @@ class ModelDef:
         return self is other or (isinstance(other, ModelDef) and self._hash == other._hash
                                  and (self.graphdef, self.treedef) == (other.graphdef, other.treedef))
 
+    def params(self, leaves: list) -> nnx.State:
+        """The parameters `leaves` as the model's `nnx.State`."""
+        return jax.tree.unflatten(self.treedef, leaves)
+
     def merge(self, leaves: list):
         """The model with parameters `leaves` (inside a jitted function: traced arrays)."""
-        return nnx.merge(self.graphdef, jax.tree.unflatten(self.treedef, leaves))
+        return nnx.merge(self.graphdef, self.params(leaves))
 
 
 # Jitted entry points (module level, so engines over the same model share their compilations).
@@ -270,8 +280,7 @@ class Engine:
         # calls; sleep_passes: passes run over all windows slept; passes_histogram: {n: windows that ran n}
         self.stats = {"wake_tokens": 0, "wake_seconds": 0.0, "sleeps": 0, "sleep_calls": 0, "sleep_seconds": 0.0,
                       "sleep_passes": 0, "passes_histogram": {}}
-        self._model = ModelDef(model)
-        self._params = self._model.leaves
+        self._model, self._params = ModelDef.split(model)
         self._fingerprint = None
         self._positions = np.zeros(self.slots, np.int64)   # host copy of state["position"]
         self._state = self._empty(self.slots)
@@ -434,7 +443,7 @@ class Engine:
 
     def _snapshot_metadata(self) -> dict:
         if self._fingerprint is None:
-            self._fingerprint = snapshot_lib.fingerprint(self._model.params)
+            self._fingerprint = snapshot_lib.fingerprint(self._model.params(self._params))
         return snapshot_lib.metadata(self.model_config, self.sleep, self._fingerprint)
 
     def snapshot(self, slot: int, path: str) -> None:

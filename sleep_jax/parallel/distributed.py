@@ -52,10 +52,9 @@ def use_cpu_without_accelerator() -> None:
 
 
 def runs_on_cpu() -> bool:
-    """True if JAX will run on the CPU only: ``JAX_PLATFORMS`` / ``jax_platforms`` is ``cpu``, or
-    unset on a machine without an accelerator."""
-    platforms = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
-    return platforms == "cpu" or (not platforms and not has_accelerator())
+    """True if JAX is set to run on the CPU only: ``JAX_PLATFORMS`` or ``jax_platforms`` is
+    ``cpu`` (after `use_cpu_without_accelerator`, on every machine without an accelerator)."""
+    return (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms) == "cpu"
 
 
 # glibc's mallopt options (malloc.h).
